@@ -1,0 +1,18 @@
+"""Transformer building blocks: attention, embeddings, encoder/decoder stacks."""
+from mmtx.layers.attention import (MultiHeadAttention, causal_mask,
+                                   combine_masks, dot_product_attention,
+                                   padding_mask)
+from mmtx.layers.embeddings import (PatchEmbedding, PositionEmbedding,
+                                    TokenEmbedding,
+                                    sincos_2d_position_encoding,
+                                    sinusoidal_position_encoding)
+from mmtx.layers.transformer import (Decoder, DecoderBlock, Encoder,
+                                     EncoderBlock, Mlp, REMAT_POLICIES)
+
+__all__ = [
+    "MultiHeadAttention", "causal_mask", "combine_masks",
+    "dot_product_attention", "padding_mask", "PatchEmbedding",
+    "PositionEmbedding", "TokenEmbedding", "sincos_2d_position_encoding",
+    "sinusoidal_position_encoding", "Decoder", "DecoderBlock", "Encoder",
+    "EncoderBlock", "Mlp", "REMAT_POLICIES",
+]

@@ -1,0 +1,342 @@
+"""Transformer blocks and stacks (Vaswani et al. 2017, Sec. 3.1 and 3.3).
+
+Post-norm (the paper): Z = LN(X + MHA(X)), O = LN(Z + FFN(Z)).
+Pre-norm (GPT-2 / ViT): Z = X + MHA(LN(X)), O = Z + FFN(LN(Z)), final LN.
+Token masks are `[batch, tokens]` booleans, True = real token.
+"""
+from __future__ import annotations
+
+from typing import Any, Optional
+
+import jax
+import jax.numpy as jnp
+import flax.linen as nn
+
+from mmtx.layers.attention import (MultiHeadAttention, causal_mask,
+                                   combine_masks, padding_mask)
+
+Array = jax.Array
+Dtype = Any
+
+ACTIVATIONS = ("relu", "gelu", "swiglu")
+NORMS = ("post", "pre")
+REMAT_POLICIES = {
+    "none": None,  # no remat
+    "full": jax.checkpoint_policies.nothing_saveable,
+    "dots": jax.checkpoint_policies.checkpoint_dots,
+    "dots_no_batch": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+}
+
+
+def _kernel(names):
+  return nn.with_logical_partitioning(nn.initializers.xavier_uniform(), names)
+
+
+def _zeros(names):
+  return nn.with_logical_partitioning(nn.initializers.zeros_init(), names)
+
+
+def _layer_norm(dtype, param_dtype, name):
+  return nn.LayerNorm(epsilon=1e-6, dtype=dtype, param_dtype=param_dtype,
+                      scale_init=nn.with_logical_partitioning(
+                          nn.initializers.ones_init(), ("embed",)),
+                      bias_init=_zeros(("embed",)), name=name)
+
+
+class Mlp(nn.Module):
+  """Position-wise FFN. relu: max(0, x W1 + b1) W2 + b2 (Vaswani et al. Eq. 2);
+  gelu: GELU(x W1 + b1) W2 + b2; swiglu: (Swish(x W) * (x V)) W2 (Shazeer 2020).
+  """
+  hidden_dim: int
+  activation: str = "relu"
+  dropout_rate: float = 0.0
+  out_dim: Optional[int] = None
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: Array, *, deterministic: bool = True) -> Array:
+    if self.activation not in ACTIVATIONS:
+      raise ValueError(f"Mlp: activation must be one of {ACTIVATIONS}, got "
+                       f"{self.activation!r}.")
+    out_dim = self.out_dim or x.shape[-1]
+    dense = lambda f, names, name: nn.Dense(  # noqa: E731
+        f, dtype=self.dtype, param_dtype=self.param_dtype,
+        kernel_init=_kernel(names), bias_init=_zeros(names[-1:]), name=name)
+    if self.activation == "swiglu":
+      h = nn.swish(dense(self.hidden_dim, ("embed", "mlp"), "wi_0")(x)) * dense(
+          self.hidden_dim, ("embed", "mlp"), "wi_1")(x)
+    else:
+      h = dense(self.hidden_dim, ("embed", "mlp"), "wi")(x)
+      h = nn.relu(h) if self.activation == "relu" else nn.gelu(h,
+                                                              approximate=False)
+    h = nn.Dropout(self.dropout_rate)(h, deterministic=deterministic)
+    return dense(out_dim, ("mlp", "embed"), "wo")(h)
+
+
+def _token_mask_to_attention(mask, x):
+  """None | `[batch, tokens]` | rank-4 attention mask -> rank-4 (or None)."""
+  if mask is None or mask.ndim == 4:
+    return mask
+  if mask.shape != x.shape[:2]:
+    raise ValueError(f"token mask must have shape [batch, tokens] = "
+                     f"{x.shape[:2]}, got {mask.shape}.")
+  return padding_mask(mask.astype(bool))
+
+
+def _check_tokens(x, who):
+  if x.ndim != 3:
+    raise ValueError(f"{who}: inputs must be rank 3 [batch, tokens, dim], got "
+                     f"shape {x.shape}.")
+
+
+class EncoderBlock(nn.Module):
+  """One Transformer encoder layer: self-attention + FFN, each with residual
+  dropout and LayerNorm placed by `norm` ('post' = the paper, 'pre')."""
+  num_heads: int
+  mlp_dim: int
+  norm: str = "post"
+  activation: str = "relu"
+  dropout_rate: float = 0.0
+  attention_dropout_rate: float = 0.0
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+  attention_impl: str = "xla"
+  sow_weights: bool = False
+
+  @nn.compact
+  def __call__(self, x: Array, mask: Optional[Array] = None, *,
+               deterministic: bool = True) -> Array:
+    """x `[batch, tokens, dim]`; mask `[batch, tokens]` (padding) or a rank-4
+    attention mask. Returns `[batch, tokens, dim]`."""
+    if self.norm not in NORMS:
+      raise ValueError(f"EncoderBlock: norm must be one of {NORMS}, got "
+                       f"{self.norm!r}.")
+    _check_tokens(x, "EncoderBlock")
+    attn_mask = _token_mask_to_attention(mask, x)
+    attn = MultiHeadAttention(
+        num_heads=self.num_heads, dropout_rate=self.attention_dropout_rate,
+        dtype=self.dtype, param_dtype=self.param_dtype,
+        kernel_init=nn.initializers.xavier_uniform(),
+        implementation=self.attention_impl, sow_weights=self.sow_weights,
+        name="attention")
+    mlp = Mlp(self.mlp_dim, self.activation, self.dropout_rate, dtype=self.dtype,
+              param_dtype=self.param_dtype, name="mlp")
+    drop = nn.Dropout(self.dropout_rate)
+    ln1 = _layer_norm(self.dtype, self.param_dtype, "ln_attention")
+    ln2 = _layer_norm(self.dtype, self.param_dtype, "ln_mlp")
+    if self.norm == "post":
+      z = ln1(x + drop(attn(x, mask=attn_mask, deterministic=deterministic),
+                       deterministic=deterministic))
+      return ln2(z + drop(mlp(z, deterministic=deterministic),
+                          deterministic=deterministic))
+    h = ln1(x)
+    z = x + drop(attn(h, mask=attn_mask, deterministic=deterministic),
+                 deterministic=deterministic)
+    return z + drop(mlp(ln2(z), deterministic=deterministic),
+                    deterministic=deterministic)
+
+
+class DecoderBlock(nn.Module):
+  """Decoder layer (Vaswani et al. Sec. 3.1): masked self-attention,
+  cross-attention to `context` (another modality), FFN; residual + LN each.
+
+  `decode=True` keeps a self-attention KV cache (see MultiHeadAttention).
+  """
+  num_heads: int
+  mlp_dim: int
+  norm: str = "post"
+  activation: str = "relu"
+  dropout_rate: float = 0.0
+  attention_dropout_rate: float = 0.0
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+  attention_impl: str = "xla"
+  decode: bool = False
+  sow_weights: bool = False
+
+  @nn.compact
+  def __call__(self, x: Array, context: Optional[Array] = None,
+               mask: Optional[Array] = None,
+               context_mask: Optional[Array] = None, *,
+               deterministic: bool = True) -> Array:
+    """x `[batch, t, dim]`; context `[batch, s, dim_c]` or None (then no
+    cross-attention: a decoder-only LM); mask `[batch, t]` target padding
+    (causality is added here); context_mask `[batch, s]`."""
+    if self.norm not in NORMS:
+      raise ValueError(f"DecoderBlock: norm must be one of {NORMS}, got "
+                       f"{self.norm!r}.")
+    _check_tokens(x, "DecoderBlock")
+    b, t, _ = x.shape
+    if self.decode:
+      # The cache builds the causal mask; target padding applies to keys.
+      self_mask = None if mask is None else _check_key_mask(mask, b, None,
+                                                            "mask")
+    else:
+      self_mask = combine_masks(
+          causal_mask(t), None if mask is None else padding_mask(
+              _check_key_mask(mask, b, t, "mask")))
+    drop = nn.Dropout(self.dropout_rate)
+    mha = lambda name, sow=False: MultiHeadAttention(  # noqa: E731
+        num_heads=self.num_heads, dropout_rate=self.attention_dropout_rate,
+        dtype=self.dtype, param_dtype=self.param_dtype,
+        kernel_init=nn.initializers.xavier_uniform(),
+        implementation=self.attention_impl, sow_weights=sow,
+        decode=self.decode and name == "self_attention", name=name)
+    sublayers = [lambda h: mha("self_attention")(
+        h, mask=self_mask, deterministic=deterministic)]
+    if context is not None:
+      _check_tokens(context, "DecoderBlock(context)")
+      if context.shape[0] != b:
+        raise ValueError(f"DecoderBlock: context batch {context.shape[0]} != "
+                         f"target batch {b}.")
+      cross_mask = None
+      if context_mask is not None:
+        cm = _check_key_mask(context_mask, b, context.shape[1], "context_mask")
+        cross_mask = cm[:, None, None, :]
+        if mask is not None and not self.decode:
+          cross_mask = padding_mask(mask.astype(bool), cm)
+      sublayers.append(lambda h: mha("cross_attention", self.sow_weights)(
+          h, context, mask=cross_mask, deterministic=deterministic))
+    mlp = Mlp(self.mlp_dim, self.activation, self.dropout_rate, dtype=self.dtype,
+              param_dtype=self.param_dtype, name="mlp")
+    sublayers.append(lambda h: mlp(h, deterministic=deterministic))
+    names = ["ln_self_attention", "ln_cross_attention", "ln_mlp"]
+    if context is None:
+      names = [names[0], names[2]]
+    for fn, ln_name in zip(sublayers, names):
+      ln = _layer_norm(self.dtype, self.param_dtype, ln_name)
+      if self.norm == "post":
+        x = ln(x + drop(fn(x), deterministic=deterministic))
+      else:
+        x = x + drop(fn(ln(x)), deterministic=deterministic)
+    return x
+
+
+def _check_key_mask(mask, batch, length, name):
+  if mask.ndim != 2 or mask.shape[0] != batch or (
+      length is not None and mask.shape[1] != length):
+    want = f"[batch, tokens] = ({batch}, {length if length else 'tokens'})"
+    raise ValueError(f"{name} must have shape {want}, got {mask.shape}.")
+  return mask.astype(bool)
+
+
+# ----------------------------------------------------------------------------
+# Stacks: a plain loop of named layers, or nn.scan over one stacked layer.
+# ----------------------------------------------------------------------------
+class _ScannedEncoderBlock(EncoderBlock):
+  deterministic: bool = True
+
+  def __call__(self, x, mask):  # pytype: disable=signature-mismatch
+    return super().__call__(x, mask, deterministic=self.deterministic), None
+
+
+class _ScannedDecoderBlock(DecoderBlock):
+  deterministic: bool = True
+
+  def __call__(self, x, context, mask, context_mask):  # pytype: disable=signature-mismatch
+    return super().__call__(x, context, mask, context_mask,
+                            deterministic=self.deterministic), None
+
+
+def _stack(block_cls, scan: bool, remat: str, num_layers: int, num_args: int,
+           variable_axes):
+  if remat not in REMAT_POLICIES:
+    raise ValueError(f"remat policy must be one of {sorted(REMAT_POLICIES)}, "
+                     f"got {remat!r}.")
+  if remat != "none":
+    block_cls = nn.remat(block_cls, policy=REMAT_POLICIES[remat],
+                         prevent_cse=not scan)
+  if scan:
+    block_cls = nn.scan(block_cls, variable_axes=variable_axes,
+                        split_rngs={"params": True, "dropout": True},
+                        in_axes=(nn.broadcast,) * num_args, length=num_layers,
+                        metadata_params={nn.PARTITION_NAME: "layers"})
+  return block_cls
+
+
+class Encoder(nn.Module):
+  """A stack of `num_layers` EncoderBlocks (+ a final LN when norm='pre').
+
+  `scan=True` stores the layers' params stacked under `layers` (leading axis =
+  layer) and runs them with `nn.scan`; otherwise as `layers_0 ... layers_{L-1}`.
+  `remat` in {'none', 'full', 'dots', 'dots_no_batch'} sets `nn.remat`.
+  """
+  num_layers: int
+  num_heads: int
+  mlp_dim: int
+  norm: str = "pre"
+  activation: str = "gelu"
+  dropout_rate: float = 0.0
+  attention_dropout_rate: float = 0.0
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+  attention_impl: str = "xla"
+  scan: bool = False
+  remat: str = "none"
+  sow_weights: bool = False
+
+  @nn.compact
+  def __call__(self, x: Array, mask: Optional[Array] = None, *,
+               deterministic: bool = True) -> Array:
+    _check_tokens(x, "Encoder")
+    attn_mask = _token_mask_to_attention(mask, x)
+    kw = dict(num_heads=self.num_heads, mlp_dim=self.mlp_dim, norm=self.norm,
+              activation=self.activation, dropout_rate=self.dropout_rate,
+              attention_dropout_rate=self.attention_dropout_rate,
+              dtype=self.dtype, param_dtype=self.param_dtype,
+              attention_impl=self.attention_impl, sow_weights=self.sow_weights,
+              deterministic=deterministic)
+    block = _stack(_ScannedEncoderBlock, self.scan, self.remat, self.num_layers,
+                   1, {"params": 0, "intermediates": 0})
+    if self.scan:
+      x, _ = block(name="layers", **kw)(x, attn_mask)
+    else:
+      for i in range(self.num_layers):
+        x, _ = block(name=f"layers_{i}", **kw)(x, attn_mask)
+    if self.norm == "pre":
+      x = _layer_norm(self.dtype, self.param_dtype, "ln_final")(x)
+    return x
+
+
+class Decoder(nn.Module):
+  """A stack of `num_layers` DecoderBlocks (+ final LN when norm='pre'), with
+  the same `scan` / `remat` options as Encoder and a KV cache when `decode`."""
+  num_layers: int
+  num_heads: int
+  mlp_dim: int
+  norm: str = "pre"
+  activation: str = "gelu"
+  dropout_rate: float = 0.0
+  attention_dropout_rate: float = 0.0
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+  attention_impl: str = "xla"
+  scan: bool = False
+  remat: str = "none"
+  decode: bool = False
+  sow_weights: bool = False
+
+  @nn.compact
+  def __call__(self, x: Array, context: Optional[Array] = None,
+               mask: Optional[Array] = None,
+               context_mask: Optional[Array] = None, *,
+               deterministic: bool = True) -> Array:
+    _check_tokens(x, "Decoder")
+    kw = dict(num_heads=self.num_heads, mlp_dim=self.mlp_dim, norm=self.norm,
+              activation=self.activation, dropout_rate=self.dropout_rate,
+              attention_dropout_rate=self.attention_dropout_rate,
+              dtype=self.dtype, param_dtype=self.param_dtype,
+              attention_impl=self.attention_impl, decode=self.decode,
+              sow_weights=self.sow_weights, deterministic=deterministic)
+    block = _stack(_ScannedDecoderBlock, self.scan, self.remat,
+                   self.num_layers, 3,
+                   {"params": 0, "cache": 0, "intermediates": 0})
+    if self.scan:
+      x, _ = block(name="layers", **kw)(x, context, mask, context_mask)
+    else:
+      for i in range(self.num_layers):
+        x, _ = block(name=f"layers_{i}", **kw)(x, context, mask, context_mask)
+    if self.norm == "pre":
+      x = _layer_norm(self.dtype, self.param_dtype, "ln_final")(x)
+    return x

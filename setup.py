@@ -1,0 +1,36 @@
+"""mmtx: multimodal Transformers in JAX/Flax."""
+import setuptools
+
+# Ranges admit both the CPU machines (Python 3.11, JAX 0.10.x) and the GPU
+# machines (Python 3.12, JAX 0.11.x with flax/optax/orbax preinstalled).
+INSTALL_REQUIRES = [
+    "jax>=0.10,<0.13",
+    "flax>=0.12,<0.14",
+    "optax>=0.2.4,<0.3",
+    "orbax-checkpoint>=0.11,<0.13",
+    "tensorflow-datasets>=4.9.9,<5",
+    "array-record>=0.8",
+    "grain>=0.2.12,<0.3",
+    "ml-collections>=1.0,<2",
+    "absl-py>=2",
+    "numpy>=1.26",
+    "tensorboardX>=2.6",
+    "tqdm>=4.66",
+    "sentencepiece>=0.2",
+    "easy-vqa==1.0",
+]
+
+TEST_REQUIRES = [
+    "pytest>=8",
+    "pytest-xdist>=3.5",
+]
+
+setuptools.setup(
+    name="mmtx",
+    version="0.1.0",
+    description="JAX/Flax research codebase for multimodal Transformers",
+    packages=setuptools.find_packages(include=["mmtx", "mmtx.*"]),
+    python_requires=">=3.11",
+    install_requires=INSTALL_REQUIRES,
+    extras_require={"test": TEST_REQUIRES},
+)
