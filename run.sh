@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# Runs a command inside the project's virtual environment, creating it and
+# installing mmtx with its test extras first when needed (or when setup.py
+# changed since the last install). Usage:
+#   ./run.sh python -m mmtx.main [flags]     # the main job
+#   ./run.sh python -m pytest                # the test suite
+set -euo pipefail
+cd "$(dirname "$0")"
+VENV=${MMTX_VENV:-.venv}
+PY=""
+for cand in python3.12 python3.11 python3; do
+  if command -v "$cand" >/dev/null 2>&1 && "$cand" -c 'import sys; sys.exit(sys.version_info < (3, 11))'; then
+    PY=$cand; break
+  fi
+done
+[ -n "$PY" ] || { echo "run.sh: mmtx needs Python >= 3.11 on PATH (python3.11 or python3.12)." >&2; exit 1; }
+stamp="$VENV/.mmtx-install-stamp"
+want=$(cat setup.py | sha256sum | cut -d' ' -f1)
+if [ ! -x "$VENV/bin/python" ] || [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
+  echo "run.sh: setting up $VENV (first run or setup.py changed; takes a few minutes)..." >&2
+  [ -x "$VENV/bin/python" ] || "$PY" -m venv "$VENV"
+  log="$VENV/install.log"
+  if ! { "$VENV/bin/python" -m pip install --upgrade pip &&
+         "$VENV/bin/python" -m pip install -e '.[test]'; } >"$log" 2>&1; then
+    grep -v "^WARNING: Location" "$log" | tail -30 >&2
+    echo "run.sh: installing mmtx failed; full log in $log" >&2
+    exit 1
+  fi
+  echo "$want" >"$stamp"
+  echo "run.sh: $VENV ready." >&2
+fi
+export PATH="$PWD/$VENV/bin:$PATH"
+exec "$@"
