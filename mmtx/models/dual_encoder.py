@@ -1,0 +1,83 @@
+"""CLIP (Radford et al. 2021) / SigLIP (Zhai et al. 2023) two-tower model."""
+from __future__ import annotations
+
+import math
+from typing import Any, Mapping
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+
+from mmtx.models.towers import TextTransformer, ViT
+
+Array = jax.Array
+
+
+def _as_dict(cfg) -> dict[str, Any]:
+  if isinstance(cfg, (ml_collections.ConfigDict, ml_collections.FrozenConfigDict)):
+    return cfg.to_dict()
+  return dict(cfg)
+
+
+def check_images_texts(images, texts, who):
+  if images.ndim != 4:
+    raise ValueError(f"{who}: images must be NHWC float32 [batch, height, "
+                     f"width, channels], got shape {images.shape}.")
+  if texts.ndim != 2 or not jnp.issubdtype(texts.dtype, jnp.integer):
+    raise ValueError(f"{who}: texts must be int32 token ids [batch, len] with "
+                     f"0 as padding, got shape {texts.shape}, dtype "
+                     f"{texts.dtype}.")
+  if images.shape[0] != texts.shape[0]:
+    raise ValueError(f"{who}: images batch {images.shape[0]} != texts batch "
+                     f"{texts.shape[0]}.")
+
+
+class DualEncoder(nn.Module):
+  """`apply(..., images, texts) -> (img_emb, txt_emb, extras)`.
+
+  Embeddings `[batch, embed_dim]` are L2-normalised. extras['logit_scale'] is
+  the (exponentiated) multiplier, init 1/0.07 (CLIP) or 10 (SigLIP), clamped to
+  at most `max_logit_scale`; extras['logit_bias'] is SigLIP's bias (init -10;
+  0 for the softmax loss). Config keys: image (ViT fields), text
+  (TextTransformer fields incl. vocab_size), embed_dim, loss
+  ('softmax'|'sigmoid'), and optional logit_scale_init, logit_bias_init,
+  max_logit_scale.
+  """
+  config: Mapping[str, Any]
+
+  @nn.compact
+  def __call__(self, images: Array, texts: Array, *,
+               deterministic: bool = True):
+    cfg = _as_dict(self.config)
+    loss = cfg.get("loss", "softmax")
+    if loss not in ("softmax", "sigmoid"):
+      raise ValueError(f"DualEncoder: config.loss must be 'softmax' or "
+                       f"'sigmoid', got {loss!r}.")
+    check_images_texts(images, texts, "DualEncoder")
+    img_out, img_extras = ViT(**_as_dict(cfg["image"]), name="img")(
+        images, deterministic=deterministic)
+    txt_out, txt_extras = TextTransformer(**_as_dict(cfg["text"]), name="txt")(
+        texts, deterministic=deterministic)
+    dense = lambda name: nn.Dense(  # noqa: E731
+        cfg["embed_dim"], use_bias=False, name=name,
+        kernel_init=nn.with_logical_partitioning(
+            nn.initializers.lecun_normal(), ("embed", "mlp")))
+    img_emb = dense("img_head")(img_out).astype(jnp.float32)
+    txt_emb = dense("txt_head")(txt_out).astype(jnp.float32)
+    img_emb = img_emb / jnp.linalg.norm(img_emb, axis=-1, keepdims=True).clip(1e-12)
+    txt_emb = txt_emb / jnp.linalg.norm(txt_emb, axis=-1, keepdims=True).clip(1e-12)
+    scale_init = cfg.get("logit_scale_init",
+                         1 / 0.07 if loss == "softmax" else 10.0)
+    log_scale = self.param("logit_scale", nn.initializers.constant(
+        math.log(scale_init)), (), jnp.float32)
+    max_scale = cfg.get("max_logit_scale", 100.0)
+    logit_scale = jnp.exp(jnp.minimum(log_scale, math.log(max_scale)))
+    if loss == "sigmoid":
+      logit_bias = self.param("logit_bias", nn.initializers.constant(
+          cfg.get("logit_bias_init", -10.0)), (), jnp.float32)
+    else:
+      logit_bias = jnp.zeros((), jnp.float32)
+    extras = {"logit_scale": logit_scale, "logit_bias": logit_bias,
+              "img": img_extras, "txt": txt_extras}
+    return img_emb, txt_emb, extras

@@ -1,0 +1,180 @@
+"""Image (ViT, Dosovitskiy et al. 2021) and text (Transformer) towers.
+
+Both return `(out, extras)`: `out` is the pooled `[batch, width]` feature (or
+the tokens `[batch, tokens, width]` with pool='none'), and `extras` holds
+'tokens' `[batch, tokens, width]` and 'mask' `[batch, tokens]` for fusion and
+probing.
+"""
+from __future__ import annotations
+
+import re
+from typing import Any, Optional
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from mmtx import layers
+
+Array = jax.Array
+
+# name -> (width, depth, mlp_dim, heads). "mu"/"nano" are for tests and CPUs.
+SIZES = {
+    "mu": (32, 1, 64, 2),
+    "nano": (64, 2, 128, 4),
+    "Ti": (192, 12, 768, 3),
+    "S": (384, 12, 1536, 6),
+    "M": (512, 12, 2048, 8),
+    "B": (768, 12, 3072, 12),
+    "L": (1024, 24, 4096, 16),
+    "H": (1280, 32, 5120, 16),
+}
+
+
+def decode_variant(variant: str) -> dict[str, Any]:
+  """'B/16' -> dict(width=768, depth=12, mlp_dim=3072, num_heads=12,
+  patch_size=16); 'B' (text towers) has no patch size."""
+  m = re.fullmatch(r"(\w+?)(?:/(\d+))?", variant or "")
+  if not m or m.group(1) not in SIZES:
+    raise ValueError(f"variant {variant!r} is not one of "
+                     f"{sorted(SIZES)} optionally followed by /patch_size "
+                     f"(e.g. 'B/16').")
+  width, depth, mlp_dim, heads = SIZES[m.group(1)]
+  out = dict(width=width, depth=depth, mlp_dim=mlp_dim, num_heads=heads)
+  if m.group(2):
+    out["patch_size"] = int(m.group(2))
+  return out
+
+
+def _resolve(module, names):
+  """Explicit fields win over the variant's defaults."""
+  base = decode_variant(module.variant) if module.variant else {}
+  out = {}
+  for n in names:
+    v = getattr(module, n)
+    out[n] = base.get(n) if v is None else v
+    if out[n] is None:
+      raise ValueError(f"{type(module).__name__}: '{n}' is unset; give a "
+                       f"variant (e.g. 'S/16') or set {n}.")
+  return out
+
+
+def _dtype(name):
+  return jnp.dtype(name) if isinstance(name, str) else name
+
+
+class ViT(nn.Module):
+  """Vision Transformer: patches -> (+cls) + positions -> pre-norm encoder."""
+  variant: Optional[str] = None
+  patch_size: Optional[int] = None
+  width: Optional[int] = None
+  depth: Optional[int] = None
+  mlp_dim: Optional[int] = None
+  num_heads: Optional[int] = None
+  posemb: str = "learned"  # 'learned' | 'sincos2d'
+  pool: str = "gap"  # 'cls' | 'gap' | 'none'
+  dropout_rate: float = 0.0
+  dtype: Any = "float32"
+  scan: bool = False
+  remat: str = "none"
+  attention_impl: str = "xla"
+
+  @nn.compact
+  def __call__(self, images: Array, *, deterministic: bool = True):
+    c = _resolve(self, ["patch_size", "width", "depth", "mlp_dim",
+                        "num_heads"])
+    if self.pool not in ("cls", "gap", "none"):
+      raise ValueError(f"ViT: pool must be 'cls', 'gap' or 'none', got "
+                       f"{self.pool!r}.")
+    if images.ndim != 4 or images.shape[-1] not in (1, 3):
+      raise ValueError(f"ViT: images must be NHWC float [batch, height, width, "
+                       f"1|3], got shape {images.shape}.")
+    dtype = _dtype(self.dtype)
+    p = c["patch_size"]
+    x = layers.PatchEmbedding(p, c["width"], dtype=dtype, name="embedding")(
+        images.astype(dtype))
+    grid = (images.shape[1] // p, images.shape[2] // p)
+    x = layers.PositionEmbedding(kind=self.posemb, max_len=grid[0] * grid[1],
+                                 grid=grid, name="posemb")(x)
+    if self.pool == "cls":
+      cls = self.param("cls", nn.with_logical_partitioning(
+          nn.initializers.zeros_init(), (None, None, "embed")),
+                       (1, 1, c["width"]), jnp.float32)
+      x = jnp.concatenate([jnp.broadcast_to(cls, (x.shape[0], 1, x.shape[-1]))
+                           .astype(x.dtype), x], axis=1)
+    x = nn.Dropout(self.dropout_rate)(x, deterministic=deterministic)
+    x = layers.Encoder(num_layers=c["depth"], num_heads=c["num_heads"],
+                       mlp_dim=c["mlp_dim"], norm="pre", activation="gelu",
+                       dropout_rate=self.dropout_rate, dtype=dtype,
+                       scan=self.scan, remat=self.remat,
+                       attention_impl=self.attention_impl, name="encoder")(
+                           x, deterministic=deterministic)
+    mask = jnp.ones(x.shape[:2], bool)
+    extras = {"tokens": x, "mask": mask, "grid": grid}
+    if self.pool == "cls":
+      return x[:, 0], extras
+    if self.pool == "gap":
+      return x.mean(axis=1), extras
+    return x, extras
+
+
+class TextTransformer(nn.Module):
+  """Token ids `[batch, len]` (0 = padding) -> Transformer encoder.
+
+  causal=True gives a GPT/CLIP-style text tower; pool: 'last' (last real
+  token, CLIP's EOT), 'first', 'mean' (over real tokens) or 'none'.
+  """
+  vocab_size: int
+  variant: Optional[str] = None
+  width: Optional[int] = None
+  depth: Optional[int] = None
+  mlp_dim: Optional[int] = None
+  num_heads: Optional[int] = None
+  max_len: int = 77
+  causal: bool = False
+  pool: str = "last"
+  dropout_rate: float = 0.0
+  dtype: Any = "float32"
+  scan: bool = False
+  remat: str = "none"
+  attention_impl: str = "xla"
+
+  @nn.compact
+  def __call__(self, texts: Array, *, deterministic: bool = True):
+    c = _resolve(self, ["width", "depth", "mlp_dim", "num_heads"])
+    if self.pool not in ("last", "first", "mean", "none"):
+      raise ValueError(f"TextTransformer: pool must be 'last', 'first', 'mean' "
+                       f"or 'none', got {self.pool!r}.")
+    if texts.ndim != 2 or not jnp.issubdtype(texts.dtype, jnp.integer):
+      raise ValueError(f"TextTransformer: texts must be int token ids [batch, "
+                       f"len], got shape {texts.shape} dtype {texts.dtype}.")
+    if texts.shape[1] > self.max_len:
+      raise ValueError(f"TextTransformer: {texts.shape[1]} tokens exceed "
+                       f"max_len={self.max_len}; truncate in the tokenizer.")
+    dtype = _dtype(self.dtype)
+    mask = texts != 0
+    x = layers.TokenEmbedding(self.vocab_size, c["width"], dtype=dtype,
+                              name="embedding")(texts)
+    x = layers.PositionEmbedding(kind="learned", max_len=self.max_len,
+                                 name="posemb")(x)
+    x = nn.Dropout(self.dropout_rate)(x, deterministic=deterministic)
+    attn_mask = layers.padding_mask(mask)
+    if self.causal:
+      attn_mask = layers.combine_masks(attn_mask, layers.causal_mask(
+          texts.shape[1]))
+    x = layers.Encoder(num_layers=c["depth"], num_heads=c["num_heads"],
+                       mlp_dim=c["mlp_dim"], norm="pre", activation="gelu",
+                       dropout_rate=self.dropout_rate, dtype=dtype,
+                       scan=self.scan, remat=self.remat,
+                       attention_impl=self.attention_impl, name="encoder")(
+                           x, attn_mask, deterministic=deterministic)
+    extras = {"tokens": x, "mask": mask}
+    if self.pool == "none":
+      return x, extras
+    if self.pool == "first":
+      return x[:, 0], extras
+    if self.pool == "mean":
+      m = mask[..., None].astype(x.dtype)
+      return (x * m).sum(1) / jnp.maximum(m.sum(1), 1), extras
+    last = jnp.maximum(mask.sum(axis=1) - 1, 0)
+    return jnp.take_along_axis(x, last[:, None, None], axis=1)[:, 0], extras

@@ -1,0 +1,116 @@
+"""Device mesh, logical-axis rules and shardings (jit + jax.sharding, no pmap).
+
+The mesh has the axes ('data', 'fsdp', 'tensor'). Parameters carry logical
+axis names (nn.with_logical_partitioning); `RULES` map them to mesh axes. A
+dimension that the mesh axis does not divide stays replicated.
+"""
+from __future__ import annotations
+
+import os
+from typing import Any, Sequence
+
+import flax.linen as nn
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+MESH_AXES = ("data", "fsdp", "tensor")
+BATCH_AXES = ("data", "fsdp")
+
+# logical name -> mesh axis (or None = replicated).
+RULES: tuple[tuple[str, Any], ...] = (
+    ("batch", BATCH_AXES),
+    ("embed", "fsdp"),
+    ("mlp", "tensor"),
+    ("heads", "tensor"),
+    ("vocab", "tensor"),
+    ("kv", None),
+    ("layers", None),
+    ("channels", None),
+)
+
+
+def maybe_initialize_distributed():
+  """`jax.distributed.initialize()` when launched as one of several processes.
+
+  Recognises the usual launchers' variables (JAX_COORDINATOR_ADDRESS /
+  JAX_NUM_PROCESSES, SLURM, TPU pods); does nothing on a single host.
+  """
+  multi = (int(os.environ.get("JAX_NUM_PROCESSES", "1")) > 1 or
+           int(os.environ.get("SLURM_NTASKS", "1")) > 1 or
+           "TPU_WORKER_HOSTNAMES" in os.environ and
+           "," in os.environ["TPU_WORKER_HOSTNAMES"])
+  if multi and not jax.distributed.is_initialized():
+    jax.distributed.initialize()
+
+
+def make_mesh(data: int = -1, fsdp: int = 1, tensor: int = 1,
+              devices: Sequence[jax.Device] | None = None) -> Mesh:
+  """A ('data', 'fsdp', 'tensor') mesh; -1 takes the remaining devices."""
+  devices = list(devices if devices is not None else jax.devices())
+  n = len(devices)
+  sizes = [data, fsdp, tensor]
+  if sum(s == -1 for s in sizes) > 1:
+    raise ValueError(f"mesh: at most one of data/fsdp/tensor may be -1, got "
+                     f"{sizes}.")
+  known = int(np.prod([s for s in sizes if s != -1]))
+  if any(s == 0 or s < -1 for s in sizes) or n % known:
+    raise ValueError(f"mesh: data*fsdp*tensor = {sizes} does not fit {n} "
+                     f"devices; the product must divide the device count.")
+  sizes = [n // known if s == -1 else s for s in sizes]
+  if int(np.prod(sizes)) != n:
+    raise ValueError(f"mesh: data*fsdp*tensor = {sizes} uses "
+                     f"{int(np.prod(sizes))} devices but {n} are present.")
+  arr = np.asarray(devices).reshape(sizes)
+  return Mesh(arr, MESH_AXES)
+
+
+def _spec_for(names, shape, mesh: Mesh, rules) -> P:
+  table = dict(rules)
+  used, out = set(), []
+  for name, dim in zip(names, shape):
+    axis = table.get(name) if name is not None else None
+    axes = (axis,) if isinstance(axis, str) else tuple(axis or ())
+    size = int(np.prod([mesh.shape[a] for a in axes])) if axes else 1
+    if not axes or size == 1 or dim % size or used & set(axes):
+      out.append(None)
+    else:
+      used |= set(axes)
+      out.append(axes[0] if len(axes) == 1 else axes)
+  return P(*out)
+
+
+def param_shardings(abstract_boxed, mesh: Mesh, rules=RULES):
+  """Shardings for a (boxed, abstract) param tree from its logical names."""
+  def one(leaf):
+    if isinstance(leaf, nn.LogicallyPartitioned):
+      return NamedSharding(mesh, _spec_for(leaf.names, leaf.value.shape, mesh,
+                                           rules))
+    return NamedSharding(mesh, P())
+  return jax.tree_util.tree_map(
+      one, abstract_boxed,
+      is_leaf=lambda x: isinstance(x, nn.LogicallyPartitioned))
+
+
+def batch_sharding(mesh: Mesh) -> NamedSharding:
+  return NamedSharding(mesh, P(BATCH_AXES))
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+  return NamedSharding(mesh, P())
+
+
+def put_batch(batch: dict[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:
+  """Host-local numpy batch -> global arrays sharded over ('data', 'fsdp')."""
+  sharding = batch_sharding(mesh)
+  per = int(np.prod([mesh.shape[a] for a in BATCH_AXES]))
+  out = {}
+  for k, v in batch.items():
+    v = np.asarray(v)
+    global_bs = v.shape[0] * jax.process_count()
+    if global_bs % per:
+      raise ValueError(f"batch['{k}'] has global batch size {global_bs}, not "
+                       f"divisible by the data*fsdp mesh size {per}; pick a "
+                       f"batch_size that is a multiple of {per}.")
+    out[k] = jax.make_array_from_process_local_data(sharding, v)
+  return out

@@ -1,0 +1,304 @@
+"""The one training loop. It imports no task: `main` hands it one.
+
+A task (mmtx/tasks/*) provides:
+  build_model(config) -> flax module
+  init_batch(config) -> dict of numpy arrays with the model's input shapes
+  init_variables(model, rng, batch) -> variables (boxed, logical axis names)
+  loss_fn(model, params, batch, rng, train) -> (loss, metrics dict)
+  train_iterator(config, shard_index, shard_count) -> iterator with
+    get_state() / set_state(state)
+  evaluate(model, params, config, mesh) -> (metrics dict, printable table)
+
+Per step: batch -> `put_batch` (sharded over data x fsdp) -> jitted
+`train_step` (grad of task.loss_fn, optax update) -> metrics. Checkpoints hold
+params, optimizer state, step, RNG and the iterator position.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import signal
+import time
+from typing import Any
+
+import flax
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from mmtx import checkpoint as ckpt_lib
+from mmtx import optimizers
+from mmtx import sharding
+
+log = logging.getLogger(__name__)
+
+
+@flax.struct.dataclass
+class TrainState:
+  step: jax.Array
+  params: Any
+  opt_state: Any
+  rng: jax.Array
+
+
+class NonFiniteLossError(RuntimeError):
+  pass
+
+
+class MetricWriter:
+  """WORKDIR/metrics.jsonl (one JSON object per logged step) + TensorBoard."""
+
+  def __init__(self, workdir: str, enabled: bool = True):
+    self.enabled = enabled
+    self.path = os.path.join(workdir, "metrics.jsonl")
+    self.tb = None
+    if enabled:
+      try:
+        from tensorboardX import SummaryWriter
+        self.tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
+      except ImportError:  # pragma: no cover - tensorboardX is a dependency
+        self.tb = None
+
+  def write(self, step: int, metrics: dict[str, float]):
+    if not self.enabled:
+      return
+    row = {"step": int(step)}
+    row.update({k: float(v) for k, v in metrics.items()})
+    with open(self.path, "a") as f:
+      f.write(json.dumps(row) + "\n")
+    if self.tb is not None:
+      for k, v in metrics.items():
+        self.tb.add_scalar(k, float(v), int(step))
+      self.tb.flush()
+
+  def close(self):
+    if self.tb is not None:
+      self.tb.close()
+
+
+def create_train_state(config, task, model, tx, mesh, rng):
+  """Params and optimizer state created already sharded (jit out_shardings)."""
+  batch = task.init_batch(config)
+  boxed = jax.eval_shape(lambda r: task.init_variables(model, r, batch)["params"],
+                         rng)
+  p_shard = sharding.param_shardings(boxed, mesh)
+
+  def init(r):
+    params = nn.meta.unbox(task.init_variables(model, r, batch)["params"])
+    return TrainState(step=jnp.zeros((), jnp.int32), params=params,
+                      opt_state=tx.init(params), rng=r)
+
+  abstract = jax.eval_shape(init, rng)
+  repl = sharding.replicated(mesh)
+  opt_shard = optax.tree_map_params(
+      tx, lambda _, s: s, abstract.opt_state, p_shard,
+      transform_non_params=lambda _: repl,
+      is_leaf=lambda x: isinstance(x, jax.ShapeDtypeStruct))
+  shardings = TrainState(step=repl, params=p_shard, opt_state=opt_shard,
+                         rng=repl)
+  state = jax.jit(init, out_shardings=shardings)(rng)
+  return state, shardings, abstract
+
+
+def make_train_step(task, model, tx):
+  def train_step(state: TrainState, batch):
+    rng = jax.random.fold_in(state.rng, state.step)
+
+    def loss(params):
+      return task.loss_fn(model, params, batch, rng, True)
+
+    (l, metrics), grads = jax.value_and_grad(loss, has_aux=True)(state.params)
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    metrics = dict(metrics, loss=l, grad_norm=optax.global_norm(grads))
+    return state.replace(step=state.step + 1, params=params,
+                         opt_state=opt_state), metrics
+  return train_step
+
+
+def load_transfer_params(config, params):
+  """config.init_from: {workdir, rules: [[from_regex, to_template], ...]}.
+
+  Loads params from another run's latest checkpoint; each target path is
+  renamed by the first matching rule; params missing there keep their fresh
+  init and are reported by name."""
+  src_dir = config.init_from.workdir
+  ck = ckpt_lib.Checkpointer(os.path.join(src_dir, "checkpoints"),
+                             async_save=False)
+  src = ck.restore_params()["params"]
+  ck.close()
+  src_flat = {optimizers.path_str(p): v for p, v in
+              jax.tree_util.tree_flatten_with_path(src)[0]}
+  rules = [(r, t) for r, t in (config.init_from.rules or [])]
+  missing, loaded = [], 0
+
+  import re
+
+  def one(path, leaf):
+    nonlocal loaded
+    name = optimizers.path_str(path)
+    src_name = name
+    for rx, tmpl in rules:
+      if re.search(rx, name):
+        src_name = re.sub(rx, tmpl, name)
+        break
+    v = src_flat.get(src_name)
+    if v is None or tuple(np.shape(v)) != tuple(leaf.shape):
+      missing.append(name)
+      return leaf
+    loaded += 1
+    return jax.device_put(jnp.asarray(v, leaf.dtype), leaf.sharding)
+
+  new = jax.tree_util.tree_map_with_path(one, params)
+  return new, loaded, missing
+
+
+def train_and_evaluate(config, workdir: str, task, *, mode: str = "train",
+                       progress: bool = True) -> dict[str, float]:
+  """Trains (resuming from WORKDIR/checkpoints if present) and evaluates.
+
+  Returns the final evaluation metrics."""
+  sharding.maybe_initialize_distributed()
+  os.makedirs(workdir, exist_ok=True)
+  is_main = jax.process_index() == 0
+  mesh = sharding.make_mesh(**config.mesh)
+  model = task.build_model(config)
+  tx, sched = optimizers.make_optimizer(config.optimizer, config.total_steps)
+  rng = jax.random.key(config.seed)
+  state, shardings, abstract = create_train_state(config, task, model, tx,
+                                                  mesh, rng)
+  ck = ckpt_lib.Checkpointer(
+      os.path.join(workdir, "checkpoints"), keep=config.keep_checkpoints,
+      best_metric=config.best_metric or None, best_mode=config.best_mode)
+  train_iter = task.train_iterator(config, jax.process_index(),
+                                   jax.process_count())
+
+  def on_corrupt(step, err):
+    print(f"mmtx: checkpoint at step {step} is corrupt or partial "
+          f"({type(err).__name__}: {str(err)[:200]}); trying the previous one.",
+          flush=True)
+
+  restored = ck.restore_latest(abstract, on_corrupt=on_corrupt)
+  if restored is not None:
+    step0, st, data_state = restored
+    state = jax.device_put(st, shardings)
+    train_iter.set_state(ckpt_lib.from_json_state(data_state))
+    print(f"mmtx: resumed from {ck.directory} at step {step0}.", flush=True)
+  elif config.init_from.workdir:
+    params, loaded, missing = load_transfer_params(config, state.params)
+    state = state.replace(params=params)
+    print(f"mmtx: initialised {loaded} params from "
+          f"{config.init_from.workdir}; {len(missing)} not in the checkpoint "
+          f"(fresh init): {missing}", flush=True)
+
+  writer = MetricWriter(workdir, enabled=is_main)
+  step_fn = jax.jit(make_train_step(task, model, tx),
+                    in_shardings=(shardings, sharding.batch_sharding(mesh)),
+                    out_shardings=(shardings, sharding.replicated(mesh)),
+                    donate_argnums=(0,))
+
+  def evaluate(step):
+    metrics, table = task.evaluate(model, state.params, config, mesh)
+    if is_main:
+      writer.write(step, {f"eval/{k}": v for k, v in metrics.items()})
+      if table:
+        print(table, flush=True)
+    return metrics
+
+  if mode == "eval":
+    metrics = evaluate(int(state.step))
+    ck.close()
+    writer.close()
+    return metrics
+
+  stop = {"sigterm": False}
+  prev_handler = signal.getsignal(signal.SIGTERM)
+
+  def on_sigterm(signum, frame):
+    del signum, frame
+    stop["sigterm"] = True
+  try:
+    signal.signal(signal.SIGTERM, on_sigterm)
+  except ValueError:  # not in the main thread
+    prev_handler = None
+
+  start = int(state.step)
+  total = int(config.total_steps)
+  bar = None
+  if progress and is_main:
+    from tqdm import tqdm
+    bar = tqdm(total=total, initial=start, desc="train", dynamic_ncols=True,
+               mininterval=1.0)
+  pending: list[tuple[int, Any]] = []
+  t_last, n_last = time.time(), 0
+  last_eval: dict[str, float] = {}
+
+  def flush_metrics(step):
+    """Fetches pending step metrics; stops at the first non-finite loss."""
+    nonlocal t_last, n_last
+    if not pending:
+      return
+    fetched = jax.device_get([m for _, m in pending])
+    for (s, _), m in zip(pending, fetched):
+      if not (math.isfinite(float(m["loss"])) and
+              math.isfinite(float(m["grad_norm"]))):
+        raise NonFiniteLossError(
+            f"non-finite loss ({float(m['loss'])}) or gradient norm at step "
+            f"{s}; stopping. The last good checkpoint in {ck.directory} is "
+            f"kept (steps {ck.all_steps()}); lower the learning rate or check "
+            f"the data.")
+    avg = {k: float(np.mean([m[k] for m in fetched])) for k in fetched[-1]}
+    dt = time.time() - t_last
+    avg["examples_per_sec"] = n_last * config.batch_size / max(dt, 1e-9)
+    avg["learning_rate"] = float(sched(step))
+    pending.clear()
+    t_last, n_last = time.time(), 0
+    if is_main:
+      writer.write(step, {f"train/{k}": v for k, v in avg.items()})
+      if bar is not None:
+        bar.set_postfix(loss=f"{avg['loss']:.4f}",
+                        ex_s=f"{avg['examples_per_sec']:.0f}")
+
+  def save(step, metrics=None, force=False):
+    flush_metrics(step)  # never checkpoint non-finite state
+    ck.save(step, state, ckpt_lib.to_json_state(train_iter.get_state()),
+            metrics=metrics, force=force)
+
+  try:
+    with mesh:
+      for step in range(start + 1, total + 1):
+        batch = sharding.put_batch(next(train_iter), mesh)
+        state, metrics = step_fn(state, batch)
+        pending.append((step, metrics))
+        n_last += 1
+        if bar is not None:
+          bar.update(1)
+        if step % config.log_every == 0 or step == total:
+          flush_metrics(step)
+        eval_now = config.eval_every and (step % config.eval_every == 0 or
+                                          step == total)
+        if eval_now:
+          last_eval = evaluate(step)
+        if (step % config.checkpoint_every == 0 or step == total or
+            eval_now or stop["sigterm"]):
+          best = None
+          if eval_now and config.best_metric in last_eval:
+            best = {config.best_metric: float(last_eval[config.best_metric])}
+          save(step, best, force=stop["sigterm"])
+        if stop["sigterm"]:
+          ck.wait()
+          print(f"mmtx: SIGTERM: saved a checkpoint at step {step}; exiting.",
+                flush=True)
+          break
+  finally:
+    if bar is not None:
+      bar.close()
+    ck.close()
+    writer.close()
+    if prev_handler is not None:
+      signal.signal(signal.SIGTERM, prev_handler)
+  return last_eval
