@@ -45,9 +45,16 @@ def maybe_initialize_distributed():
 
 
 def make_mesh(data: int = -1, fsdp: int = 1, tensor: int = 1,
+              num_devices: int = -1,
               devices: Sequence[jax.Device] | None = None) -> Mesh:
-  """A ('data', 'fsdp', 'tensor') mesh; -1 takes the remaining devices."""
+  """A ('data', 'fsdp', 'tensor') mesh over the first `num_devices` devices
+  (-1: all); a -1 axis size takes the remaining devices."""
   devices = list(devices if devices is not None else jax.devices())
+  if num_devices != -1:
+    if not 0 < num_devices <= len(devices):
+      raise ValueError(f"mesh.num_devices={num_devices} but {len(devices)} "
+                       f"devices are present.")
+    devices = devices[:num_devices]
   n = len(devices)
   sizes = [data, fsdp, tensor]
   if sum(s == -1 for s in sizes) > 1:
@@ -77,6 +84,15 @@ def _spec_for(names, shape, mesh: Mesh, rules) -> P:
     else:
       used |= set(axes)
       out.append(axes[0] if len(axes) == 1 else axes)
+  # FSDP: a parameter whose 'embed' dim the fsdp axis does not divide is
+  # sharded on its largest dim that it does divide, so every big array is
+  # split (ZeRO-3 style); scalars and odd shapes stay replicated.
+  f = mesh.shape.get("fsdp", 1)
+  if f > 1 and "fsdp" not in used:
+    free = [i for i, a in enumerate(out) if a is None and shape[i] % f == 0]
+    if free:
+      i = max(free, key=lambda j: shape[j])
+      out[i] = "fsdp"
   return P(*out)
 
 
@@ -86,7 +102,9 @@ def param_shardings(abstract_boxed, mesh: Mesh, rules=RULES):
     if isinstance(leaf, nn.LogicallyPartitioned):
       return NamedSharding(mesh, _spec_for(leaf.names, leaf.value.shape, mesh,
                                            rules))
-    return NamedSharding(mesh, P())
+    shape = tuple(getattr(leaf, "shape", ()))
+    return NamedSharding(mesh, _spec_for((None,) * len(shape), shape, mesh,
+                                         rules))
   return jax.tree_util.tree_map(
       one, abstract_boxed,
       is_leaf=lambda x: isinstance(x, nn.LogicallyPartitioned))

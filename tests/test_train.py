@@ -11,89 +11,14 @@ import subprocess
 import sys
 import textwrap
 
-import flax.linen as nn
-import grain
 import jax
-import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import pytest
 
 from mmtx import train
+from toy_task import RegressionTask, base_config
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def base_config(**kw):
-  c = ml_collections.ConfigDict(dict(
-      seed=0, total_steps=12, batch_size=8, log_every=2, eval_every=6,
-      checkpoint_every=3, keep_checkpoints=10, best_metric="neg_mse",
-      best_mode="max", task="regression",
-      mesh=dict(data=-1, fsdp=1, tensor=1),
-      data=dict(num_examples=64, poison_after=-1),
-      model=dict(hidden=16),
-      optimizer=dict(name="adamw", learning_rate=1e-2, b1=0.9, b2=0.999,
-                     eps=1e-8, weight_decay=1e-4, warmup_steps=2,
-                     schedule="cosine", end_lr_factor=0.0, grad_clip_norm=1.0,
-                     accumulate_steps=1, freeze=(), lr_multipliers=(),
-                     layer_decay=0.0),
-      init_from=dict(workdir="", rules=())))
-  c.update_from_flattened_dict(kw)
-  c.lock()
-  return c
-
-
-class Mlp(nn.Module):
-  hidden: int
-
-  @nn.compact
-  def __call__(self, x, *, deterministic=True):
-    h = nn.Dense(self.hidden, kernel_init=nn.with_logical_partitioning(
-        nn.initializers.lecun_normal(), ("embed", "mlp")), name="dense_in")(x)
-    h = nn.Dropout(0.1)(nn.relu(h), deterministic=deterministic)
-    return nn.Dense(1, kernel_init=nn.with_logical_partitioning(
-        nn.initializers.lecun_normal(), ("mlp", "embed")), name="dense_out")(h)
-
-
-class RegressionTask:
-  """y = sum(x * w_true); data item i is fixed by i (deterministic)."""
-
-  def _records(self, config):
-    rs = np.random.RandomState(0)
-    x = rs.randn(config.data.num_examples, 4).astype(np.float32)
-    y = (x @ np.array([1.0, -2.0, 0.5, 3.0], np.float32))[:, None]
-    if config.data.poison_after >= 0:
-      y = y.copy()
-      y[:] = np.nan
-    return [{"x": x[i], "y": y[i]} for i in range(len(x))]
-
-  def build_model(self, config):
-    return Mlp(config.model.hidden)
-
-  def init_batch(self, config):
-    return {"x": np.zeros((config.batch_size, 4), np.float32),
-            "y": np.zeros((config.batch_size, 1), np.float32)}
-
-  def init_variables(self, model, rng, batch):
-    return model.init(rng, batch["x"])
-
-  def loss_fn(self, model, params, batch, rng, train_):
-    pred = model.apply({"params": params}, batch["x"],
-                       deterministic=not train_, rngs={"dropout": rng})
-    loss = jnp.mean((pred - batch["y"]) ** 2)
-    return loss, {"mse": loss}
-
-  def train_iterator(self, config, index, count):
-    recs = self._records(config)[index::count]
-    ds = grain.MapDataset.source(recs).shuffle(seed=config.seed).repeat()
-    return iter(ds.batch(config.batch_size, drop_remainder=True))
-
-  def evaluate(self, model, params, config, mesh):
-    recs = self._records(config)
-    x = np.stack([r["x"] for r in recs])
-    y = np.stack([r["y"] for r in recs])
-    mse = float(jnp.mean((model.apply({"params": params}, x) - y) ** 2))
-    return {"neg_mse": -mse}, f"eval mse {mse:.4f}"
 
 
 def _params(workdir):
@@ -158,7 +83,7 @@ def test_resume_is_bitwise_equal_to_uninterrupted(tmp_path):
 _RUNNER = textwrap.dedent("""
     import os, sys, time
     sys.path.insert(0, {tests!r})
-    import test_train as t
+    import toy_task as t
     from mmtx import train
     cfg = t.base_config(total_steps={steps}, checkpoint_every=1, eval_every=0)
     class Slow(t.RegressionTask):
