@@ -20,9 +20,18 @@ INSTALL_REQUIRES = [
     "easy-vqa==1.0",
 ]
 
+# References the tests compare against: open_clip's losses, pycocoevalcap's
+# BLEU/CIDEr, Hugging Face CLIP (transformers 4.57 is the last release with the
+# Flax models the CPU benchmark also runs). torch/torchvision are pinned as a
+# pair that imports together (a mismatched pair fails at import).
 TEST_REQUIRES = [
     "pytest>=8",
     "pytest-xdist>=3.5",
+    "torch==2.14.1",
+    "torchvision==0.29.1",
+    "open_clip_torch>=3.2,<4",
+    "pycocoevalcap==1.2",
+    "transformers>=4.57,<4.58",
 ]
 
 setuptools.setup(

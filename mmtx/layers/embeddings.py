@@ -92,6 +92,7 @@ class PatchEmbedding(nn.Module):
   """
   patch_size: int
   features: int
+  use_bias: bool = True
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
 
@@ -112,7 +113,7 @@ class PatchEmbedding(nn.Module):
         raise ValueError(f"PatchEmbedding: images have {c} channels, the "
                          f"parameters expect {want_c}.")
     x = nn.Conv(self.features, (p, p), strides=(p, p), padding="VALID",
-                dtype=self.dtype, param_dtype=self.param_dtype,
+                use_bias=self.use_bias, dtype=self.dtype, param_dtype=self.param_dtype,
                 kernel_init=nn.with_logical_partitioning(
                     nn.initializers.lecun_normal(),
                     (None, None, "channels", "embed")),

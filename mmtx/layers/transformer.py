@@ -18,7 +18,7 @@ from mmtx.layers.attention import (MultiHeadAttention, causal_mask,
 Array = jax.Array
 Dtype = Any
 
-ACTIVATIONS = ("relu", "gelu", "swiglu")
+ACTIVATIONS = ("relu", "gelu", "quick_gelu", "swiglu")
 NORMS = ("post", "pre")
 REMAT_POLICIES = {
     "none": None,  # no remat
@@ -36,8 +36,8 @@ def _zeros(names):
   return nn.with_logical_partitioning(nn.initializers.zeros_init(), names)
 
 
-def _layer_norm(dtype, param_dtype, name):
-  return nn.LayerNorm(epsilon=1e-6, dtype=dtype, param_dtype=param_dtype,
+def _layer_norm(dtype, param_dtype, name, eps=1e-6):
+  return nn.LayerNorm(epsilon=eps, dtype=dtype, param_dtype=param_dtype,
                       scale_init=nn.with_logical_partitioning(
                           nn.initializers.ones_init(), ("embed",)),
                       bias_init=_zeros(("embed",)), name=name)
@@ -45,7 +45,8 @@ def _layer_norm(dtype, param_dtype, name):
 
 class Mlp(nn.Module):
   """Position-wise FFN. relu: max(0, x W1 + b1) W2 + b2 (Vaswani et al. Eq. 2);
-  gelu: GELU(x W1 + b1) W2 + b2; swiglu: (Swish(x W) * (x V)) W2 (Shazeer 2020).
+  gelu: GELU(x W1 + b1) W2 + b2; quick_gelu: x * sigmoid(1.702 x) (CLIP);
+  swiglu: (Swish(x W) * (x V)) W2 (Shazeer 2020).
   """
   hidden_dim: int
   activation: str = "relu"
@@ -68,8 +69,12 @@ class Mlp(nn.Module):
           self.hidden_dim, ("embed", "mlp"), "wi_1")(x)
     else:
       h = dense(self.hidden_dim, ("embed", "mlp"), "wi")(x)
-      h = nn.relu(h) if self.activation == "relu" else nn.gelu(h,
-                                                              approximate=False)
+      if self.activation == "relu":
+        h = nn.relu(h)
+      elif self.activation == "quick_gelu":
+        h = h * nn.sigmoid(1.702 * h)
+      else:
+        h = nn.gelu(h, approximate=False)
     h = nn.Dropout(self.dropout_rate)(h, deterministic=deterministic)
     return dense(out_dim, ("mlp", "embed"), "wo")(h)
 
@@ -102,6 +107,7 @@ class EncoderBlock(nn.Module):
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
   attention_impl: str = "xla"
+  layer_norm_eps: float = 1e-6
   sow_weights: bool = False
 
   @nn.compact
@@ -123,8 +129,10 @@ class EncoderBlock(nn.Module):
     mlp = Mlp(self.mlp_dim, self.activation, self.dropout_rate, dtype=self.dtype,
               param_dtype=self.param_dtype, name="mlp")
     drop = nn.Dropout(self.dropout_rate)
-    ln1 = _layer_norm(self.dtype, self.param_dtype, "ln_attention")
-    ln2 = _layer_norm(self.dtype, self.param_dtype, "ln_mlp")
+    ln1 = _layer_norm(self.dtype, self.param_dtype, "ln_attention",
+                      self.layer_norm_eps)
+    ln2 = _layer_norm(self.dtype, self.param_dtype, "ln_mlp",
+                      self.layer_norm_eps)
     if self.norm == "post":
       z = ln1(x + drop(attn(x, mask=attn_mask, deterministic=deterministic),
                        deterministic=deterministic))
@@ -152,6 +160,7 @@ class DecoderBlock(nn.Module):
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
   attention_impl: str = "xla"
+  layer_norm_eps: float = 1e-6
   decode: bool = False
   sow_weights: bool = False
 
@@ -205,7 +214,8 @@ class DecoderBlock(nn.Module):
     if context is None:
       names = [names[0], names[2]]
     for fn, ln_name in zip(sublayers, names):
-      ln = _layer_norm(self.dtype, self.param_dtype, ln_name)
+      ln = _layer_norm(self.dtype, self.param_dtype, ln_name,
+                       self.layer_norm_eps)
       if self.norm == "post":
         x = ln(x + drop(fn(x), deterministic=deterministic))
       else:
@@ -272,6 +282,7 @@ class Encoder(nn.Module):
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
   attention_impl: str = "xla"
+  layer_norm_eps: float = 1e-6
   scan: bool = False
   remat: str = "none"
   sow_weights: bool = False
@@ -286,7 +297,7 @@ class Encoder(nn.Module):
               attention_dropout_rate=self.attention_dropout_rate,
               dtype=self.dtype, param_dtype=self.param_dtype,
               attention_impl=self.attention_impl, sow_weights=self.sow_weights,
-              deterministic=deterministic)
+              layer_norm_eps=self.layer_norm_eps, deterministic=deterministic)
     block = _stack(_ScannedEncoderBlock, self.scan, self.remat, self.num_layers,
                    1, {"params": 0, "intermediates": 0})
     if self.scan:
@@ -295,7 +306,8 @@ class Encoder(nn.Module):
       for i in range(self.num_layers):
         x, _ = block(name=f"layers_{i}", **kw)(x, attn_mask)
     if self.norm == "pre":
-      x = _layer_norm(self.dtype, self.param_dtype, "ln_final")(x)
+      x = _layer_norm(self.dtype, self.param_dtype, "ln_final",
+                      self.layer_norm_eps)(x)
     return x
 
 
@@ -312,6 +324,7 @@ class Decoder(nn.Module):
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
   attention_impl: str = "xla"
+  layer_norm_eps: float = 1e-6
   scan: bool = False
   remat: str = "none"
   decode: bool = False
@@ -328,7 +341,8 @@ class Decoder(nn.Module):
               attention_dropout_rate=self.attention_dropout_rate,
               dtype=self.dtype, param_dtype=self.param_dtype,
               attention_impl=self.attention_impl, decode=self.decode,
-              sow_weights=self.sow_weights, deterministic=deterministic)
+              sow_weights=self.sow_weights, layer_norm_eps=self.layer_norm_eps,
+              deterministic=deterministic)
     block = _stack(_ScannedDecoderBlock, self.scan, self.remat,
                    self.num_layers, 3,
                    {"params": 0, "cache": 0, "intermediates": 0})
@@ -338,5 +352,6 @@ class Decoder(nn.Module):
       for i in range(self.num_layers):
         x, _ = block(name=f"layers_{i}", **kw)(x, context, mask, context_mask)
     if self.norm == "pre":
-      x = _layer_norm(self.dtype, self.param_dtype, "ln_final")(x)
+      x = _layer_norm(self.dtype, self.param_dtype, "ln_final",
+                      self.layer_norm_eps)(x)
     return x

@@ -73,6 +73,10 @@ class ViT(nn.Module):
   num_heads: Optional[int] = None
   posemb: str = "learned"  # 'learned' | 'sincos2d'
   pool: str = "gap"  # 'cls' | 'gap' | 'none'
+  patch_bias: bool = True
+  ln_pre: bool = False  # CLIP's LayerNorm before the encoder
+  activation: str = "gelu"
+  layer_norm_eps: float = 1e-6
   dropout_rate: float = 0.0
   dtype: Any = "float32"
   scan: bool = False
@@ -91,8 +95,9 @@ class ViT(nn.Module):
                        f"1|3], got shape {images.shape}.")
     dtype = _dtype(self.dtype)
     p = c["patch_size"]
-    x = layers.PatchEmbedding(p, c["width"], dtype=dtype, name="embedding")(
-        images.astype(dtype))
+    x = layers.PatchEmbedding(p, c["width"], use_bias=self.patch_bias,
+                              dtype=dtype, name="embedding")(
+                                  images.astype(dtype))
     grid = (images.shape[1] // p, images.shape[2] // p)
     x = layers.PositionEmbedding(kind=self.posemb, max_len=grid[0] * grid[1],
                                  grid=grid, name="posemb")(x)
@@ -103,8 +108,13 @@ class ViT(nn.Module):
       x = jnp.concatenate([jnp.broadcast_to(cls, (x.shape[0], 1, x.shape[-1]))
                            .astype(x.dtype), x], axis=1)
     x = nn.Dropout(self.dropout_rate)(x, deterministic=deterministic)
+    if self.ln_pre:
+      x = nn.LayerNorm(epsilon=self.layer_norm_eps, dtype=dtype,
+                       name="ln_pre")(x)
     x = layers.Encoder(num_layers=c["depth"], num_heads=c["num_heads"],
-                       mlp_dim=c["mlp_dim"], norm="pre", activation="gelu",
+                       mlp_dim=c["mlp_dim"], norm="pre",
+                       activation=self.activation,
+                       layer_norm_eps=self.layer_norm_eps,
                        dropout_rate=self.dropout_rate, dtype=dtype,
                        scan=self.scan, remat=self.remat,
                        attention_impl=self.attention_impl, name="encoder")(
@@ -122,7 +132,8 @@ class TextTransformer(nn.Module):
   """Token ids `[batch, len]` (0 = padding) -> Transformer encoder.
 
   causal=True gives a GPT/CLIP-style text tower; pool: 'last' (last real
-  token, CLIP's EOT), 'first', 'mean' (over real tokens) or 'none'.
+  token), 'argmax' (the token with the highest id: CLIP's EOT), 'first',
+  'mean' (over real tokens) or 'none'.
   """
   vocab_size: int
   variant: Optional[str] = None
@@ -133,6 +144,8 @@ class TextTransformer(nn.Module):
   max_len: int = 77
   causal: bool = False
   pool: str = "last"
+  activation: str = "gelu"
+  layer_norm_eps: float = 1e-6
   dropout_rate: float = 0.0
   dtype: Any = "float32"
   scan: bool = False
@@ -142,9 +155,9 @@ class TextTransformer(nn.Module):
   @nn.compact
   def __call__(self, texts: Array, *, deterministic: bool = True):
     c = _resolve(self, ["width", "depth", "mlp_dim", "num_heads"])
-    if self.pool not in ("last", "first", "mean", "none"):
-      raise ValueError(f"TextTransformer: pool must be 'last', 'first', 'mean' "
-                       f"or 'none', got {self.pool!r}.")
+    if self.pool not in ("last", "argmax", "first", "mean", "none"):
+      raise ValueError(f"TextTransformer: pool must be 'last', 'argmax', "
+                       f"'first', 'mean' or 'none', got {self.pool!r}.")
     if texts.ndim != 2 or not jnp.issubdtype(texts.dtype, jnp.integer):
       raise ValueError(f"TextTransformer: texts must be int token ids [batch, "
                        f"len], got shape {texts.shape} dtype {texts.dtype}.")
@@ -163,7 +176,9 @@ class TextTransformer(nn.Module):
       attn_mask = layers.combine_masks(attn_mask, layers.causal_mask(
           texts.shape[1]))
     x = layers.Encoder(num_layers=c["depth"], num_heads=c["num_heads"],
-                       mlp_dim=c["mlp_dim"], norm="pre", activation="gelu",
+                       mlp_dim=c["mlp_dim"], norm="pre",
+                       activation=self.activation,
+                       layer_norm_eps=self.layer_norm_eps,
                        dropout_rate=self.dropout_rate, dtype=dtype,
                        scan=self.scan, remat=self.remat,
                        attention_impl=self.attention_impl, name="encoder")(
@@ -176,5 +191,8 @@ class TextTransformer(nn.Module):
     if self.pool == "mean":
       m = mask[..., None].astype(x.dtype)
       return (x * m).sum(1) / jnp.maximum(m.sum(1), 1), extras
-    last = jnp.maximum(mask.sum(axis=1) - 1, 0)
+    if self.pool == "argmax":
+      last = jnp.argmax(texts, axis=1)
+    else:
+      last = jnp.maximum(mask.sum(axis=1) - 1, 0)
     return jnp.take_along_axis(x, last[:, None, None], axis=1)[:, 0], extras
