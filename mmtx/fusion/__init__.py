@@ -1,0 +1,168 @@
+"""Every multimodal fusion strategy behind one interface, and a registry.
+
+A fusion module is a flax.linen Module called as
+
+  fused_tokens, fused_mask = fuse(tokens, masks, *, deterministic=True)
+
+with `tokens` a dict modality -> `[batch, n_m, d_m]` (counts and widths may
+differ per modality; each is projected to the common width `dim`) and `masks`
+the same keys -> boolean `[batch, n_m]`, True = real token. It returns
+`[batch, n_out, dim]` in the compute `dtype` and a boolean `[batch, n_out]`
+mask (pooled strategies: n_out = 1, mask all True). Modalities are always
+combined in sorted key order. Directional strategies have a `target` field
+naming the query modality; None means the first key in sorted order (so set
+it: e.g. target='text' to have text query image, as ALBEF does).
+
+`FUSIONS[name]` is the module class; `build_fusion(name or config, **fields)`
+builds one, so a paper ablation is the one config flag `name`. Every class
+shares the common fields of `base.Fusion` (dim, num_heads, num_layers,
+mlp_dim, dropout_rate, attention_dropout_rate, activation, norm, dtype,
+param_dtype, attention_impl); `default_config()` holds them plus every
+strategy's own options.
+
+Cost per layer as token counts grow (N_m tokens of modality m, N = sum_m N_m,
+N_t / N_c target / context tokens, B bottleneck tokens, d = dim, d_m input
+widths, f = mlp_dim; the projection to `dim`, O(sum_m N_m d_m d), is common
+to all but late/gated and left out):
+
+| name | paper | FLOPs per layer |
+|---|---|---|
+| `concat` | VisualBERT (Li et al. 2019), UNITER (Chen et al. 2020), ViLT (Kim et al. 2021) | O(N^2 d + N d (d + f)) |
+| `sum` | feature-level fusion (Baltrusaitis et al. 2019, survey) | O(N d) pooling, no layers |
+| `weighted_sum` | same, learned softmax modality weights | O(N d) pooling, no layers |
+| `gated` | Gated Multimodal Unit (Arevalo et al. 2017) | O(sum_m N_m d_m + M d sum_m d_m), no layers |
+| `late` | decision-level fusion (Baltrusaitis et al. 2019, survey) | O(sum_m N_m d_m + sum_m d_m f + M f d), no layers |
+| `cross_attention` | ALBEF (Li et al. 2021), BLIP (Li et al. 2022) | O((N_t^2 + N_t N_c) d + N_t d (d + f) + N_c d^2) |
+| `co_attention` | ViLBERT (Lu et al. 2019), LXMERT (Tan & Bansal 2019) | O(sum_m N_m (N - N_m) d + sum_m N_m^2 d + N d (d + f)); two streams: O((2 N_a N_b + N_a^2 + N_b^2) d + ...) |
+| `m_modal` | MulT-style cross-modal attention (Tsai et al. 2019), summed over M | union: O(sum_i N_i (N - N_i) d + M N d^2); sum: O(sum_i N_i N_o(i) d + M N d^2), N_o(i) the others' common count |
+| `gated_cross_attention` | Flamingo (Alayrac et al. 2022) | O(N_t N_c d + N_t d (d + f) + N_c d^2) |
+| `additive` | Bahdanau et al. 2015 scores, across modalities as in Show, Attend and Tell (Xu et al. 2015) | O((N_t^2 + N_t N_c) d + N_t d (d + f) + N_c d^2), with O(N_t N_c d) memory for the tanh |
+| `bottleneck` | MBT (Nagrani et al. 2021) | O(sum_m (N_m + B)^2 d + (N + M B) d (d + f)) from `fusion_layer` on; O(sum_m N_m^2 d + ...) before |
+
+So concat and co_attention both pay O(N^2 d) attention per layer (co_attention
+with separate weights per stream); the target-queries-context strategies drop
+the context's own N_c^2 term; bottleneck replaces the cross terms N_a N_b by
+(N_m + B)^2 per modality; the pooled strategies have no attention at all.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Mapping
+
+import jax.numpy as jnp
+import ml_collections
+
+from mmtx.fusion.base import (AdditiveAttention, CrossAttentionBlock,
+                              DirectionalFusion, Fusion, check_inputs,
+                              masked_mean)
+from mmtx.fusion.m_modal import MModalFusion, resolve_m_modal
+from mmtx.fusion.pooled import (GatedFusion, LateFusion, SumFusion,
+                                WeightedSumFusion)
+from mmtx.fusion.streams import (AdditiveFusion, BottleneckFusion,
+                                 CoAttentionFusion, ConcatFusion,
+                                 CrossAttentionFusion,
+                                 GatedCrossAttentionBlock,
+                                 GatedCrossAttentionFusion)
+
+FUSIONS = {
+    "concat": ConcatFusion,
+    "sum": SumFusion,
+    "weighted_sum": WeightedSumFusion,
+    "gated": GatedFusion,
+    "cross_attention": CrossAttentionFusion,
+    "co_attention": CoAttentionFusion,
+    "m_modal": MModalFusion,
+    "gated_cross_attention": GatedCrossAttentionFusion,
+    "additive": AdditiveFusion,
+    "bottleneck": BottleneckFusion,
+    "late": LateFusion,
+}
+
+_DTYPE_FIELDS = ("dtype", "param_dtype")
+
+
+def fusion_fields(name: str) -> tuple[str, ...]:
+  """The config fields of strategy `name` (its module's dataclass fields)."""
+  return tuple(f.name for f in dataclasses.fields(_lookup(name))
+               if f.name not in ("parent", "name"))
+
+
+def _lookup(name):
+  if name not in FUSIONS:
+    raise ValueError(f"unknown fusion {name!r}; known fusions: "
+                     f"{', '.join(sorted(FUSIONS))}.")
+  return FUSIONS[name]
+
+
+def build_fusion(config: Any, **overrides) -> Fusion:
+  """Builds a fusion module from a name or a config.
+
+  Args:
+    config: a key of FUSIONS, or a dict / ml_collections.ConfigDict with a
+      `name` field and any fusion fields (see `default_config`).
+    **overrides: fields that take precedence over `config`'s.
+
+  Fields another strategy reads but `name` does not (e.g. kv_form for
+  'concat') are accepted and not used, so one config carries every option and
+  switches strategy by `name` alone; a field no strategy has is an error.
+  dtype / param_dtype may be strings ('bfloat16').
+  """
+  if isinstance(config, str):
+    name, fields = config, {}
+  elif hasattr(config, "to_dict") or isinstance(config, Mapping):
+    fields = dict(config.to_dict() if hasattr(config, "to_dict") else config)
+    if "name" not in fields:
+      raise ValueError(f"build_fusion: the config has no field 'name'; set it "
+                       f"to one of {', '.join(sorted(FUSIONS))}.")
+    name = fields.pop("name")
+  else:
+    raise ValueError(f"build_fusion: config must be a fusion name or a "
+                     f"dict/ConfigDict with 'name', got "
+                     f"{type(config).__name__}.")
+  fields.update(overrides)
+  cls = _lookup(name)
+  every = {f for n in FUSIONS for f in fusion_fields(n)}
+  unknown = sorted(set(fields) - every)
+  if unknown:
+    raise ValueError(f"build_fusion: unknown fusion field(s) {unknown}; the "
+                     f"fields are {sorted(every)}.")
+  own = set(fusion_fields(name))
+  kwargs = {k: v for k, v in fields.items() if k in own}
+  for k in _DTYPE_FIELDS:
+    if isinstance(kwargs.get(k), str):
+      try:
+        kwargs[k] = jnp.dtype(kwargs[k])
+      except TypeError as e:
+        raise ValueError(f"build_fusion: field {k}={kwargs[k]!r} is not a "
+                         f"dtype name (e.g. 'float32', 'bfloat16').") from e
+  return cls(**kwargs)
+
+
+def default_config(name: str = "concat") -> ml_collections.ConfigDict:
+  """A locked ConfigDict: `name` plus every field of every strategy, with the
+  modules' defaults (dtypes as strings, `target` a str placeholder)."""
+  _lookup(name)
+  cfg = {"name": name}
+  for n in FUSIONS:
+    for f in dataclasses.fields(FUSIONS[n]):
+      if f.name in ("parent", "name") or f.name in cfg:
+        continue
+      value = f.default
+      if f.name in _DTYPE_FIELDS:
+        value = jnp.dtype(value).name
+      elif value is None:
+        value = ml_collections.config_dict.placeholder(str)
+      cfg[f.name] = value
+  config = ml_collections.ConfigDict(cfg)
+  config.lock()
+  return config
+
+
+__all__ = [
+    "FUSIONS", "build_fusion", "default_config", "fusion_fields", "Fusion",
+    "DirectionalFusion", "ConcatFusion", "SumFusion", "WeightedSumFusion",
+    "GatedFusion", "LateFusion", "CrossAttentionFusion", "AdditiveFusion",
+    "CoAttentionFusion", "MModalFusion", "GatedCrossAttentionFusion",
+    "BottleneckFusion", "CrossAttentionBlock", "GatedCrossAttentionBlock",
+    "AdditiveAttention", "check_inputs", "masked_mean", "resolve_m_modal",
+]
