@@ -1,0 +1,154 @@
+"""Task views: how one record becomes one training/eval example.
+
+Record schema (what mmtx's builders and `catalog.to_record` produce):
+  'id' str; 'image' uint8 [H, W, 3]; 'caption' str [C];
+  for VQA datasets 'question' str [Q], 'answer' int32 [Q] (index into the
+  dataset's answer list), 'qtype' int32 [Q], optionally 'qsubtype' int32 [Q]
+  and 'question_encoding' uint8 [Q, E]; for dialogue datasets
+  'dialogue_question' str [D, T] and 'dialogue_answer' int32 [D, T].
+
+Example keys (the pipeline stacks them into batches with a leading [B]):
+  every task: 'image' float32 [H, W, 3] in [-1, 1]; 'index' int32, the
+    record's index in its split; 'valid' bool, False for padding examples.
+  'vqa' (one example per question): 'question' int32 [L] (0 = pad),
+    'question_mask' bool [L], 'answer' int32, 'qtype' int32, 'qsubtype' int32
+    (0 when the dataset has none), and 'question_encoding' float32 [E] when
+    the dataset has it (sort_of_clevr).
+  'caption' and 'contrastive' (one example per image): 'text' int32 [L],
+    'text_mask' bool [L]; the caption is drawn at random per example and epoch
+    when `random_text`, else it is the record's first caption.
+  'dialogue' (one example per turn): 'history' int32 [L]: bos q1 sep a1 sep
+    ... sep q_t eos, the oldest tokens cut first; 'history_mask' bool [L];
+    'answer' int32 (answer to q_t); 'turn' int32 (t, from 0).
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import numpy as np
+
+from mmtx.data import tokenizers as tok_lib
+
+TASKS = ("vqa", "caption", "contrastive", "dialogue")
+
+
+@dataclasses.dataclass(frozen=True)
+class ViewSpec:
+  """What a view needs besides the record."""
+  task: str
+  tokenizer: Any
+  max_len: int
+  image_shape: tuple[int, int, int]
+  answers: tuple[str, ...] | None = None
+  augment: bool = False
+  random_text: bool = False
+  dataset: str = "dataset"        # for error messages
+  rebuild_hint: str = ""          # how to rebuild, for error messages
+
+  def __post_init__(self):
+    if self.task not in TASKS:
+      raise ValueError(f"unknown task {self.task!r}; expected one of {TASKS}.")
+    if self.task in ("vqa", "dialogue") and not self.answers:
+      raise ValueError(f"task {self.task!r} needs a dataset with an answer "
+                       f"vocabulary; {self.dataset} has none.")
+
+
+def _text(x) -> str:
+  return x.decode("utf-8") if isinstance(x, (bytes, np.bytes_)) else str(x)
+
+
+def record_id(record) -> str:
+  return _text(record.get("id", "?"))
+
+
+def units_per_record(task: str, record) -> int:
+  """How many examples of `task` one record holds."""
+  if task == "vqa":
+    return len(record["question"])
+  if task == "dialogue":
+    return int(np.asarray(record["dialogue_answer"]).size)
+  return 1
+
+
+def normalize_image(image: np.ndarray) -> np.ndarray:
+  """uint8 [H, W, 3] -> float32 in [-1, 1]: x / 127.5 - 1."""
+  return image.astype(np.float32) / 127.5 - 1.0
+
+
+def augment_image(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+  """uint8 [H, W, 3] -> float32: `normalize_image` then a light photometric
+  jitter, the same for all channels (colors, shapes and positions, hence
+  every answer, are unchanged): x * U(0.9, 1.1) + U(-0.1, 0.1), clipped to
+  [-1, 1]."""
+  contrast = rng.uniform(0.9, 1.1)
+  brightness = rng.uniform(-0.1, 0.1)
+  out = image.astype(np.float32) * np.float32(contrast / 127.5)
+  out += np.float32(brightness - contrast)
+  return np.clip(out, -1.0, 1.0, out=out)
+
+
+def _fail(spec: ViewSpec, record, what: str):
+  hint = f" Rebuild it: {spec.rebuild_hint}." if spec.rebuild_hint else ""
+  raise ValueError(f"{spec.dataset} record {record_id(record)!r}: {what}; the "
+                   f"record is corrupt or from another version of the "
+                   f"dataset.{hint}")
+
+
+def _answer(spec: ViewSpec, record, value) -> np.int32:
+  value = int(value)
+  if not 0 <= value < len(spec.answers):
+    _fail(spec, record, f"answer id {value} is outside the answer vocabulary "
+          f"of {len(spec.answers)} answers")
+  return np.int32(value)
+
+
+def make_example(spec: ViewSpec, record, index: int, unit: int,
+                 rng: np.random.Generator | None) -> dict:
+  """Example `unit` of record number `index` (see the module docstring)."""
+  image = np.asarray(record["image"])
+  if image.shape != tuple(spec.image_shape) or image.dtype != np.uint8:
+    _fail(spec, record, f"image has shape {image.shape} and dtype "
+          f"{image.dtype}, expected uint8 {tuple(spec.image_shape)}")
+  count = units_per_record(spec.task, record)
+  if not 0 <= unit < count:
+    _fail(spec, record, f"it has {count} {spec.task} examples but example "
+          f"{unit} was asked for (the dataset's metadata disagrees)")
+  ex = {"index": np.int32(index), "valid": np.bool_(True)}
+  tok = spec.tokenizer
+  if spec.task == "vqa":
+    ids, mask = tok.encode_batch([_text(record["question"][unit])], spec.max_len)
+    ex.update(question=ids[0], question_mask=mask[0],
+              answer=_answer(spec, record, record["answer"][unit]),
+              qtype=np.int32(record["qtype"][unit]),
+              qsubtype=np.int32(record["qsubtype"][unit]
+                                if "qsubtype" in record else 0))
+    if "question_encoding" in record:
+      ex["question_encoding"] = np.asarray(
+          record["question_encoding"][unit], np.float32)
+  elif spec.task in ("caption", "contrastive"):
+    captions = record["caption"]
+    if len(captions) == 0:
+      _fail(spec, record, "it has no caption")
+    pick = int(rng.integers(len(captions))) if spec.random_text and rng is not None else 0
+    ids, mask = tok.encode_batch([_text(captions[pick])], spec.max_len)
+    ex.update(text=ids[0], text_mask=mask[0])
+  else:  # dialogue
+    questions = np.asarray(record["dialogue_question"])
+    answers = np.asarray(record["dialogue_answer"])
+    d, t = divmod(unit, questions.shape[1])
+    seq = []
+    for turn in range(t):
+      seq += tok.encode(_text(questions[d, turn])) + [tok_lib.SEP]
+      seq += tok.encode(spec.answers[_answer(spec, record, answers[d, turn])])
+      seq += [tok_lib.SEP]
+    seq += tok.encode(_text(questions[d, t]))
+    ids, mask = tok_lib.pad_sequences([seq], spec.max_len, truncate="left")
+    ex.update(history=ids[0], history_mask=mask[0],
+              answer=_answer(spec, record, answers[d, t]), turn=np.int32(t))
+  # Last, so that turning augmentation on does not change the text drawn.
+  if spec.augment and rng is not None:
+    ex["image"] = augment_image(image, rng)
+  else:
+    ex["image"] = normalize_image(image)
+  return ex

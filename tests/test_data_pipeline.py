@@ -1,0 +1,349 @@
+"""The grain pipeline: task views, determinism, host sharding, resume from a
+saved iterator state, eval padding, error messages, device placement, and
+catalog datasets through tfds.testing.mock_data."""
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+import tensorflow_datasets as tfds
+
+from mmtx import data
+from mmtx.data import build as build_lib
+from mmtx.data import catalog
+from mmtx.data import sort_of_clevr as soc
+from mmtx.data import views
+
+NAME = "sort_of_clevr/tiny"   # 64 train / 16 test / 32 test_large images
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+  d = str(tmp_path_factory.mktemp("tfds"))
+  data.ensure_built(NAME, d, verbose=False)
+  return d
+
+
+def _get(data_dir, split="train", task="vqa", **kw):
+  kw.setdefault("batch_size", 8)
+  kw.setdefault("shard", (0, 1))
+  return data.get_dataset(NAME, split, task, data_dir=data_dir, **kw)
+
+
+def _take(it, n):
+  return [next(it) for _ in range(n)]
+
+
+def _same(a, b):
+  return a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
+
+
+# -------------------------------------------------------------- views
+def test_vqa_batches_match_the_records(data_dir):
+  it, info = _get(data_dir, "test", shuffle=False, max_len=20)
+  assert info.num_examples == 16 * 30 and info.answers == soc.ANSWERS
+  assert info.qtypes == soc.QTYPES and info.steps_per_epoch == 60
+  batch = next(it)
+  assert batch["image"].shape == (8, 75, 75, 3) and batch["image"].dtype == np.float32
+  assert batch["question"].shape == (8, 20) and batch["question"].dtype == np.int32
+  for key in ("answer", "qtype", "qsubtype", "index"):
+    assert batch[key].shape == (8,) and batch[key].dtype == np.int32
+  assert batch["question_encoding"].shape == (8, 18)
+  rec = info.record(0)
+  # Unshuffled: the first 8 examples are questions 0..7 of record 0.
+  np.testing.assert_array_equal(batch["index"], 0)
+  np.testing.assert_array_equal(batch["answer"], rec["answer"][:8])
+  np.testing.assert_array_equal(batch["qtype"], rec["qtype"][:8])
+  np.testing.assert_allclose(batch["image"][0], rec["image"] / 127.5 - 1, atol=1e-6)
+  tok = info.tokenizer
+  for j in range(8):
+    assert tok.decode(batch["question"][j]) == rec["question"][j].decode()
+    assert (batch["question"][j] != 0).tolist() == batch["question_mask"][j].tolist()
+    assert batch["question"][j, 0] == data.BOS
+
+
+def test_dialogue_history_uses_previous_turns(data_dir):
+  it, info = _get(data_dir, "test", "dialogue", shuffle=False, max_len=96)
+  batch = next(it)
+  rec = info.record(0)
+  tok = info.tokenizer
+  np.testing.assert_array_equal(batch["turn"][:4], [0, 1, 2, 3])
+  np.testing.assert_array_equal(batch["answer"][:8], rec["dialogue_answer"].reshape(-1))
+  q = [s.decode() for s in rec["dialogue_question"][0]]
+  a = [soc.ANSWERS[x] for x in rec["dialogue_answer"][0]]
+  want = f"{q[0]} <sep> {a[0]} <sep> {q[1]} <sep> {a[1]} <sep> {q[2]}"
+  assert tok.decode(batch["history"][2]) == want
+  # The history is cut from the left: the current question always survives.
+  it, _ = _get(data_dir, "test", "dialogue", shuffle=False, max_len=16)
+  short = next(it)["history"][3]
+  assert short[0] == data.BOS and tok.decode(short).endswith(q[3])
+
+
+def test_caption_and_contrastive_views(data_dir):
+  it, info = _get(data_dir, "test", "caption", shuffle=False, max_len=64)
+  batch = next(it)
+  assert info.num_examples == 16 and set(batch) == {"image", "text", "text_mask",
+                                                    "index", "valid"}
+  first = [info.record(int(i))["caption"][0].decode() for i in batch["index"]]
+  assert [info.tokenizer.decode(t) for t in batch["text"]] == first
+  # Training draws a caption per example: several templates show up.
+  it, info = _get(data_dir, "train", "contrastive", batch_size=32, max_len=64)
+  batch = next(it)
+  texts = {info.tokenizer.decode(t) for t in batch["text"]}
+  captions = {c.decode() for i in batch["index"] for c in info.record(int(i))["caption"]}
+  assert texts <= captions
+  assert len({t.split()[0] for t in texts}) > 1
+
+
+# --------------------------------------------------------- determinism
+def test_same_seed_same_batches_different_seed_differs(data_dir):
+  a = _take(_get(data_dir, seed=3)[0], 3)
+  b = _take(_get(data_dir, seed=3)[0], 3)
+  c = _take(_get(data_dir, seed=4)[0], 3)
+  assert all(_same(x, y) for x, y in zip(a, b))
+  assert not np.array_equal(a[0]["index"], c[0]["index"])
+
+
+def _keys(batch):
+  """(record, question) identity of every valid example in a vqa batch."""
+  return [(int(i), bytes(q.tobytes())) for i, q, v in
+          zip(batch["index"], batch["question_encoding"], batch["valid"]) if v]
+
+
+def test_eval_shards_are_disjoint_and_cover_the_split(data_dir):
+  whole = [k for b in _get(data_dir, "test", shuffle=False)[0] for k in _keys(b)]
+  assert len(whole) == 480
+  seen, steps = [], set()
+  for index in range(3):
+    it, info = _get(data_dir, "test", shard=(index, 3), batch_size=16)
+    batches = list(it)
+    steps.add((len(batches), info.steps_per_epoch))
+    assert all(b["valid"].shape == (16,) for b in batches)   # padded, full
+    seen.append([k for b in batches for k in _keys(b)])
+  assert steps == {(10, 10)}                        # every host: same step count
+  flat = [k for s in seen for k in s]
+  assert len(flat) == 480 and sorted(flat) == sorted(whole)
+
+
+def test_train_shards_are_disjoint_per_epoch(data_dir):
+  per_host = []
+  for index in range(3):
+    it, info = _get(data_dir, "train", "caption", shard=(index, 3), batch_size=7)
+    assert info.examples_per_shard == 64 // 3 and info.steps_per_epoch == 3
+    batches = _take(it, 3)
+    per_host.append([int(i) for b in batches for i in b["index"]])
+  flat = [i for h in per_host for i in h]
+  assert len(flat) == len(set(flat)) == 63          # 64 - 64 % 3, no overlap
+
+
+def test_epochs_are_reshuffled(data_dir):
+  it, _ = _get(data_dir, "train", "caption", batch_size=16)
+  epoch1 = np.concatenate([b["index"] for b in _take(it, 4)])
+  epoch2 = np.concatenate([b["index"] for b in _take(it, 4)])
+  assert sorted(epoch1) == sorted(epoch2) == list(range(64))
+  assert not np.array_equal(epoch1, epoch2)
+
+
+def test_resume_from_saved_state(data_dir):
+  # 64 images / batch 24: batches 3..5 cross an epoch boundary.
+  it, _ = _get(data_dir, "train", "caption", batch_size=24, augment=True)
+  _take(it, 2)
+  state = json.loads(json.dumps(it.get_state()))   # as a checkpoint stores it
+  expected = _take(it, 4)
+  again, _ = _get(data_dir, "train", "caption", batch_size=24, augment=True)
+  again.set_state(state)
+  for got, want in zip(_take(again, 4), expected):
+    assert _same(got, want)
+
+
+def test_to_device_single_device(data_dir):
+  import jax
+  from jax.sharding import Mesh
+  mesh = Mesh(np.array(jax.devices()[:1]).reshape(1, 1), ("data", "fsdp"))
+  batch = next(_get(data_dir)[0])
+  arrays = data.to_device(batch, data.batch_sharding(mesh))
+  assert set(arrays) == set(batch)
+  np.testing.assert_array_equal(np.asarray(arrays["question"]), batch["question"])
+
+
+def test_to_device_shards_the_batch_over_data_and_fsdp():
+  script = textwrap.dedent("""
+    import numpy as np, jax
+    from jax.sharding import Mesh
+    from mmtx import data
+    mesh = Mesh(np.array(jax.devices()).reshape(2, 2), ("data", "fsdp"))
+    batch = {"x": np.arange(8 * 3, dtype=np.float32).reshape(8, 3),
+             "y": np.arange(8, dtype=np.int32), "s": np.array(["a"] * 8)}
+    out = data.to_device(batch, data.batch_sharding(mesh))
+    assert set(out) == {"x", "y"}
+    for shard in out["x"].addressable_shards:
+      np.testing.assert_array_equal(shard.data, batch["x"][shard.index])
+      assert shard.data.shape == (2, 3)
+    try:
+      data.to_device({"z": np.zeros(6)}, data.batch_sharding(mesh))
+    except ValueError as e:
+      assert "multiple of 4" in str(e), e
+    else:
+      raise AssertionError("no error")
+    print("ok")
+  """)
+  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4",
+             JAX_PLATFORMS="cpu")
+  out = subprocess.run([sys.executable, "-c", script], env=env, text=True,
+                       capture_output=True, timeout=120)
+  assert out.returncode == 0 and "ok" in out.stdout, out.stderr[-2000:]
+
+
+# --------------------------------------------------------------- errors
+def test_missing_dataset_names_the_build_command(tmp_path):
+  with pytest.raises(FileNotFoundError, match="python -m mmtx.data.build sort_of_clevr/tiny"):
+    data.get_dataset(NAME, "train", "vqa", batch_size=4, data_dir=str(tmp_path),
+                     build=False)
+
+
+def test_bad_arguments():
+  with pytest.raises(ValueError, match="task"):
+    data.get_dataset(NAME, "train", "segmentation", batch_size=4)
+  with pytest.raises(ValueError, match="shard index"):
+    data.get_dataset(NAME, "train", "vqa", batch_size=4, shard=(2, 2))
+
+
+def _spec(**kw):
+  kw = dict(task="vqa", tokenizer=data.WordTokenizer(["a"]), max_len=8,
+            image_shape=(75, 75, 3), answers=soc.ANSWERS, dataset="sort_of_clevr") | kw
+  return views.ViewSpec(**kw)
+
+
+def _record(**kw):
+  return {"id": b"train_00042", "image": np.zeros((75, 75, 3), np.uint8),
+          "question": np.array([b"a"]), "answer": np.array([1], np.int32),
+          "qtype": np.array([0], np.int32), "caption": np.array([b"a"])} | kw
+
+
+def test_bad_records_name_their_id():
+  views.make_example(_spec(), _record(), 42, 0, None)   # a good one passes
+  with pytest.raises(ValueError, match=r"train_00042.*image has shape \(64, 64, 3\)"):
+    views.make_example(_spec(), _record(image=np.zeros((64, 64, 3), np.uint8)), 42, 0, None)
+  with pytest.raises(ValueError, match="train_00042.*answer id 19 is outside"):
+    views.make_example(_spec(), _record(answer=np.array([19], np.int32)), 42, 0, None)
+  with pytest.raises(ValueError, match="train_00042.*example 3"):
+    views.make_example(_spec(), _record(), 42, 3, None)
+
+
+class CorruptClevr(soc.SortOfClevr):
+  """Sort-of-CLEVR whose record 5 has an answer outside the vocabulary."""
+
+  def _generate_examples(self, split, num_images):
+    for key, record in super()._generate_examples(split, num_images):
+      if key == f"{split}_00005":
+        record["answer"] = record["answer"].copy()
+        record["answer"][3] = 99
+      yield key, record
+
+
+def test_corrupt_record_in_the_pipeline(tmp_path, monkeypatch):
+  monkeypatch.setitem(build_lib.BUILDERS, "corrupt_clevr", CorruptClevr)
+  with pytest.raises(ValueError, match="'test_00005'.*answer id 99"):
+    it, _ = data.get_dataset("corrupt_clevr/tiny", "test", "vqa", batch_size=16,
+                             data_dir=str(tmp_path), shard=(0, 1))
+    for _ in it:
+      pass
+
+
+# -------------------------------------------------------------- catalog
+def test_resize_matches_jax_image_resize():
+  import jax
+  rng = np.random.default_rng(0)
+  img = rng.integers(0, 256, size=(9, 13, 3)).astype(np.uint8)
+  for h, w in ((20, 30), (5, 6), (9, 4)):
+    want = jax.image.resize(img.astype(np.float32), (h, w, 3), "bilinear",
+                            antialias=False)
+    np.testing.assert_allclose(catalog.resize_bilinear(img, h, w), want, atol=1e-3)
+
+
+def test_catalog_to_record_by_hand():
+  fields = catalog.CATALOG_FIELDS["coco_captions"]
+  ex = {"image": np.full((40, 80, 3), 7, np.uint8), "image/id": 123,
+        "captions": {"id": np.array([1, 2]),
+                     "text": np.array([b"a dog.", b"a brown dog."], dtype=object)}}
+  rec = catalog.to_record(ex, fields, 16, 0)
+  assert rec["id"] == "123" and rec["image"].shape == (16, 16, 3)
+  assert (rec["image"] == 7).all() and list(rec["caption"]) == ["a dog.", "a brown dog."]
+  gray = dict(ex, image=np.arange(400, dtype=np.uint8).reshape(20, 20))
+  rec = catalog.to_record(gray, fields, 20, 0)
+  np.testing.assert_array_equal(rec["image"][..., 0], rec["image"][..., 2])
+  with pytest.raises(ValueError, match="record 123.*'captions/text'"):
+    catalog.to_record({"image": ex["image"], "image/id": 123}, fields, 16, 0)
+  with pytest.raises(ValueError, match="record 123.*dtype float32"):
+    catalog.to_record(dict(ex, image=np.zeros((4, 4, 3), np.float32)), fields, 16, 0)
+
+
+class FakeCocoCaptions(tfds.core.GeneratorBasedBuilder):
+  """coco_captions' feature layout (the real builder needs TensorFlow)."""
+  VERSION = tfds.core.Version("1.0.0")
+
+  def _info(self):
+    f = tfds.features
+    return tfds.core.DatasetInfo(builder=self, features=f.FeaturesDict({
+        "image": f.Image(shape=(None, None, 3)), "image/id": np.int64,
+        "captions": f.Sequence({"id": np.int64, "text": f.Text()})}))
+
+  def _split_generators(self, dl_manager):
+    return {"train": self._generate_examples()}
+
+  def _generate_examples(self):
+    yield from ()
+
+
+def test_catalog_dataset_through_mock_data(tmp_path):
+  fields = catalog.Fields(image="image", text="captions/text", id="image/id")
+  tok = data.WordTokenizer([chr(c) for c in range(ord("a"), ord("k"))])
+  with tfds.testing.mock_data(num_examples=10,
+                              policy=tfds.testing.MockPolicy.USE_CODE):
+    it, info = data.get_dataset("fake_coco_captions", "train", "contrastive",
+                                batch_size=4, tokenizer=tok, fields=fields,
+                                image_size=24, data_dir=str(tmp_path),
+                                shard=(0, 1), max_len=12)
+    batches = _take(it, 3)
+  assert info.num_examples == 10 and info.answers is None
+  for b in batches:
+    assert b["image"].shape == (4, 24, 24, 3) and b["text"].shape == (4, 12)
+    assert b["image"].min() >= -1 and b["image"].max() <= 1
+    assert (b["text"][:, 0] == data.BOS).all()
+
+
+def test_augmentation_is_a_light_affine_jitter(data_dir):
+  plain = next(_get(data_dir, "train", "caption", seed=5)[0])
+  jitter = next(_get(data_dir, "train", "caption", seed=5, augment=True)[0])
+  np.testing.assert_array_equal(plain["index"], jitter["index"])
+  np.testing.assert_array_equal(plain["text"], jitter["text"])
+  for x, y in zip(plain["image"], jitter["image"]):
+    x, y = x.reshape(-1).astype(np.float64), y.reshape(-1).astype(np.float64)
+    inside = np.abs(y) < 0.999                    # away from the clipping
+    slope, offset = np.polyfit(x[inside], y[inside], 1)
+    assert 0.9 <= slope <= 1.1 and -0.1 <= offset <= 0.1
+    assert not np.allclose(slope, 1) or not np.allclose(offset, 0)
+
+
+def test_worker_processes_give_the_same_batches_and_resume(data_dir):
+  ref = _take(_get(data_dir, "train", "caption", batch_size=24, augment=True)[0], 5)
+  it, _ = _get(data_dir, "train", "caption", batch_size=24, augment=True,
+               num_workers=2)
+  got = _take(it, 2)
+  state = it.get_state()
+  got += _take(it, 3)
+  assert all(_same(a, b) for a, b in zip(got, ref))
+  again, _ = _get(data_dir, "train", "caption", batch_size=24, augment=True,
+                  num_workers=2)
+  again.set_state(state)
+  assert all(_same(a, b) for a, b in zip(_take(again, 3), ref[2:]))
+
+
+def test_unknown_split_lists_the_splits(data_dir):
+  with pytest.raises(ValueError, match=r"no split 'validation'.*'test', 'test_large', 'train'"):
+    _get(data_dir, "validation")
+  it, info = _get(data_dir, "test[:4]", shuffle=False)     # a TFDS slice
+  assert info.num_records == 4 and info.num_examples == 120
