@@ -35,7 +35,8 @@ def test_counts_match_the_package(builder):
     for r in records[:200]:
       got = [(q.decode(), vocab[a]) for q, a in zip(r["question"], r["answer"])]
       assert got == want[int(r["image_id"])]
-  assert (len(builder.as_data_source("train")), len(builder.as_data_source("test"))) == (4000, 1000)
+  sizes = [len(builder.as_data_source(s)) for s in ("train", "test")]
+  assert sizes == [4000, 1000]
   assert builder.info.metadata["answers"] == pkg.get_answers()
   assert len(pkg.get_answers()) == 13
 
@@ -113,8 +114,9 @@ def _write_png(path, img, filters):
     return (struct.pack(">I", len(body)) + kind + body +
             struct.pack(">I", zlib.crc32(kind + body)))
   color = {1: 0, 3: 2, 4: 6}[c]
-  data = (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, color, 0, 0, 0))
-          + chunk(b"IDAT", zlib.compress(bytes(raw))) + chunk(b"IEND", b""))
+  header = struct.pack(">IIBBBBB", w, h, 8, color, 0, 0, 0)
+  data = (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) +
+          chunk(b"IDAT", zlib.compress(bytes(raw))) + chunk(b"IEND", b""))
   with open(path, "wb") as fh:
     fh.write(data)
 

@@ -199,7 +199,7 @@ def test_to_device_shards_the_batch_over_data_and_fsdp():
 
 # --------------------------------------------------------------- errors
 def test_missing_dataset_names_the_build_command(tmp_path):
-  with pytest.raises(FileNotFoundError, match="python -m mmtx.data.build sort_of_clevr/tiny"):
+  with pytest.raises(FileNotFoundError, match="python -m mmtx.data sort_of_clevr/tiny --data_dir"):
     data.get_dataset(NAME, "train", "vqa", batch_size=4, data_dir=str(tmp_path),
                      build=False)
 
@@ -340,6 +340,8 @@ def test_worker_processes_give_the_same_batches_and_resume(data_dir):
                   num_workers=2)
   again.set_state(state)
   assert all(_same(a, b) for a, b in zip(_take(again, 3), ref[2:]))
+  it.close()
+  again.close()
 
 
 def test_unknown_split_lists_the_splits(data_dir):
@@ -347,3 +349,10 @@ def test_unknown_split_lists_the_splits(data_dir):
     _get(data_dir, "validation")
   it, info = _get(data_dir, "test[:4]", shuffle=False)     # a TFDS slice
   assert info.num_records == 4 and info.num_examples == 120
+
+
+def test_task_without_its_features(tmp_path, monkeypatch):
+  monkeypatch.setenv("MMTX_DATA_DIR", str(tmp_path))
+  assert data.default_data_dir() == str(tmp_path)
+  with pytest.raises(ValueError, match=r"easy_vqa has no \['dialogue_question'"):
+    data.get_dataset("easy_vqa", "test", "dialogue", batch_size=4, shard=(0, 1))

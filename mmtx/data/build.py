@@ -1,7 +1,7 @@
 """Where datasets live and how mmtx's own ones get built.
 
-  python -m mmtx.data.build sort_of_clevr [--data_dir DIR]
-  python -m mmtx.data.build easy_vqa
+  python -m mmtx.data sort_of_clevr [--data_dir DIR]
+  python -m mmtx.data easy_vqa
 
 The data directory is `$MMTX_DATA_DIR`, else `~/tensorflow_datasets`. A name
 may carry a builder config: 'sort_of_clevr/tiny'. Building also fits the
@@ -38,7 +38,7 @@ def split_name(name: str) -> tuple[str, str | None]:
 
 
 def build_command(name: str, data_dir: str) -> str:
-  return f"python -m mmtx.data.build {name} --data_dir {data_dir}"
+  return f"python -m mmtx.data {name} --data_dir {data_dir}"
 
 
 def get_builder(name: str, data_dir: str | None = None):
@@ -96,14 +96,11 @@ def train_texts(source, metadata):
 
 
 def main(argv=None):
-  parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+  parser = argparse.ArgumentParser(
+      prog="python -m mmtx.data", description="Builds one of mmtx's datasets.")
   parser.add_argument("name", help=f"one of {sorted(BUILDERS)}, optionally "
                       "with a config: sort_of_clevr/tiny")
   parser.add_argument("--data_dir", default=None,
                       help="default: $MMTX_DATA_DIR or ~/tensorflow_datasets")
   args = parser.parse_args(argv)
   ensure_built(args.name, args.data_dir)
-
-
-if __name__ == "__main__":
-  main()

@@ -229,9 +229,11 @@ def get_dataset(name: str, split: str, task: str, *, batch_size: int,
     `get_state()` / `set_state(state)`; `info` is a `DataInfo`.
   """
   if task not in views.TASKS:
-    raise ValueError(f"get_dataset: task must be one of {views.TASKS}, got {task!r}.")
+    raise ValueError(f"get_dataset: task must be one of {views.TASKS}, got "
+                     f"{task!r}.")
   if not isinstance(batch_size, int) or batch_size < 1:
-    raise ValueError(f"get_dataset: batch_size must be a positive int, got {batch_size!r}.")
+    raise ValueError(f"get_dataset: batch_size must be a positive int, got "
+                     f"{batch_size!r}.")
   if not 0 <= seed < 2 ** 32:
     raise ValueError(f"get_dataset: seed must be in [0, 2**32), got {seed}.")
   index, count = shard if shard is not None else (jax.process_index(),
@@ -257,6 +259,13 @@ def get_dataset(name: str, split: str, task: str, *, batch_size: int,
                         image_shape=image_shape, answers=answers,
                         augment=augment, random_text=shuffle, dataset=name,
                         rebuild_hint=hint)
+  if len(source) == 0:
+    raise ValueError(f"get_dataset: {name} split {split!r} is empty.")
+  first = to_record(source[0], 0)
+  missing = [f for f in views.REQUIRED_FIELDS[task] if f not in first]
+  if missing:
+    raise ValueError(f"get_dataset: {name} has no {missing} feature(s), which "
+                     f"task {task!r} needs; its records have {sorted(first)}.")
   starts, per_record, n = _unit_layout(task, split, source, metadata, to_record)
   if n < count:
     raise ValueError(f"get_dataset: {name} {split} has {n} {task} examples, "
@@ -290,7 +299,8 @@ def get_dataset(name: str, split: str, task: str, *, batch_size: int,
     if not flags.FLAGS.is_parsed():   # grain reads its flags in the workers
       flags.FLAGS.mark_as_parsed()
     ds = ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=num_workers))
-  steps = per_shard // batch_size if drop_remainder else math.ceil(per_shard / batch_size)
+  steps = (per_shard // batch_size if drop_remainder
+           else math.ceil(per_shard / batch_size))
   info = DataInfo(
       name=name, split=split, task=task, num_examples=n, num_records=len(source),
       shard=(index, count), examples_per_shard=per_shard, batch_size=batch_size,
@@ -327,9 +337,10 @@ def to_device(batch: dict, sharding: NamedSharding) -> dict:
       continue
     global_b = value.shape[0] * jax.process_count()
     if global_b % ways:
+      per_host = ways // math.gcd(ways, jax.process_count())
       raise ValueError(f"to_device: batch['{key}'] has {value.shape[0]} rows "
                        f"per host ({global_b} in all), not divisible by the "
                        f"{ways} shards of mesh axes {names}; pick a batch size "
-                       f"that is a multiple of {ways // math.gcd(ways, jax.process_count())} per host.")
+                       f"that is a multiple of {per_host} per host.")
     out[key] = jax.make_array_from_process_local_data(sharding, value)
   return out

@@ -31,6 +31,9 @@ import numpy as np
 from mmtx.data import tokenizers as tok_lib
 
 TASKS = ("vqa", "caption", "contrastive", "dialogue")
+REQUIRED_FIELDS = {"vqa": ("question", "answer", "qtype"),
+                   "caption": ("caption",), "contrastive": ("caption",),
+                   "dialogue": ("dialogue_question", "dialogue_answer")}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -117,6 +120,9 @@ def make_example(spec: ViewSpec, record, index: int, unit: int,
   ex = {"index": np.int32(index), "valid": np.bool_(True)}
   tok = spec.tokenizer
   if spec.task == "vqa":
+    lengths = {f: len(record[f]) for f in ("question", "answer", "qtype")}
+    if len(set(lengths.values())) != 1:
+      _fail(spec, record, f"its question fields differ in length {lengths}")
     ids, mask = tok.encode_batch([_text(record["question"][unit])], spec.max_len)
     ex.update(question=ids[0], question_mask=mask[0],
               answer=_answer(spec, record, record["answer"][unit]),
@@ -130,7 +136,9 @@ def make_example(spec: ViewSpec, record, index: int, unit: int,
     captions = record["caption"]
     if len(captions) == 0:
       _fail(spec, record, "it has no caption")
-    pick = int(rng.integers(len(captions))) if spec.random_text and rng is not None else 0
+    pick = 0
+    if spec.random_text and rng is not None:
+      pick = int(rng.integers(len(captions)))
     ids, mask = tok.encode_batch([_text(captions[pick])], spec.max_len)
     ex.update(text=ids[0], text_mask=mask[0])
   else:  # dialogue
