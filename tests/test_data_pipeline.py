@@ -356,3 +356,18 @@ def test_task_without_its_features(tmp_path, monkeypatch):
   assert data.default_data_dir() == str(tmp_path)
   with pytest.raises(ValueError, match=r"easy_vqa has no \['dialogue_question'"):
     data.get_dataset("easy_vqa", "test", "dialogue", batch_size=4, shard=(0, 1))
+
+
+def test_orbax_checkpoint_of_the_iterator(data_dir, tmp_path):
+  import grain
+  import orbax.checkpoint as ocp
+  it, _ = _get(data_dir)
+  _take(it, 3)
+  mngr = ocp.CheckpointManager(str(tmp_path / "ckpt"), item_names=("data",),
+                               item_handlers={"data": grain.checkpoint.CheckpointHandler()})
+  mngr.save(3, args=ocp.args.Composite(data=grain.checkpoint.CheckpointSave(it)))
+  mngr.wait_until_finished()
+  want = _take(it, 2)
+  again, _ = _get(data_dir)
+  mngr.restore(3, args=ocp.args.Composite(data=grain.checkpoint.CheckpointRestore(again)))
+  assert all(_same(a, b) for a, b in zip(_take(again, 2), want))
