@@ -66,6 +66,8 @@ def _parse_flags(argv):
 
 def main(argv):
   del argv
+  from absl import logging
+  logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO
   # Imports after flag parsing keep `--help` fast.
   from mmtx import tasks
   from mmtx import train

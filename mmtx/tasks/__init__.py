@@ -1,0 +1,20 @@
+"""Tasks: how a batch becomes a loss and how a model is evaluated.
+
+Add a task by adding one module here and one config; the trainer is shared.
+"""
+import difflib
+import importlib
+
+# name -> "module:Class" (imported on first use).
+TASKS = {
+    "vqa": "mmtx.tasks.vqa:VqaTask",
+}
+
+
+def get_task(name: str):
+  if name not in TASKS:
+    close = difflib.get_close_matches(name, list(TASKS), n=3)
+    raise ValueError(f"unknown task {name!r}; known tasks: {sorted(TASKS)}"
+                     + (f" (did you mean {close[0]!r}?)" if close else "."))
+  module, cls = TASKS[name].split(":")
+  return getattr(importlib.import_module(module), cls)()

@@ -1,0 +1,37 @@
+"""Pieces every config shares: the trainer fields, mesh, optimizer, transfer."""
+import ml_collections
+
+
+def base(**overrides) -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  c.seed = 0
+  c.task = "vqa"
+  c.total_steps = 1000
+  c.batch_size = 64
+  c.log_every = 50
+  c.eval_every = 500
+  c.checkpoint_every = 500
+  c.keep_checkpoints = 3
+  c.best_metric = "accuracy"  # an eval metric name ('' = keep latest only)
+  c.best_mode = "max"
+  c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1,
+                                          num_devices=-1))
+  c.optimizer = ml_collections.ConfigDict(dict(
+      name="adamw", learning_rate=1e-3, b1=0.9, b2=0.999, eps=1e-8,
+      weight_decay=1e-4, warmup_steps=100, schedule="cosine",
+      end_lr_factor=0.01, grad_clip_norm=1.0, accumulate_steps=1,
+      freeze=(), lr_multipliers=(), layer_decay=0.0))
+  # Pretrain -> fine-tune: params from another run's latest checkpoint, with
+  # [regex, replacement] rules mapping this model's param paths to its paths.
+  c.init_from = ml_collections.ConfigDict(dict(workdir="", rules=()))
+  for k, v in overrides.items():
+    setattr(c, k, v)
+  return c
+
+
+def data(name, **kw) -> ml_collections.ConfigDict:
+  d = dict(name=name, train_split="train", eval_splits=("test",),
+           eval_batch_size=256, max_len=16, augment=False, data_dir="",
+           tokenizer="")
+  d.update(kw)
+  return ml_collections.ConfigDict(d)

@@ -1,0 +1,31 @@
+"""The default main job: a small cross-attention VQA model (text queries image
+patches, ALBEF-style fusion) on the built-in Sort-of-CLEVR data.
+
+  python -m mmtx.main                       # this config, workdir runs/default
+  python -m mmtx.main --config=configs/default.py:fusion=co_attention
+"""
+import ml_collections
+
+from configs import common
+
+
+def get_config(arg: str = ""):
+  args = dict(a.split("=", 1) for a in arg.split(",") if a)
+  c = common.base(task="vqa", total_steps=int(args.get("steps", 3000)),
+                  batch_size=64, log_every=50, eval_every=1000,
+                  checkpoint_every=500)
+  c.data = common.data("sort_of_clevr", eval_splits=("test", "test_large"),
+                       max_len=16)
+  width = 64
+  c.model = ml_collections.ConfigDict(dict(
+      image=dict(patch_size=5, width=width, depth=2, mlp_dim=2 * width,
+                 num_heads=4, posemb="learned", dtype="float32"),
+      text=dict(vocab_size=-1, width=width, depth=1, mlp_dim=2 * width,
+                num_heads=4, max_len=16, causal=False, dtype="float32"),
+      fusion=dict(name=args.get("fusion", "cross_attention"), target="text",
+                  dim=width, num_heads=4, num_layers=2, mlp_dim=2 * width),
+      heads=("vqa",), num_answers=-1, head_hidden=256, head_dropout=0.0,
+      zero_image=False))
+  c.optimizer.learning_rate = 1e-3
+  c.optimizer.warmup_steps = 200
+  return c

@@ -1,0 +1,94 @@
+"""Fusion encoder: image tower + text tower + any `FUSIONS` strategy + heads.
+
+Heads (config.heads): 'vqa' (classification over the answer vocabulary,
+from the pooled fused representation), 'itm' (image-text match, 2 logits) and
+'mlm' (token logits over the fused text positions; needs a strategy whose
+output keeps the text tokens first, e.g. cross_attention with target 'text').
+"""
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from mmtx import fusion as fusion_lib
+from mmtx.models.dual_encoder import _as_dict, check_images_texts
+from mmtx.models.towers import TextTransformer, ViT
+
+Array = jax.Array
+
+
+def _masked_mean(x, mask):
+  m = mask[..., None].astype(x.dtype)
+  return (x * m).sum(1) / jnp.maximum(m.sum(1), 1)
+
+
+class FusionModel(nn.Module):
+  """`apply(..., images, texts) -> (outputs, extras)`.
+
+  images NHWC float32 `[batch, H, W, C]`; texts int32 `[batch, len]`, 0 = pad.
+  outputs: {'vqa_logits' [batch, num_answers], 'itm_logits' [batch, 2],
+  'mlm_logits' [batch, len, vocab]} for the configured heads; extras:
+  {'fused', 'fused_mask', 'pooled', 'img', 'txt'}.
+  Config keys: image (ViT fields, pool ignored), text (TextTransformer
+  fields), fusion (name + strategy fields), heads (list), num_answers,
+  head_hidden, zero_image (ablation: the image is replaced by zeros).
+  """
+  config: Mapping[str, Any]
+
+  @nn.compact
+  def __call__(self, images: Array, texts: Array, *,
+               deterministic: bool = True):
+    cfg = _as_dict(self.config)
+    check_images_texts(images, texts, "FusionModel")
+    if cfg.get("zero_image", False):
+      images = jnp.zeros_like(images)
+    img_cfg = dict(_as_dict(cfg["image"]), pool="none")
+    txt_cfg = dict(_as_dict(cfg["text"]), pool="none")
+    img_tok, img_extras = ViT(**img_cfg, name="img")(
+        images, deterministic=deterministic)
+    txt_tok, txt_extras = TextTransformer(**txt_cfg, name="txt")(
+        texts, deterministic=deterministic)
+    fcfg = _as_dict(cfg["fusion"])
+    name = fcfg.pop("name")
+    fuse = fusion_lib.build_fusion(name, **fcfg)
+    fused, fused_mask = fuse({"image": img_tok, "text": txt_tok},
+                             {"image": img_extras["mask"],
+                              "text": txt_extras["mask"]},
+                             deterministic=deterministic)
+    pooled = _masked_mean(fused, fused_mask).astype(jnp.float32)
+    outputs = {}
+    heads = cfg.get("heads", ("vqa",))
+    for head in heads:
+      if head not in ("vqa", "itm", "mlm"):
+        raise ValueError(f"FusionModel: unknown head {head!r}; known: 'vqa', "
+                         f"'itm', 'mlm'.")
+    if "vqa" in heads:
+      h = nn.Dense(cfg.get("head_hidden", 256), name="vqa_hidden",
+                   kernel_init=nn.with_logical_partitioning(
+                       nn.initializers.xavier_uniform(), ("embed", "mlp")))(
+                           pooled)
+      h = nn.Dropout(cfg.get("head_dropout", 0.0))(
+          nn.gelu(h), deterministic=deterministic)
+      outputs["vqa_logits"] = nn.Dense(
+          cfg["num_answers"], name="vqa_out",
+          kernel_init=nn.with_logical_partitioning(
+              nn.initializers.xavier_uniform(), ("mlp", "vocab")))(h)
+    if "itm" in heads:
+      outputs["itm_logits"] = nn.Dense(2, name="itm_head")(pooled)
+    if "mlm" in heads:
+      n = texts.shape[1]
+      if fused.shape[1] < n:
+        raise ValueError(f"FusionModel: the 'mlm' head needs the fused output "
+                         f"to keep the {n} text tokens; strategy {name!r} "
+                         f"returns {fused.shape[1]} tokens.")
+      outputs["mlm_logits"] = nn.Dense(
+          txt_cfg["vocab_size"], name="mlm_head",
+          kernel_init=nn.with_logical_partitioning(
+              nn.initializers.xavier_uniform(), ("embed", "vocab")))(
+                  fused[:, :n]).astype(jnp.float32)
+    extras = {"fused": fused, "fused_mask": fused_mask, "pooled": pooled,
+              "img": img_extras, "txt": txt_extras}
+    return outputs, extras

@@ -1,0 +1,97 @@
+"""VQA as classification over the dataset's answer vocabulary.
+
+Batch (mmtx.data views, task 'vqa'): 'image' [B, H, W, 3], 'question' [B, L]
+-> FusionModel(...)['vqa_logits'] [B, num_answers] -> softmax cross-entropy
+against 'answer' [B]. Evaluation: accuracy overall and per question type
+(and subtype) on each split of `config.data.eval_splits`.
+"""
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from mmtx import data as data_lib
+from mmtx import losses
+from mmtx.tasks import common
+
+
+class VqaTask(common.Task):
+  data_task = "vqa"
+
+  def build_model(self, config):
+    from mmtx.models.fusion_model import FusionModel
+    info = self.info(config)
+    cfg = common.model_config(config, vocab_size=info.tokenizer.vocab_size,
+                              num_answers=len(info.answers))
+    return FusionModel(cfg)
+
+  def init_batch(self, config):
+    info = self.info(config)
+    b = config.batch_size
+    return {"image": np.zeros((b,) + tuple(info.image_shape), np.float32),
+            "question": np.ones((b, config.data.max_len), np.int32)}
+
+  def init_variables(self, model, rng, batch):
+    return model.init(rng, batch["image"], batch["question"])
+
+  def loss_fn(self, model, params, batch, rng, train):
+    out, _ = model.apply({"params": params}, batch["image"], batch["question"],
+                         deterministic=not train, rngs={"dropout": rng})
+    logits = out["vqa_logits"]
+    loss = losses.classification_loss(logits, batch["answer"])
+    acc = jnp.mean(jnp.argmax(logits, -1) == batch["answer"])
+    return loss, {"accuracy": acc}
+
+  def evaluate(self, model, params, config, mesh):
+    metrics, lines = {}, []
+    for split in config.data.eval_splits:
+      it, info = self.eval_iterator(config, split)
+      nt = len(info.qtypes or ("all",))
+      ns = max((len(s) for s in info.qsubtypes), default=1) if info.qsubtypes else 1
+      counts = _eval_counts(model, params, it, mesh, nt, ns)
+      correct, total = counts
+      prefix = "" if split == config.data.eval_splits[0] else f"{split}/"
+      metrics[f"{prefix}accuracy"] = float(correct.sum() / max(total.sum(), 1))
+      rows = [("all", "", correct.sum(), total.sum())]
+      for t in range(nt):
+        tname = info.qtypes[t] if info.qtypes else "all"
+        if total[t].sum():
+          metrics[f"{prefix}accuracy/{tname}"] = float(
+              correct[t].sum() / total[t].sum())
+          rows.append((tname, "", correct[t].sum(), total[t].sum()))
+        for s in range(ns):
+          if info.qsubtypes and total[t, s] and len(info.qsubtypes[t]) > 1:
+            sname = info.qsubtypes[t][s]
+            metrics[f"{prefix}accuracy/{tname}/{sname}"] = float(
+                correct[t, s] / total[t, s])
+            rows.append((tname, sname, correct[t, s], total[t, s]))
+      lines.append(common.table(
+          f"{info.name} {split}: VQA accuracy",
+          ["question type", "subtype", "accuracy", "correct / total"],
+          [(t, s, f"{100 * c / max(n, 1):.2f}%", f"{int(c)} / {int(n)}")
+           for t, s, c, n in rows]))
+    return metrics, "\n".join(lines)
+
+
+def _eval_counts(model, params, it, mesh, nt, ns):
+  @functools.partial(jax.jit, static_argnums=())
+  def step(params, batch):
+    out, _ = model.apply({"params": params}, batch["image"], batch["question"])
+    correct = (jnp.argmax(out["vqa_logits"], -1) == batch["answer"])
+    valid = batch["valid"]
+    idx = jnp.clip(batch["qtype"], 0, nt - 1) * ns + jnp.clip(
+        batch["qsubtype"], 0, ns - 1)
+    onehot = jax.nn.one_hot(idx, nt * ns, dtype=jnp.float32) * valid[:, None]
+    return (onehot * correct[:, None]).sum(0), onehot.sum(0)
+
+  correct = np.zeros(nt * ns)
+  total = np.zeros(nt * ns)
+  for batch in it:
+    c, n = step(params, common.put(batch, mesh))
+    correct += np.asarray(c)
+    total += np.asarray(n)
+  return correct.reshape(nt, ns), total.reshape(nt, ns)
