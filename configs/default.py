@@ -11,14 +11,13 @@ from configs import common
 
 def get_config(arg: str = ""):
   args = dict(a.split("=", 1) for a in arg.split(",") if a)
-  c = common.base(task="vqa", total_steps=int(args.get("steps", 3000)),
-                  batch_size=64, log_every=50, eval_every=1000,
-                  checkpoint_every=500)
-  c.data = common.data("sort_of_clevr", eval_splits=("test", "test_large"),
-                       max_len=16)
-  width = 64
+  c = common.base(task="vqa", total_steps=int(args.get("steps", 6000)),
+                  batch_size=64, log_every=50, eval_every=2000,
+                  checkpoint_every=1000)
+  c.data = common.data("sort_of_clevr", eval_splits=("test",), max_len=16)
+  width = int(args.get("width", 128))
   c.model = ml_collections.ConfigDict(dict(
-      image=dict(patch_size=5, width=width, depth=2, mlp_dim=2 * width,
+      image=dict(patch_size=int(args.get("patch", 15)), width=width, depth=2, mlp_dim=2 * width,
                  num_heads=4, posemb="learned", dtype="float32"),
       text=dict(vocab_size=-1, width=width, depth=1, mlp_dim=2 * width,
                 num_heads=4, max_len=16, causal=False, dtype="float32"),

@@ -16,9 +16,6 @@ from ml_collections import config_flags
 _REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _DEFAULT_CONFIG = os.path.join(_REPO, "configs", "default.py")
 
-_CONFIG = config_flags.DEFINE_config_file(
-    "config", _DEFAULT_CONFIG, "Experiment config file (configs/NAME.py[:ARGS]).",
-    lock_config=True)
 _WORKDIR = flags.DEFINE_string(
     "workdir", None, "Run directory (checkpoints, metrics.jsonl, TensorBoard); "
     "default runs/<config name>.")
@@ -42,26 +39,43 @@ def _parse_flags(argv):
   try:
     return flags.FLAGS(argv)
   except (flags.Error, AttributeError, KeyError, ValueError, TypeError) as e:
-    msg = str(e).strip("'\"").replace("\\n", " ").replace("\n", " ")
-    bad = [a.split("=", 1)[0][len("--config."):] for a in argv[1:]
-           if a.startswith("--config.")]
-    hint = ""
-    try:
-      cfg_file = next((a.split("=", 1)[1] for a in argv[1:]
-                       if a.startswith("--config=")), _DEFAULT_CONFIG)
-      keys = _flat_keys(config_flags.config_flags._LoadConfigModule(  # noqa: SLF001
-          "config", cfg_file.split(":")[0]).get_config(
-              *cfg_file.split(":")[1:2]))
-      unknown = [b for b in bad if b not in keys]
-      if unknown:
-        hint = " ".join(
-            f"Unknown config key '{u}'; closest valid: "
-            f"{difflib.get_close_matches(u, keys, n=3, cutoff=0.5) or 'none'}."
-            for u in unknown)
-    except Exception:  # noqa: BLE001 - the hint is best-effort
-      pass
-    print(f"mmtx: bad command line: {msg} {hint}".strip(), file=sys.stderr)
-    sys.exit(2)
+    _config_error(argv, e)
+
+
+def _config_error(argv, e):
+  """Prints what was wrong (and the closest valid keys); exits with 2."""
+  msg = " ".join(str(e).replace("\\n", " ").replace("\\'", "'").split())
+  msg = msg.strip("'\"")
+  bad = [a.split("=", 1)[0][len("--config."):] for a in argv[1:]
+         if a.startswith("--config.")]
+  hint = ""
+  try:
+    cfg_file = next((a.split("=", 1)[1] for a in argv[1:]
+                     if a.startswith("--config=")), _DEFAULT_CONFIG)
+    keys = _flat_keys(config_flags.config_flags._LoadConfigModule(  # noqa: SLF001
+        "config", cfg_file.split(":")[0]).get_config(
+            *cfg_file.split(":")[1:2]))
+    unknown = [b for b in bad if b not in keys]
+    if unknown:
+      hint = " ".join(
+          f"Unknown config key '{u}'; closest valid: "
+          f"{difflib.get_close_matches(u, keys, n=3, cutoff=0.5) or 'none'}."
+          for u in unknown)
+  except Exception:  # noqa: BLE001 - the hint is best-effort
+    pass
+  print(f"mmtx: bad command line: {msg} {hint}".strip(), file=sys.stderr)
+  sys.exit(2)
+
+
+def _define_config_flag():
+  # config_flags applies --config.* overrides while defining the flag, so a
+  # bad key surfaces here, before absl parses anything.
+  try:
+    return config_flags.DEFINE_config_file(
+        "config", _DEFAULT_CONFIG,
+        "Experiment config file (configs/NAME.py[:ARGS]).", lock_config=True)
+  except (flags.Error, AttributeError, KeyError, ValueError, TypeError) as e:
+    _config_error(sys.argv, e)
 
 
 def main(argv):
@@ -81,6 +95,8 @@ def main(argv):
   train.train_and_evaluate(config, workdir, task, mode=_MODE.value,
                            progress=_PROGRESS.value)
 
+
+_CONFIG = _define_config_flag()
 
 if __name__ == "__main__":
   app.run(main, flags_parser=_parse_flags)

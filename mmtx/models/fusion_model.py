@@ -21,8 +21,22 @@ Array = jax.Array
 
 
 def _masked_mean(x, mask):
-  m = mask[..., None].astype(x.dtype)
-  return (x * m).sum(1) / jnp.maximum(m.sum(1), 1)
+  m = mask[..., None]
+  total = jnp.where(m, x, 0).sum(1)  # where, not *: NaN padding must not leak
+  return total / jnp.maximum(m.sum(1), 1).astype(x.dtype)
+
+
+def _text_offset(name, fcfg, n_img, fused_len, n_txt):
+  """Where the text tokens sit in the fused output, or None if they don't.
+
+  Stream strategies return every modality's tokens in sorted key order
+  ('image' before 'text'); directional ones return the target's tokens."""
+  if name in ("concat", "co_attention", "bottleneck"):
+    return n_img
+  if name in ("cross_attention", "additive", "gated_cross_attention") and (
+      fcfg.get("target") == "text" and fused_len == n_txt):
+    return 0
+  return None
 
 
 class FusionModel(nn.Module):
@@ -80,15 +94,18 @@ class FusionModel(nn.Module):
       outputs["itm_logits"] = nn.Dense(2, name="itm_head")(pooled)
     if "mlm" in heads:
       n = texts.shape[1]
-      if fused.shape[1] < n:
-        raise ValueError(f"FusionModel: the 'mlm' head needs the fused output "
-                         f"to keep the {n} text tokens; strategy {name!r} "
-                         f"returns {fused.shape[1]} tokens.")
+      off = _text_offset(name, fcfg, img_tok.shape[1], fused.shape[1], n)
+      if off is None:
+        raise ValueError(f"FusionModel: the 'mlm' head needs the fused text "
+                         f"tokens; strategy {name!r} (target="
+                         f"{fcfg.get('target')!r}) does not return them. Use "
+                         f"concat, co_attention, bottleneck, or a directional "
+                         f"strategy with target='text'.")
       outputs["mlm_logits"] = nn.Dense(
           txt_cfg["vocab_size"], name="mlm_head",
           kernel_init=nn.with_logical_partitioning(
               nn.initializers.xavier_uniform(), ("embed", "vocab")))(
-                  fused[:, :n]).astype(jnp.float32)
+                  fused[:, off:off + n]).astype(jnp.float32)
     extras = {"fused": fused, "fused_mask": fused_mask, "pooled": pooled,
               "img": img_extras, "txt": txt_extras}
     return outputs, extras

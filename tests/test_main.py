@@ -1,0 +1,58 @@
+"""The CLI end to end on the tiny built-in data, and its config errors."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _run(args, tmp_path, timeout=600):
+  env = dict(os.environ, MMTX_DATA_DIR=str(tmp_path / "data"))
+  return subprocess.run([sys.executable, "-m", "mmtx.main", *args], cwd=REPO,
+                        capture_output=True, text=True, timeout=timeout,
+                        env=env)
+
+
+TINY = ["--config.data.name=sort_of_clevr/tiny", "--config.total_steps=6",
+        "--config.batch_size=8", "--config.log_every=2",
+        "--config.eval_every=6", "--config.checkpoint_every=3",
+        "--config.data.eval_batch_size=32", "--config.model.image.width=32",
+        "--config.model.text.width=32", "--config.model.fusion.dim=32",
+        "--config.model.image.mlp_dim=64", "--config.model.text.mlp_dim=64",
+        "--config.model.fusion.mlp_dim=64", "--config.model.head_hidden=32",
+        "--progress=false"]
+
+
+def test_default_config_trains_evaluates_and_resumes(tmp_path):
+  wd = tmp_path / "run"
+  out = _run([f"--workdir={wd}", *TINY], tmp_path)
+  assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+  assert "VQA accuracy" in out.stdout and "nonrel" in out.stdout
+  rows = [json.loads(l) for l in open(wd / "metrics.jsonl")]
+  assert any("eval/accuracy" in r for r in rows)
+  assert any("eval/accuracy/rel/closest" in r for r in rows)
+  assert sorted(os.listdir(wd / "checkpoints"))[-1] == "6"
+  # The same command again resumes at the end and only evaluates.
+  again = _run([f"--workdir={wd}", "--mode=eval", *TINY], tmp_path)
+  assert again.returncode == 0, again.stderr[-3000:]
+  assert "resumed from" in again.stdout and "at step 6" in again.stdout
+
+
+def test_unknown_config_key_names_the_closest_valid_ones(tmp_path):
+  out = _run([f"--workdir={tmp_path}", "--config.optimizer.learning_rat=1"],
+             tmp_path, timeout=120)
+  assert out.returncode == 2
+  assert "learning_rat" in out.stderr
+  assert "optimizer.learning_rate" in out.stderr
+
+
+def test_unknown_task_and_fusion_are_clear_errors():
+  from mmtx import tasks
+  with pytest.raises(ValueError, match="known tasks"):
+    tasks.get_task("vqaa")
+  from mmtx import fusion
+  with pytest.raises(ValueError, match="cross_attention"):
+    fusion.build_fusion("crossattention")
