@@ -6,13 +6,15 @@ dimension that the mesh axis does not divide stays replicated.
 """
 from __future__ import annotations
 
+import math
 import os
 from typing import Any, Sequence
 
 import flax.linen as nn
 import jax
 import numpy as np
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+from jax.sharding import PartitionSpec as P
 
 MESH_AXES = ("data", "fsdp", "tensor")
 BATCH_AXES = ("data", "fsdp")
@@ -110,25 +112,42 @@ def param_shardings(abstract_boxed, mesh: Mesh, rules=RULES):
       is_leaf=lambda x: isinstance(x, nn.LogicallyPartitioned))
 
 
-def batch_sharding(mesh: Mesh) -> NamedSharding:
-  return NamedSharding(mesh, P(BATCH_AXES))
-
-
 def replicated(mesh: Mesh) -> NamedSharding:
   return NamedSharding(mesh, P())
 
 
-def put_batch(batch: dict[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:
-  """Host-local numpy batch -> global arrays sharded over ('data', 'fsdp')."""
-  sharding = batch_sharding(mesh)
-  per = int(np.prod([mesh.shape[a] for a in BATCH_AXES]))
+def batch_sharding(mesh: Mesh, axes=("data", "fsdp")) -> NamedSharding:
+  """Shards dim 0 (the batch) over those of `axes` that `mesh` has."""
+  names = tuple(a for a in axes if a in mesh.axis_names)
+  return NamedSharding(mesh, PartitionSpec(names if names else None))
+
+
+def to_device(batch: dict, sharding: NamedSharding) -> dict:
+  """Host-local numpy batch -> global `jax.Array`s sharded on the batch dim.
+
+  Each process passes its own rows; the global batch is their concatenation
+  in process order (`jax.make_array_from_process_local_data`). Non-numeric
+  entries (strings) are dropped.
+  """
   out = {}
-  for k, v in batch.items():
-    v = np.asarray(v)
-    global_bs = v.shape[0] * jax.process_count()
-    if global_bs % per:
-      raise ValueError(f"batch['{k}'] has global batch size {global_bs}, not "
-                       f"divisible by the data*fsdp mesh size {per}; pick a "
-                       f"batch_size that is a multiple of {per}.")
-    out[k] = jax.make_array_from_process_local_data(sharding, v)
+  spec = sharding.spec[0] if len(sharding.spec) else None
+  names = (spec,) if isinstance(spec, str) else (spec or ())
+  ways = math.prod(sharding.mesh.shape[a] for a in names)
+  for key, value in batch.items():
+    value = np.asarray(value)
+    if value.dtype.kind in "OUS":
+      continue
+    global_b = value.shape[0] * jax.process_count()
+    if global_b % ways:
+      per_host = ways // math.gcd(ways, jax.process_count())
+      raise ValueError(f"to_device: batch['{key}'] has {value.shape[0]} rows "
+                       f"per host ({global_b} in all), not divisible by the "
+                       f"{ways} shards of mesh axes {names}; pick a batch size "
+                       f"that is a multiple of {per_host} per host.")
+    out[key] = jax.make_array_from_process_local_data(sharding, value)
   return out
+
+
+def put_batch(batch: dict, mesh: Mesh) -> dict:
+  """Host-local numpy batch -> global arrays sharded over ('data', 'fsdp')."""
+  return to_device(batch, batch_sharding(mesh))

@@ -25,12 +25,13 @@ from typing import Any, Callable
 import grain
 import jax
 import numpy as np
-from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
 
 from mmtx.data import build as build_lib
 from mmtx.data import catalog
 from mmtx.data import tokenizers as tok_lib
 from mmtx.data import views
+from mmtx.sharding import batch_sharding, to_device  # noqa: F401 (re-exported)
 
 
 @dataclasses.dataclass
@@ -311,36 +312,3 @@ def get_dataset(name: str, split: str, task: str, *, batch_size: int,
                  if "qsubtypes" in metadata else None),
       metadata=metadata, source=source, to_record=to_record)
   return iter(ds), info
-
-
-# ----------------------------------------------------------------- device
-def batch_sharding(mesh: Mesh, axes=("data", "fsdp")) -> NamedSharding:
-  """Shards dim 0 (the batch) over those of `axes` that `mesh` has."""
-  names = tuple(a for a in axes if a in mesh.axis_names)
-  return NamedSharding(mesh, PartitionSpec(names if names else None))
-
-
-def to_device(batch: dict, sharding: NamedSharding) -> dict:
-  """Host-local numpy batch -> global `jax.Array`s sharded on the batch dim.
-
-  Each process passes its own rows; the global batch is their concatenation
-  in process order (`jax.make_array_from_process_local_data`). Non-numeric
-  entries (strings) are dropped.
-  """
-  out = {}
-  spec = sharding.spec[0] if len(sharding.spec) else None
-  names = (spec,) if isinstance(spec, str) else (spec or ())
-  ways = math.prod(sharding.mesh.shape[a] for a in names)
-  for key, value in batch.items():
-    value = np.asarray(value)
-    if value.dtype.kind in "OUS":
-      continue
-    global_b = value.shape[0] * jax.process_count()
-    if global_b % ways:
-      per_host = ways // math.gcd(ways, jax.process_count())
-      raise ValueError(f"to_device: batch['{key}'] has {value.shape[0]} rows "
-                       f"per host ({global_b} in all), not divisible by the "
-                       f"{ways} shards of mesh axes {names}; pick a batch size "
-                       f"that is a multiple of {per_host} per host.")
-    out[key] = jax.make_array_from_process_local_data(sharding, value)
-  return out

@@ -3,7 +3,7 @@ from mmtx.models.dual_encoder import DualEncoder
 from mmtx.models.towers import SIZES, TextTransformer, ViT, decode_variant
 
 __all__ = ["DualEncoder", "SIZES", "TextTransformer", "ViT", "decode_variant",
-           "FusionModel"]
+           "FusionModel", "Captioner"]
 
 
 def __getattr__(name):
@@ -11,4 +11,7 @@ def __getattr__(name):
   if name == "FusionModel":
     from mmtx.models.fusion_model import FusionModel
     return FusionModel
+  if name == "Captioner":
+    from mmtx.models.captioner import Captioner
+    return Captioner
   raise AttributeError(name)

@@ -74,6 +74,10 @@ class ViT(nn.Module):
   posemb: str = "learned"  # 'learned' | 'sincos2d'
   pool: str = "gap"  # 'cls' | 'gap' | 'none'
   patch_bias: bool = True
+  # Convolutional stem (hybrid ViT, Dosovitskiy et al. Sec. 3.1; Xiao et al.
+  # 2021): 3x3 stride-2 conv + ReLU per entry, before the patch embedding,
+  # which then patches the feature map. () = plain ViT.
+  stem_channels: tuple = ()
   ln_pre: bool = False  # CLIP's LayerNorm before the encoder
   activation: str = "gelu"
   layer_norm_eps: float = 1e-6
@@ -95,10 +99,16 @@ class ViT(nn.Module):
                        f"1|3], got shape {images.shape}.")
     dtype = _dtype(self.dtype)
     p = c["patch_size"]
+    x = images.astype(dtype)
+    for i, ch in enumerate(self.stem_channels):
+      x = nn.relu(nn.Conv(ch, (3, 3), strides=(2, 2), padding="SAME",
+                          dtype=dtype, name=f"stem_{i}",
+                          kernel_init=nn.with_logical_partitioning(
+                              nn.initializers.lecun_normal(),
+                              (None, None, None, "mlp")))(x))
+    grid = (x.shape[1] // p, x.shape[2] // p)
     x = layers.PatchEmbedding(p, c["width"], use_bias=self.patch_bias,
-                              dtype=dtype, name="embedding")(
-                                  images.astype(dtype))
-    grid = (images.shape[1] // p, images.shape[2] // p)
+                              dtype=dtype, name="embedding")(x)
     x = layers.PositionEmbedding(kind=self.posemb, max_len=grid[0] * grid[1],
                                  grid=grid, name="posemb")(x)
     if self.pool == "cls":

@@ -7,7 +7,6 @@ from typing import Any, Sequence
 import ml_collections
 
 from mmtx import data as data_lib
-from mmtx import sharding
 
 
 class Task:
@@ -56,11 +55,6 @@ def model_config(config, **dataset_sizes) -> dict[str, Any]:
   if cfg.get("num_answers", 0) == -1:
     cfg["num_answers"] = dataset_sizes["num_answers"]
   return cfg
-
-
-def put(batch, mesh):
-  return sharding.put_batch(
-      {k: v for k, v in batch.items() if v.dtype.kind not in "OUS"}, mesh)
 
 
 def table(title: str, header: Sequence[str], rows) -> str:

@@ -14,8 +14,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mmtx import data as data_lib
 from mmtx import losses
+from mmtx import sharding
 from mmtx.tasks import common
 
 
@@ -91,7 +91,7 @@ def _eval_counts(model, params, it, mesh, nt, ns):
   correct = np.zeros(nt * ns)
   total = np.zeros(nt * ns)
   for batch in it:
-    c, n = step(params, common.put(batch, mesh))
+    c, n = step(params, sharding.put_batch(batch, mesh))
     correct += np.asarray(c)
     total += np.asarray(n)
   return correct.reshape(nt, ns), total.reshape(nt, ns)
