@@ -30,8 +30,10 @@ def base(**overrides) -> ml_collections.ConfigDict:
 
 
 def data(name, **kw) -> ml_collections.ConfigDict:
+  # train_fraction: train on the first round(fraction * records) records of
+  # train_split (label-efficiency runs); 1.0 = all of it.
   d = dict(name=name, train_split="train", eval_splits=("test",),
            eval_batch_size=256, max_len=16, augment=False, data_dir="",
-           tokenizer="")
+           tokenizer="", train_fraction=1.0)
   d.update(kw)
   return ml_collections.ConfigDict(d)

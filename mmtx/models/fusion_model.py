@@ -1,13 +1,18 @@
 """Fusion encoder: image tower + text tower + any `FUSIONS` strategy + heads.
 
 Heads (config.heads): 'vqa' (classification over the answer vocabulary,
-from the pooled fused representation), 'itm' (image-text match, 2 logits) and
+from the pooled fused representation), 'itm' (image-text match, 2 logits),
 'mlm' (token logits over the fused text positions; needs a strategy whose
-output keeps the text tokens first, e.g. cross_attention with target 'text').
+output keeps the text tokens first, e.g. cross_attention with target 'text')
+and 'contrastive' (ALBEF's unimodal image-text contrastive features, Li et al.
+2021 Sec. 3.1: the mean of each tower's tokens, a linear projection to
+config.embed_dim, L2-normalised, and a learned CLIP temperature).
 """
 from __future__ import annotations
 
 from typing import Any, Mapping
+
+import math
 
 import flax.linen as nn
 import jax
@@ -18,6 +23,7 @@ from mmtx.models.dual_encoder import _as_dict, check_images_texts
 from mmtx.models.towers import TextTransformer, ViT
 
 Array = jax.Array
+HEADS = ("vqa", "itm", "mlm", "contrastive")
 
 
 def _masked_mean(x, mask):
@@ -44,11 +50,14 @@ class FusionModel(nn.Module):
 
   images NHWC float32 `[batch, H, W, C]`; texts int32 `[batch, len]`, 0 = pad.
   outputs: {'vqa_logits' [batch, num_answers], 'itm_logits' [batch, 2],
-  'mlm_logits' [batch, len, vocab]} for the configured heads; extras:
-  {'fused', 'fused_mask', 'pooled', 'img', 'txt'}.
+  'mlm_logits' [batch, len, vocab], and for 'contrastive' 'img_emb',
+  'txt_emb' [batch, embed_dim] (L2-normalised, from the unfused towers) and
+  'logit_scale' (exponentiated, at most 100)} for the configured heads;
+  extras: {'fused', 'fused_mask', 'pooled', 'img', 'txt'}.
   Config keys: image (ViT fields, pool ignored), text (TextTransformer
   fields), fusion (name + strategy fields), heads (list), num_answers,
-  head_hidden, zero_image (ablation: the image is replaced by zeros).
+  head_hidden, embed_dim ('contrastive' only), zero_image (ablation: the
+  image is replaced by zeros).
   """
   config: Mapping[str, Any]
 
@@ -76,9 +85,9 @@ class FusionModel(nn.Module):
     outputs = {}
     heads = cfg.get("heads", ("vqa",))
     for head in heads:
-      if head not in ("vqa", "itm", "mlm"):
-        raise ValueError(f"FusionModel: unknown head {head!r}; known: 'vqa', "
-                         f"'itm', 'mlm'.")
+      if head not in HEADS:
+        raise ValueError(f"FusionModel: unknown head {head!r} in "
+                         f"config.heads; known: {HEADS}.")
     if "vqa" in heads:
       h = nn.Dense(cfg.get("head_hidden", 256), name="vqa_hidden",
                    kernel_init=nn.with_logical_partitioning(
@@ -106,6 +115,29 @@ class FusionModel(nn.Module):
           kernel_init=nn.with_logical_partitioning(
               nn.initializers.xavier_uniform(), ("embed", "vocab")))(
                   fused[:, off:off + n]).astype(jnp.float32)
+    if "contrastive" in heads:
+      outputs.update(self._contrastive(cfg, img_tok, img_extras["mask"],
+                                       txt_tok, txt_extras["mask"]))
     extras = {"fused": fused, "fused_mask": fused_mask, "pooled": pooled,
               "img": img_extras, "txt": txt_extras}
     return outputs, extras
+
+  def _contrastive(self, cfg, img_tok, img_mask, txt_tok, txt_mask):
+    """Unimodal embeddings `[batch, embed_dim]` + logit_scale (ALBEF ITC)."""
+    embed_dim = cfg.get("embed_dim")
+    if not embed_dim or int(embed_dim) < 1:
+      raise ValueError(f"FusionModel: the 'contrastive' head needs "
+                       f"config.embed_dim (an int >= 1), got {embed_dim!r}.")
+    out = {}
+    for name, tok, mask in (("img", img_tok, img_mask),
+                            ("txt", txt_tok, txt_mask)):
+      emb = nn.Dense(int(embed_dim), use_bias=False, name=f"{name}_proj",
+                     kernel_init=nn.with_logical_partitioning(
+                         nn.initializers.lecun_normal(), ("embed", "mlp")))(
+                             _masked_mean(tok, mask)).astype(jnp.float32)
+      out[f"{name}_emb"] = emb / jnp.linalg.norm(
+          emb, axis=-1, keepdims=True).clip(1e-12)
+    log_scale = self.param("logit_scale", nn.initializers.constant(
+        math.log(1 / 0.07)), (), jnp.float32)
+    out["logit_scale"] = jnp.exp(jnp.minimum(log_scale, math.log(100.0)))
+    return out

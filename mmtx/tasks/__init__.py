@@ -8,6 +8,10 @@ import importlib
 # name -> "module:Class" (imported on first use).
 TASKS = {
     "vqa": "mmtx.tasks.vqa:VqaTask",
+    "contrastive": "mmtx.tasks.contrastive:ContrastiveTask",
+    "caption": "mmtx.tasks.caption:CaptionTask",
+    "dialogue": "mmtx.tasks.dialogue:DialogueTask",
+    "pretrain": "mmtx.tasks.pretrain:PretrainTask",
 }
 
 

@@ -22,6 +22,8 @@ class Task:
 
   def _open(self, config, split, *, train, shard=None):
     d = config.data
+    if train:
+      split = train_split_with_fraction(split, d.train_fraction)
     return data_lib.get_dataset(
         d.name, split, self.data_task, batch_size=(
             config.batch_size if train else d.eval_batch_size),
@@ -44,6 +46,26 @@ class Task:
 
   def eval_iterator(self, config, split):
     return self._open(config, split, train=False)
+
+
+def train_split_with_fraction(split: str, fraction: float) -> str:
+  """`config.data.train_fraction` as a TFDS slice of the training split: the
+  first round(fraction * records) records (TFDS 'closest' rounding), e.g.
+  ('train', 0.01) -> 'train[:1%]'. Records are the unit (an image with all its
+  questions / captions / dialogues), so every image kept keeps all its labels.
+  Our builders write records in generation order (independent random
+  scenes), so the first records are a uniform sample of the split."""
+  fraction = float(fraction)
+  if fraction == 1.0:
+    return split
+  if not 0.0 < fraction < 1.0:
+    raise ValueError(f"config.data.train_fraction must be in (0, 1], got "
+                     f"{fraction}.")
+  if "[" in split:
+    raise ValueError(f"config.data.train_fraction={fraction} cannot be "
+                     f"combined with the sliced config.data.train_split="
+                     f"{split!r}; use one or the other.")
+  return f"{split}[:{100 * fraction:g}%]"
 
 
 def model_config(config, **dataset_sizes) -> dict[str, Any]:

@@ -1,0 +1,32 @@
+"""VQA fine-tuning of a pretrained FusionModel (configs/pretrain.py), with a
+label fraction for label-efficiency curves.
+
+  python -m mmtx.main --config=configs/finetune_vqa.py:pretrained=runs/pretrain
+  python -m mmtx.main --config=configs/finetune_vqa.py:pretrained=runs/pretrain,labels=0.01
+  python -m mmtx.main --config=configs/finetune_vqa.py:labels=0.1   # from scratch
+
+Args: pretrained=WORKDIR of a pretraining run ('' = train from scratch),
+labels=fraction of the training images (and so of their questions) used,
+e.g. 0.01|0.1|1.0; width (must match the pretraining run), steps.
+
+The model is configs/pretrain.py's with the 'vqa' head instead of the
+pretraining heads: the towers and the fusion load from the checkpoint under
+the same names (no path rules needed); vqa_hidden / vqa_out start fresh, and
+the run prints how many params were loaded and which were not.
+"""
+from configs import common
+from configs import pretrain
+
+
+def get_config(arg: str = ""):
+  args = dict(a.split("=", 1) for a in arg.split(",") if a)
+  c = common.base(task="vqa", total_steps=int(args.get("steps", 4000)),
+                  batch_size=64, log_every=50, eval_every=1000,
+                  checkpoint_every=1000)
+  c.data = common.data("sort_of_clevr", eval_splits=("test",), max_len=16,
+                       train_fraction=float(args.get("labels", 1.0)))
+  c.model = pretrain.model(int(args.get("width", 128)), ("vqa",))
+  c.init_from.workdir = args.get("pretrained", "")
+  c.optimizer.learning_rate = 3e-4
+  c.optimizer.warmup_steps = 200
+  return c

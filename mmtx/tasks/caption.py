@@ -1,0 +1,144 @@
+"""Image captioning with a CoCa `Captioner` (Yu et al. 2022, Eq. 4).
+
+Batch (mmtx.data view 'caption'): 'image' [B, H, W, 3], 'text' [B, L]
+(bos + caption + eos, one caption per image drawn at random) -> Captioner ->
+next-token logits [B, L, V], img_emb / txt_emb [B, D] ->
+  config.loss.lambda_con * losses.softmax_contrastive_loss(img_emb, txt_emb,
+  logit_scale) + config.loss.lambda_cap * losses.lm_loss(logits[:, :-1],
+  text[:, 1:], text[:, 1:] != 0, config.loss.label_smoothing).
+
+Evaluation, per split of config.data.eval_splits: captions decoded from bos
+with the KV cache (`captioner.generate`, config.decode.method 'greedy' or
+'beam'; up to config.data.max_len - 1 new tokens) and scored with BLEU-1..4
+and CIDEr-D against all reference captions of each image
+(`metrics.caption_scores`, tokenised by `metrics.simple_tokenize`), plus
+image <-> text retrieval recall from the contrastive embeddings.
+"""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from mmtx import data as data_lib
+from mmtx import losses
+from mmtx import metrics as metrics_lib
+from mmtx import sharding
+from mmtx.tasks import common
+from mmtx.tasks import retrieval
+
+_METHODS = ("greedy", "beam")
+
+
+def decode_kwargs(decode) -> dict:
+  """config.decode -> (method, extra kwargs of `captioner.generate`)."""
+  if decode.method not in _METHODS:
+    raise ValueError(f"config.decode.method must be one of {_METHODS}, got "
+                     f"{decode.method!r}.")
+  if decode.method == "beam":
+    if int(decode.beam_size) < 1:
+      raise ValueError(f"config.decode.beam_size must be >= 1, got "
+                       f"{decode.beam_size}.")
+    return {"beam_size": int(decode.beam_size), "alpha": float(decode.alpha)}
+  return {}
+
+
+class CaptionTask(common.Task):
+  data_task = "caption"
+
+  def build_model(self, config):
+    from mmtx.models import Captioner
+    info = self.info(config)
+    cfg = common.model_config(config, vocab_size=info.tokenizer.vocab_size)
+    if cfg["text"]["max_len"] < config.data.max_len:
+      raise ValueError(f"config.model.text.max_len ({cfg['text']['max_len']})"
+                       f" must be >= config.data.max_len "
+                       f"({config.data.max_len}), the caption length.")
+    decode_kwargs(config.decode)
+    self.loss_cfg = config.loss
+    return Captioner(cfg)
+
+  def init_batch(self, config):
+    info = self.info(config)
+    b = config.batch_size
+    return {"image": np.zeros((b,) + tuple(info.image_shape), np.float32),
+            "text": np.ones((b, config.data.max_len), np.int32)}
+
+  def init_variables(self, model, rng, batch):
+    return model.init(rng, batch["image"], batch["text"])
+
+  def loss_fn(self, model, params, batch, rng, train):
+    texts = batch["text"]
+    logits, extras = model.apply({"params": params}, batch["image"], texts,
+                                 deterministic=not train,
+                                 rngs={"dropout": rng})
+    targets = texts[:, 1:]
+    weights = (targets != 0).astype(jnp.float32)
+    cap = losses.lm_loss(logits[:, :-1], targets, weights,
+                         label_smoothing=float(self.loss_cfg.label_smoothing))
+    con = losses.softmax_contrastive_loss(extras["img_emb"], extras["txt_emb"],
+                                          extras["logit_scale"])
+    loss = (float(self.loss_cfg.lambda_con) * con +
+            float(self.loss_cfg.lambda_cap) * cap)
+    correct = (jnp.argmax(logits[:, :-1], -1) == targets) * weights
+    return loss, {"caption_loss": cap, "contrastive_loss": con,
+                  "token_accuracy": correct.sum() / jnp.maximum(
+                      weights.sum(), 1.0),
+                  "logit_scale": extras["logit_scale"]}
+
+  def evaluate(self, model, params, config, mesh):
+    def embed(params, batch):
+      _, extras = model.apply({"params": params}, batch["image"],
+                              batch["text"])
+      return {"img_emb": extras["img_emb"], "txt_emb": extras["txt_emb"]}
+
+    step = retrieval.jit_step(embed, mesh)
+    generate = _generate_fn(model.config, config, mesh)
+    out, lines = {}, []
+    for split in config.data.eval_splits:
+      it, info = self.eval_iterator(config, split)
+      pairs = retrieval.run_pairs(step, params, config, mesh, it, info)
+      refs = dict(zip(pairs.indices.tolist(), pairs.references))
+      hyps = {}
+      it, _ = self.eval_iterator(config, split)
+      for batch in it:
+        tokens = np.asarray(jax.device_get(generate(
+            params, sharding.put_batch(batch, mesh)["image"])))
+        for row in np.flatnonzero(batch["valid"]):
+          hyps[int(batch["index"][row])] = info.tokenizer.decode(tokens[row])
+      scores = metrics_lib.caption_scores(refs, {k: [v] for k, v in
+                                                 hyps.items()}, tokenize=True)
+      rec = retrieval.recall(pairs)
+      prefix = "" if split == config.data.eval_splits[0] else f"{split}/"
+      out.update({f"{prefix}{k}": v for k, v in {**scores, **rec}.items()})
+      lines.append(common.table(
+          f"{info.name} {split}: captions ({config.decode.method} decoding, "
+          f"{len(hyps)} images, {len(pairs.pair_image)} references)",
+          ["BLEU-1 (x100)", "BLEU-2", "BLEU-3", "BLEU-4", "CIDEr-D (x100)"],
+          [[f"{100 * scores[f'bleu_{k}']:.2f}" for k in range(1, 5)] +
+           [f"{100 * scores['cider']:.2f}"]]))
+      lines.append(common.table(
+          f"{info.name} {split}: retrieval recall (%) from the contrastive "
+          f"embeddings", ["direction", "R@1", "R@5", "R@10"],
+          retrieval.recall_rows(rec)))
+      lines.append(common.table(
+          f"{info.name} {split}: examples", ["image", "generated",
+                                             "first reference"],
+          [(i, hyps[i], refs[i][0]) for i in sorted(hyps)[:3]]))
+    return out, "\n".join(lines)
+
+
+def _generate_fn(model_config, config, mesh):
+  """jit (params, images [B, H, W, 3]) -> new tokens [B, max_len - 1]."""
+  from mmtx.models import captioner
+  kwargs = decode_kwargs(config.decode)
+  max_new = config.data.max_len - 1
+
+  def generate(params, images):
+    prompt = jnp.full((images.shape[0], 1), data_lib.BOS, jnp.int32)
+    out = captioner.generate(model_config, params, images, prompt,
+                             max_new_tokens=max_new, eos_id=data_lib.EOS,
+                             method=config.decode.method, **kwargs)
+    return out.tokens
+
+  return jax.jit(generate, out_shardings=sharding.replicated(mesh))

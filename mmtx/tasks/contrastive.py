@@ -1,0 +1,152 @@
+"""CLIP / SigLIP pretraining of a `DualEncoder` on image-caption pairs.
+
+Batch (mmtx.data view 'contrastive'): 'image' [B, H, W, 3], 'text' [B, L]
+(one caption per image, drawn at random) -> DualEncoder -> img_emb, txt_emb
+[B, D] -> `losses.softmax_contrastive_loss` (config.model.loss 'softmax',
+CLIP) or `losses.sigmoid_contrastive_loss` ('sigmoid', SigLIP) with the
+model's learned logit_scale (and logit_bias).
+
+Evaluation, per split of config.data.eval_splits: image <-> text retrieval
+recall@1/5/10 over all captions of each image (`retrieval`), and zero-shot
+classification from text prompts on datasets whose records carry
+Sort-of-CLEVR 'objects': the class is the number of circles k in 0..N
+(N objects; the rest are squares), the prompts say it in the dataset's own
+caption wording, "there are four circles and two squares." and "4 circles
+and 2 squares." (CLIP prompt ensembling). Datasets without 'objects' skip it.
+"""
+from __future__ import annotations
+
+import jax.numpy as jnp
+import numpy as np
+
+from mmtx import losses
+from mmtx import metrics as metrics_lib
+from mmtx.tasks import common
+from mmtx.tasks import retrieval
+
+_NUMBER_WORDS = ("no", "one", "two", "three", "four", "five", "six", "seven",
+                 "eight", "nine", "ten")
+CIRCLE = 0  # sort_of_clevr shape id: 0 = circle, 1 = square
+
+
+def circle_count_label(objects) -> int:
+  """Zero-shot class of a Sort-of-CLEVR record: how many of its objects are
+  circles (objects['shape'] int [N], 0 = circle, 1 = square)."""
+  return int((np.asarray(objects["shape"]) == CIRCLE).sum())
+
+
+def _count(m: int, word: str, digits: bool) -> str:
+  number = str(m) if digits else _NUMBER_WORDS[m]
+  return f"{number} {word}{'' if m == 1 else 's'}"
+
+
+def circle_count_prompts(num_objects: int) -> list[list[str]]:
+  """Prompts `[num_objects + 1][2]`: for class k (k circles, the others
+  squares) the caption-style sentence and a digits variant."""
+  if not 1 <= num_objects < len(_NUMBER_WORDS):
+    raise ValueError(f"circle_count_prompts: num_objects must be in [1, "
+                     f"{len(_NUMBER_WORDS) - 1}], got {num_objects}.")
+  out = []
+  for k in range(num_objects + 1):
+    s = num_objects - k
+    verb = "is" if k == 1 else "are"
+    out.append([f"there {verb} {_count(k, 'circle', False)} and "
+                f"{_count(s, 'square', False)}.",
+                f"{_count(k, 'circle', True)} and "
+                f"{_count(s, 'square', True)}."])
+  return out
+
+
+def contrastive_loss(name, img_emb, txt_emb, extras):
+  """config.model.loss name -> the loss on one (global) batch."""
+  if name == "softmax":
+    return losses.softmax_contrastive_loss(img_emb, txt_emb,
+                                           extras["logit_scale"])
+  if name == "sigmoid":
+    return losses.sigmoid_contrastive_loss(img_emb, txt_emb,
+                                           extras["logit_scale"],
+                                           extras["logit_bias"])
+  raise ValueError(f"config.model.loss must be 'softmax' or 'sigmoid', got "
+                   f"{name!r}.")
+
+
+class ContrastiveTask(common.Task):
+  data_task = "contrastive"
+
+  def build_model(self, config):
+    from mmtx.models import DualEncoder
+    info = self.info(config)
+    cfg = common.model_config(config, vocab_size=info.tokenizer.vocab_size)
+    return DualEncoder(cfg)
+
+  def init_batch(self, config):
+    info = self.info(config)
+    b = config.batch_size
+    return {"image": np.zeros((b,) + tuple(info.image_shape), np.float32),
+            "text": np.ones((b, config.data.max_len), np.int32)}
+
+  def init_variables(self, model, rng, batch):
+    return model.init(rng, batch["image"], batch["text"])
+
+  def loss_fn(self, model, params, batch, rng, train):
+    img_emb, txt_emb, extras = model.apply(
+        {"params": params}, batch["image"], batch["text"],
+        deterministic=not train, rngs={"dropout": rng})
+    loss = contrastive_loss(model.config.get("loss", "softmax"), img_emb,
+                            txt_emb, extras)
+    sim = img_emb @ txt_emb.T
+    acc = jnp.mean(jnp.argmax(sim, axis=1) == jnp.arange(sim.shape[0]))
+    return loss, {"i2t_batch_accuracy": acc,
+                  "logit_scale": extras["logit_scale"]}
+
+  def evaluate(self, model, params, config, mesh):
+    def embed(params, batch):
+      img_emb, txt_emb, _ = model.apply({"params": params}, batch["image"],
+                                        batch["text"])
+      return {"img_emb": img_emb, "txt_emb": txt_emb}
+
+    step = retrieval.jit_step(embed, mesh)
+    out, lines = {}, []
+    for split in config.data.eval_splits:
+      it, info = self.eval_iterator(config, split)
+      pairs = retrieval.run_pairs(step, params, config, mesh, it, info)
+      prefix = "" if split == config.data.eval_splits[0] else f"{split}/"
+      rec = retrieval.recall(pairs)
+      out.update({f"{prefix}{k}": v for k, v in rec.items()})
+      lines.append(common.table(
+          f"{info.name} {split}: retrieval recall (%), {len(pairs.indices)} "
+          f"images, {len(pairs.pair_image)} captions",
+          ["direction", "R@1", "R@5", "R@10"], retrieval.recall_rows(rec)))
+      zs = zero_shot(step, params, config, mesh, info, pairs)
+      if zs is not None:
+        values, counts = zs
+        out.update({f"{prefix}zero_shot/{k}": v for k, v in values.items()})
+        lines.append(common.table(
+            f"{info.name} {split}: zero-shot 'how many circles' "
+            f"({len(counts)} classes)",
+            ["metric", "value"],
+            [("top-1 accuracy", f"{100 * values['top1']:.2f}%"),
+             ("top-5 accuracy", f"{100 * values['top5']:.2f}%"),
+             ("majority-class top-1",
+              f"{100 * counts.max() / counts.sum():.2f}%"),
+             ("images per class", " ".join(map(str, counts)))]))
+    return out, "\n".join(lines)
+
+
+def zero_shot(step, params, config, mesh, info, pairs):
+  """(metrics, images per class) of the circle-count zero-shot classifier,
+  or None when the records have no 'objects'."""
+  if any(o is None for o in pairs.objects):
+    return None
+  sizes = {len(np.asarray(o["shape"])) for o in pairs.objects}
+  if len(sizes) != 1:
+    return None
+  prompts = circle_count_prompts(sizes.pop())
+  txt_emb = retrieval.text_outputs(step, params, config, mesh, info,
+                                   [p for cls in prompts for p in cls])
+  class_emb = txt_emb["txt_emb"].reshape(len(prompts), len(prompts[0]), -1)
+  labels = np.array([circle_count_label(o) for o in pairs.objects])
+  img_emb = pairs.outputs["img_emb"][pairs.first_pair]
+  values = metrics_lib.zero_shot_accuracy(img_emb, class_emb, labels,
+                                          ks=(1, 5))
+  return values, np.bincount(labels, minlength=len(prompts))

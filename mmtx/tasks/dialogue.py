@@ -1,0 +1,126 @@
+"""Visual dialogue: answer the current question given the image and the
+dialogue so far, as classification over the dataset's answer vocabulary.
+
+Batch (mmtx.data view 'dialogue', one example per turn): 'image' [B, H, W,
+3], 'history' [B, L] = bos q1 sep a1 sep ... sep q_t eos -> FusionModel(...,
+texts=history)['vqa_logits'] [B, num_answers] -> softmax cross-entropy
+against 'answer' [B].
+
+config.data.history: 'full' feeds the whole history; 'last' is the
+no-history ablation: `last_question` keeps only q_t (bos q_t eos), so a
+follow-up like "what shape is it?" loses its referent and the gap to 'full'
+shows how much the model uses the history.
+
+Evaluation, per split of config.data.eval_splits: answer accuracy and MRR of
+the correct answer among all answers of the vocabulary (`metrics.mrr`,
+VisDial's ranking metric with the vocabulary as the candidates), overall
+and per turn.
+"""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from mmtx import data as data_lib
+from mmtx import losses
+from mmtx import metrics as metrics_lib
+from mmtx import sharding
+from mmtx.tasks import common
+
+HISTORY = ("full", "last")
+
+
+def last_question(history):
+  """`[B, L]` history ids -> `[B, L]` bos + the tokens after the last SEP.
+
+  Tokens after the last sep are q_t and eos (and padding); a row without sep
+  (the first turn) is returned as it is. Works on numpy and jax arrays.
+  """
+  xp = jnp if isinstance(history, jax.Array) else np
+  length = history.shape[1]
+  pos = xp.arange(length)
+  last_sep = xp.max(xp.where(history == data_lib.SEP, pos[None, :], 0),
+                    axis=1)                                  # [B]; 0 = bos
+  src = pos[None, :] + last_sep[:, None]                     # [B, L]
+  shifted = xp.take_along_axis(history, xp.minimum(src, length - 1), axis=1)
+  shifted = xp.where(src < length, shifted, data_lib.PAD)
+  return xp.where(pos[None, :] == 0, history[:, :1], shifted)
+
+
+def select_history(history, mode: str):
+  """config.data.history -> the text the model sees."""
+  if mode == "full":
+    return history
+  if mode == "last":
+    return last_question(history)
+  raise ValueError(f"config.data.history must be one of {HISTORY}, got "
+                   f"{mode!r}.")
+
+
+class DialogueTask(common.Task):
+  data_task = "dialogue"
+
+  def build_model(self, config):
+    from mmtx.models.fusion_model import FusionModel
+    if config.data.history not in HISTORY:
+      raise ValueError(f"config.data.history must be one of {HISTORY}, got "
+                       f"{config.data.history!r}.")
+    self.history = config.data.history
+    info = self.info(config)
+    cfg = common.model_config(config, vocab_size=info.tokenizer.vocab_size,
+                              num_answers=len(info.answers))
+    return FusionModel(cfg)
+
+  def init_batch(self, config):
+    info = self.info(config)
+    b = config.batch_size
+    return {"image": np.zeros((b,) + tuple(info.image_shape), np.float32),
+            "history": np.ones((b, config.data.max_len), np.int32)}
+
+  def init_variables(self, model, rng, batch):
+    return model.init(rng, batch["image"], batch["history"])
+
+  def loss_fn(self, model, params, batch, rng, train):
+    out, _ = model.apply({"params": params}, batch["image"],
+                         select_history(batch["history"], self.history),
+                         deterministic=not train, rngs={"dropout": rng})
+    logits = out["vqa_logits"]
+    loss = losses.classification_loss(logits, batch["answer"])
+    acc = jnp.mean(jnp.argmax(logits, -1) == batch["answer"])
+    return loss, {"accuracy": acc}
+
+  def evaluate(self, model, params, config, mesh):
+    def logits_fn(params, batch):
+      out, _ = model.apply({"params": params}, batch["image"],
+                           select_history(batch["history"], self.history))
+      return out["vqa_logits"]
+
+    step = jax.jit(logits_fn, out_shardings=sharding.replicated(mesh))
+    out, lines = {}, []
+    for split in config.data.eval_splits:
+      it, info = self.eval_iterator(config, split)
+      logits, answers, turns = [], [], []
+      for batch in it:
+        valid = np.asarray(batch["valid"], bool)
+        z = np.asarray(jax.device_get(step(params,
+                                           sharding.put_batch(batch, mesh))))
+        logits.append(z[valid])
+        answers.append(np.asarray(batch["answer"])[valid])
+        turns.append(np.asarray(batch["turn"])[valid])
+      logits, answers, turns = map(np.concatenate, (logits, answers, turns))
+      prefix = "" if split == config.data.eval_splits[0] else f"{split}/"
+      rows = []
+      for name, sel in [("all", np.ones_like(turns, bool))] + [
+          (f"turn {t + 1}", turns == t) for t in np.unique(turns)]:
+        acc = float(np.mean(np.argmax(logits[sel], -1) == answers[sel]))
+        rr = metrics_lib.mrr(logits[sel], answers[sel])
+        key = "" if name == "all" else f"/turn_{name.split()[1]}"
+        out[f"{prefix}accuracy{key}"] = acc
+        out[f"{prefix}mrr{key}"] = rr
+        rows.append((name, f"{100 * acc:.2f}%", f"{rr:.4f}", int(sel.sum())))
+      lines.append(common.table(
+          f"{info.name} {split}: dialogue answers (history={self.history}, "
+          f"MRR over {len(info.answers)} answers)",
+          ["turn", "accuracy", "MRR", "questions"], rows))
+    return out, "\n".join(lines)

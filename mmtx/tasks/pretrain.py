@@ -1,0 +1,164 @@
+"""Image-text pretraining of a FusionModel, ALBEF-style (Li et al. 2021,
+Sec. 3.2): image-text contrastive (ITC) + image-text matching with hard
+negatives (ITM) + masked language modelling conditioned on the image (MLM).
+
+Batch (mmtx.data view 'contrastive'): 'image' [B, H, W, 3], 'text' [B, L],
+'index' [B] (the record; two rows of one image are both positives).
+  1. One FusionModel call on [image; image] x [text; masked text] (2B rows;
+     heads 'contrastive', 'itm', 'mlm'): ITC = softmax_contrastive_loss on the
+     unimodal img_emb / txt_emb of the first B rows; positive ITM logits from
+     the first B rows; MLM = mlm_loss on the last B rows, the text masked by
+     `losses.mlm_mask` (config.loss.mask_prob; bos/eos/sep/unk never masked).
+  2. Hard negatives from the ITC similarities (`losses.itm_hard_negatives`,
+     rows of the same 'index' excluded): a second call on [image; image of
+     the negative] x [negative text; text] (2B rows) gives the negative ITM
+     logits. ITM = 2-way cross-entropy over the B positives and the 2B
+     negatives (a row without a candidate negative gets weight 0).
+  loss = weight_itc * ITC + weight_itm * ITM + weight_mlm * MLM (config.loss).
+
+Evaluation, per split of config.data.eval_splits, over every (image,
+reference caption) pair (`retrieval.run_pairs`): retrieval recall@1/5/10;
+ITM accuracy on the positives and on one negative per pair (the next pair's
+caption, which shows another image); MLM accuracy on the masked tokens (the
+mask drawn with a fixed key, so every evaluation masks the same tokens).
+"""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from mmtx import data as data_lib
+from mmtx import losses
+from mmtx.tasks import common
+from mmtx.tasks import retrieval
+
+_SPECIAL = (data_lib.BOS, data_lib.EOS, data_lib.SEP, data_lib.UNK)
+REQUIRED_HEADS = ("contrastive", "itm", "mlm")
+
+
+class PretrainTask(common.Task):
+  data_task = "contrastive"
+
+  def build_model(self, config):
+    from mmtx.models.fusion_model import FusionModel
+    info = self.info(config)
+    cfg = common.model_config(config, vocab_size=info.tokenizer.vocab_size)
+    missing = [h for h in REQUIRED_HEADS if h not in cfg.get("heads", ())]
+    if missing:
+      raise ValueError(f"config.model.heads must include {REQUIRED_HEADS} for "
+                       f"pretraining; {missing} missing.")
+    self.loss_cfg = config.loss
+    self.vocab_size = int(cfg["text"]["vocab_size"])
+    return FusionModel(cfg)
+
+  def init_batch(self, config):
+    info = self.info(config)
+    b = config.batch_size
+    return {"image": np.zeros((b,) + tuple(info.image_shape), np.float32),
+            "text": np.ones((b, config.data.max_len), np.int32)}
+
+  def init_variables(self, model, rng, batch):
+    return model.init(rng, batch["image"], batch["text"])
+
+  def mask(self, rng, texts):
+    return losses.mlm_mask(rng, texts, vocab_size=self.vocab_size,
+                           mask_id=data_lib.MASK, special_ids=_SPECIAL,
+                           prob=float(self.loss_cfg.mask_prob))
+
+  def loss_fn(self, model, params, batch, rng, train):
+    images, texts = batch["image"], batch["text"]
+    b = texts.shape[0]
+    rng_mask, rng_neg, rng_drop1, rng_drop2 = jax.random.split(rng, 4)
+
+    def apply(imgs, txts, r):
+      out, _ = model.apply({"params": params}, imgs, txts,
+                           deterministic=not train, rngs={"dropout": r})
+      return out
+
+    masked, targets, weights = self.mask(rng_mask, texts)
+    out = apply(jnp.concatenate([images, images]),
+                jnp.concatenate([texts, masked]), rng_drop1)
+    img_emb, txt_emb = out["img_emb"][:b], out["txt_emb"][:b]
+    scale = out["logit_scale"]
+    itc = losses.softmax_contrastive_loss(img_emb, txt_emb, scale)
+    mlm_logits = out["mlm_logits"][b:]
+    mlm = losses.mlm_loss(mlm_logits, targets, weights)
+
+    sim = scale * img_emb @ txt_emb.T
+    neg = losses.itm_hard_negatives(
+        rng_neg, sim, losses.positive_mask_from_ids(batch["index"]))
+    neg_out = apply(jnp.concatenate([images, images[neg.img_idx]]),
+                    jnp.concatenate([texts[neg.txt_idx], texts]), rng_drop2)
+    itm_logits = jnp.concatenate([out["itm_logits"][:b],
+                                  neg_out["itm_logits"]])
+    labels = jnp.concatenate([jnp.ones(b, jnp.int32),
+                              jnp.zeros(2 * b, jnp.int32)])
+    itm_w = jnp.concatenate([jnp.ones(b), neg.txt_valid, neg.img_valid])
+    itm = losses.itm_loss(itm_logits, labels, itm_w)
+
+    c = self.loss_cfg
+    loss = (float(c.weight_itc) * itc + float(c.weight_itm) * itm +
+            float(c.weight_mlm) * mlm)
+    itm_hit = (jnp.argmax(itm_logits, -1) == labels) * itm_w
+    mlm_hit = (jnp.argmax(mlm_logits, -1) == targets) * weights
+    return loss, {
+        "itc_loss": itc, "itm_loss": itm, "mlm_loss": mlm,
+        "itm_accuracy": itm_hit.sum() / jnp.maximum(itm_w.sum(), 1.0),
+        "mlm_accuracy": mlm_hit.sum() / jnp.maximum(weights.sum(), 1.0),
+        "logit_scale": scale}
+
+  def evaluate(self, model, params, config, mesh):
+    def pair_fn(params, batch):
+      images, texts, ids = batch["image"], batch["text"], batch["pair_image"]
+      e = texts.shape[0]
+      masked, targets, weights = self.mask(jax.random.key(0), texts)
+      # Row r's negative is row r + 1's caption (pairs go caption-slot-major,
+      # so it shows another image unless the chunk ends there).
+      neg_ids = jnp.roll(ids, -1)
+      out, _ = model.apply(
+          {"params": params}, jnp.concatenate([images] * 3),
+          jnp.concatenate([texts, jnp.roll(texts, -1, axis=0), masked]))
+      itm_pred = jnp.argmax(out["itm_logits"], -1)
+      mlm_hit = (jnp.argmax(out["mlm_logits"][2 * e:], -1) == targets)
+      return {"img_emb": out["img_emb"][:e], "txt_emb": out["txt_emb"][:e],
+              "itm_pos_hit": itm_pred[:e] == 1,
+              "itm_neg_hit": itm_pred[e:2 * e] == 0,
+              "itm_neg_valid": (neg_ids != ids) & (neg_ids >= 0),
+              "mlm_correct": (mlm_hit * weights).sum(1),
+              "mlm_count": weights.sum(1)}
+
+    step = retrieval.jit_step(pair_fn, mesh)
+    out, lines = {}, []
+    for split in config.data.eval_splits:
+      it, info = self.eval_iterator(config, split)
+      pairs = retrieval.run_pairs(step, params, config, mesh, it, info)
+      o = pairs.outputs
+      pos, neg_ok = o["itm_pos_hit"], o["itm_neg_valid"]
+      neg = o["itm_neg_hit"][neg_ok]
+      values = {"itm_accuracy": float((pos.sum() + neg.sum()) /
+                                      (len(pos) + len(neg))),
+                "itm_accuracy/positive": float(pos.mean()),
+                "itm_accuracy/negative": float(neg.mean()) if len(neg) else 0.,
+                "mlm_accuracy": float(o["mlm_correct"].sum() /
+                                      max(o["mlm_count"].sum(), 1.0))}
+      rec = retrieval.recall(pairs)
+      prefix = "" if split == config.data.eval_splits[0] else f"{split}/"
+      out.update({f"{prefix}{k}": v for k, v in {**values, **rec}.items()})
+      lines.append(common.table(
+          f"{info.name} {split}: pretraining objectives ({len(pairs.indices)}"
+          f" images, {len(pos)} captions)", ["metric", "value", "count"],
+          [("ITM accuracy", f"{100 * values['itm_accuracy']:.2f}%",
+            len(pos) + len(neg)),
+           ("  on matched pairs",
+            f"{100 * values['itm_accuracy/positive']:.2f}%", len(pos)),
+           ("  on mismatched pairs",
+            f"{100 * values['itm_accuracy/negative']:.2f}%", len(neg)),
+           ("MLM accuracy (masked tokens)",
+            f"{100 * values['mlm_accuracy']:.2f}%",
+            int(o["mlm_count"].sum()))]))
+      lines.append(common.table(
+          f"{info.name} {split}: retrieval recall (%) from the unimodal "
+          f"embeddings", ["direction", "R@1", "R@5", "R@10"],
+          retrieval.recall_rows(rec)))
+    return out, "\n".join(lines)
