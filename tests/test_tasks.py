@@ -1,0 +1,283 @@
+"""Every task plugin end to end through the CLI on the tiny built-in data
+(pretrain -> VQA fine-tuning included), and the pieces the tasks add:
+history truncation, zero-shot classes, caption pairing, the label fraction
+and FusionModel's 'contrastive' head."""
+import json
+import os
+import re
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from mmtx import data as data_lib
+from mmtx.data import BOS, EOS, SEP
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# A few steps of tiny models: the runs check the plumbing, not the numbers.
+TINY = ["--config.data.name=sort_of_clevr/tiny", "--config.total_steps=4",
+        "--config.batch_size=8", "--config.log_every=2",
+        "--config.eval_every=4", "--config.checkpoint_every=4",
+        "--config.data.eval_batch_size=32", "--progress=false"]
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+  """One MMTX_DATA_DIR for the module: sort_of_clevr/tiny is built once."""
+  path = tmp_path_factory.mktemp("data")
+  data_lib.ensure_built("sort_of_clevr/tiny", str(path))
+  return path
+
+
+def _run(config, workdir, data_dir, *flags):
+  env = dict(os.environ, MMTX_DATA_DIR=str(data_dir))
+  out = subprocess.run(
+      [sys.executable, "-m", "mmtx.main", f"--config={config}",
+       f"--workdir={workdir}", *TINY, *flags], cwd=REPO, capture_output=True,
+      text=True, timeout=600, env=env)
+  assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+  return out.stdout
+
+
+def _eval_row(workdir):
+  rows = [json.loads(line) for line in open(workdir / "metrics.jsonl")]
+  evals = [r for r in rows if any(k.startswith("eval/") for k in r)]
+  assert evals, rows
+  return evals[-1]
+
+
+def _in_unit(row, *keys):
+  for k in keys:
+    assert k in row, (k, sorted(row))
+    assert 0.0 <= row[k] <= 1.0, (k, row[k])
+
+
+# ----------------------------------------------------------------- e2e runs
+def test_clip_sigmoid_trains_and_reports_retrieval_and_zero_shot(
+    tmp_path, data_dir):
+  out = _run("configs/clip.py:loss=sigmoid,width=32", tmp_path / "run",
+             data_dir)
+  row = _eval_row(tmp_path / "run")
+  _in_unit(row, *(f"eval/{d}_r{k}" for d in ("i2t", "t2i")
+                  for k in (1, 5, 10)), "eval/zero_shot/top1",
+           "eval/zero_shot/top5")
+  # 16 test images with 5 captions each: all captions are ranked.
+  assert "16 images, 80 captions" in out
+  assert "image -> text" in out and "zero-shot 'how many circles'" in out
+
+
+def test_caption_beam_search_reports_bleu_cider_and_retrieval(
+    tmp_path, data_dir):
+  out = _run("configs/caption.py:decode=beam,width=32", tmp_path / "run",
+             data_dir, "--config.decode.beam_size=2",
+             "--config.data.max_len=24", "--config.model.text.max_len=24")
+  row = _eval_row(tmp_path / "run")
+  _in_unit(row, "eval/bleu_1", "eval/bleu_4", "eval/i2t_r1", "eval/t2i_r10")
+  assert row["eval/cider"] >= 0.0
+  assert "beam decoding, 16 images, 80 references" in out
+  assert "BLEU-1" in out and "CIDEr-D" in out and "generated" in out
+
+
+def test_dialogue_no_history_ablation_reports_accuracy_and_mrr_per_turn(
+    tmp_path, data_dir):
+  w = ["--config.model.image.width=32", "--config.model.text.width=32",
+       "--config.model.fusion.dim=32", "--config.model.head_hidden=32"]
+  out = _run("configs/dialogue.py:history=last", tmp_path / "run", data_dir,
+             *w)
+  row = _eval_row(tmp_path / "run")
+  _in_unit(row, "eval/accuracy", "eval/mrr", "eval/accuracy/turn_1",
+           "eval/mrr/turn_4")
+  # MRR over 19 answers is at least 1/19 and at least the accuracy.
+  assert row["eval/mrr"] >= max(row["eval/accuracy"], 1 / 19) - 1e-9
+  assert "history=last" in out and "turn 4" in out
+
+
+@pytest.fixture(scope="module")
+def pretrained(tmp_path_factory, data_dir):
+  """(workdir, stdout) of a tiny pretraining run, shared by two tests."""
+  wd = tmp_path_factory.mktemp("pretrain")
+  return wd, _run("configs/pretrain.py:width=32", wd, data_dir)
+
+
+def test_pretrain_reports_itm_mlm_and_retrieval(pretrained):
+  wd, out = pretrained
+  row = _eval_row(wd)
+  _in_unit(row, "eval/itm_accuracy", "eval/itm_accuracy/positive",
+           "eval/itm_accuracy/negative", "eval/mlm_accuracy", "eval/i2t_r1",
+           "eval/t2i_r5")
+  assert "MLM accuracy" in out and "on mismatched pairs" in out
+  assert sorted(os.listdir(wd / "checkpoints"))[-1] == "4"
+
+
+def test_finetune_vqa_loads_the_pretrained_towers_and_fusion(
+    pretrained, tmp_path, data_dir):
+  out = _run(f"configs/finetune_vqa.py:width=32,pretrained={pretrained[0]},"
+             "labels=0.1", tmp_path / "run", data_dir,
+             "--config.model.head_hidden=32")
+  m = re.search(r"initialised (\d+) params from .*; (\d+) not in the "
+                r"checkpoint \(fresh init\): (\[.*\])", out)
+  assert m, out[-3000:]
+  loaded, n_missing = int(m.group(1)), int(m.group(2))
+  missing = sorted(eval(m.group(3)))  # noqa: S307 - a printed list of str
+  # Only the new VQA head starts fresh; every tower / fusion param loads.
+  assert missing == ["vqa_hidden/bias", "vqa_hidden/kernel", "vqa_out/bias",
+                     "vqa_out/kernel"] and n_missing == 4
+  assert loaded > 50
+  assert "VQA accuracy" in out
+  _in_unit(_eval_row(tmp_path / "run"), "eval/accuracy")
+
+
+# ------------------------------------------------------------- unit tests
+def test_last_question_keeps_only_the_tokens_after_the_last_sep():
+  from mmtx.tasks.dialogue import last_question, select_history
+  h = np.array([[BOS, 10, 11, SEP, 20, SEP, 12, 13, 14, EOS, 0, 0],
+                [BOS, 10, 11, EOS, 0, 0, 0, 0, 0, 0, 0, 0],      # turn 1
+                [BOS, 30, SEP, 31, SEP, 32, SEP, 33, SEP, 34, 35, EOS]])
+  want = np.array([[BOS, 12, 13, 14, EOS, 0, 0, 0, 0, 0, 0, 0],
+                   [BOS, 10, 11, EOS, 0, 0, 0, 0, 0, 0, 0, 0],
+                   [BOS, 34, 35, EOS, 0, 0, 0, 0, 0, 0, 0, 0]], np.int32)
+  np.testing.assert_array_equal(last_question(h), want)
+  got = jax.jit(last_question)(jnp.asarray(h, jnp.int32))
+  np.testing.assert_array_equal(np.asarray(got), want)
+  np.testing.assert_array_equal(select_history(h, "full"), h)
+  with pytest.raises(ValueError, match="config.data.history"):
+    select_history(h, "none")
+
+
+def test_last_question_of_real_histories_is_the_question_alone(data_dir):
+  from mmtx.tasks.dialogue import last_question
+  it, info = data_lib.get_dataset("sort_of_clevr/tiny", "test", "dialogue",
+                                  batch_size=8, max_len=64,
+                                  data_dir=str(data_dir))
+  batch = next(it)
+  got = last_question(batch["history"])
+  turns = info.metadata["dialogue_turns"]
+  for row in range(8):
+    rec = info.record(int(batch["index"][row]))
+    unit = row % (turns * info.metadata["dialogues_per_image"])
+    d, t = divmod(unit, turns)
+    assert t == batch["turn"][row]
+    q = rec["dialogue_question"][d, t].decode()
+    want, _ = info.tokenizer.encode_batch([q], 64)
+    np.testing.assert_array_equal(got[row], want[0])
+
+
+def test_circle_count_classes_and_prompts():
+  from mmtx.tasks.contrastive import circle_count_label, circle_count_prompts
+  assert circle_count_label({"shape": np.array([0, 1, 0, 0, 1, 1])}) == 3
+  assert circle_count_label({"shape": np.array([1, 1, 1, 1, 1, 1])}) == 0
+  assert circle_count_label({"shape": np.zeros(6, np.int32)}) == 6
+  p = circle_count_prompts(6)
+  assert len(p) == 7 and all(len(c) == 2 for c in p)
+  assert p[0] == ["there are no circles and six squares.",
+                  "0 circles and 6 squares."]
+  assert p[1] == ["there is one circle and five squares.",
+                  "1 circle and 5 squares."]
+  assert p[5][0] == "there are five circles and one square."
+  with pytest.raises(ValueError, match="num_objects"):
+    circle_count_prompts(0)
+
+
+def test_contrastive_loss_names():
+  from mmtx import losses
+  from mmtx.tasks.contrastive import contrastive_loss
+  e = jnp.eye(3)
+  extras = {"logit_scale": 2.0, "logit_bias": -1.0}
+  assert contrastive_loss("softmax", e, e, extras) == \
+      losses.softmax_contrastive_loss(e, e, 2.0)
+  assert contrastive_loss("sigmoid", e, e, extras) == \
+      losses.sigmoid_contrastive_loss(e, e, 2.0, -1.0)
+  with pytest.raises(ValueError, match="config.model.loss"):
+    contrastive_loss("hinge", e, e, extras)
+
+
+class _Chars:
+  """A toy tokenizer: each character is one id (ord - 90)."""
+
+  def encode_batch(self, texts, max_len):
+    return data_lib.tokenizers.pad_sequences(
+        [[ord(c) - 90 for c in t] for t in texts], max_len)
+
+
+def test_pair_chunks_cover_every_caption_slot_major_and_pad():
+  from mmtx.tasks.retrieval import pair_chunks
+  images = np.arange(3, dtype=np.float32).reshape(3, 1, 1, 1)
+  captions = [["a", "b"], ["c"], ["d", "e"]]
+  chunks = list(pair_chunks(images, captions, _Chars(), 4, 4, first_image=7))
+  assert len(chunks) == 2
+  np.testing.assert_array_equal(chunks[0]["pair_image"], [7, 8, 9, 7])
+  np.testing.assert_array_equal(chunks[1]["pair_image"], [9, -1, -1, -1])
+  np.testing.assert_array_equal(chunks[0]["image"].ravel(), [0, 1, 2, 0])
+  np.testing.assert_array_equal(chunks[1]["valid"], [True, False, False,
+                                                     False])
+  # Caption slot 0 of every image, then slot 1: a c d b | e.
+  np.testing.assert_array_equal(chunks[0]["text"][:, 1],
+                                [ord(c) - 90 for c in "acdb"])
+  assert chunks[1]["text"][0, 1] == ord("e") - 90
+  assert (chunks[1]["text"][1:] == 0).all()
+
+
+def test_recall_uses_every_caption_of_an_image():
+  from mmtx.tasks.retrieval import Pairs, recall
+  # Two images; image 0 has captions 0, 2; image 1 has caption 1.
+  img = np.array([[1.0, 0.0], [0.0, 1.0], [1.0, 0.0]])
+  txt = np.array([[1.0, 0.0], [0.0, 1.0], [0.9, 0.1]])
+  pairs = Pairs({"img_emb": img, "txt_emb": txt}, np.array([0, 1, 0]),
+                np.array([5, 6]), [["x", "z"], ["y"]], [None, None])
+  np.testing.assert_array_equal(pairs.first_pair, [0, 1])
+  r = recall(pairs, ks=(1,))
+  assert r == {"i2t_r1": 1.0, "t2i_r1": 1.0}
+
+
+def test_train_fraction_slices_the_training_split(data_dir):
+  from mmtx.tasks.common import train_split_with_fraction as f
+  assert f("train", 1.0) == "train"
+  assert f("train", 0.01) == "train[:1%]"
+  assert f("train", 0.1) == "train[:10%]"
+  for bad in (0.0, -0.5, 1.5):
+    with pytest.raises(ValueError, match="config.data.train_fraction"):
+      f("train", bad)
+  with pytest.raises(ValueError, match="train_split"):
+    f("train[:50%]", 0.1)
+  _, info = data_lib.get_dataset("sort_of_clevr/tiny", f("train", 0.1), "vqa",
+                                 batch_size=8, data_dir=str(data_dir))
+  assert info.num_records == 6  # round(0.1 * 64)
+
+
+def test_fusion_model_contrastive_head_and_unchanged_heads():
+  import flax.linen as nn
+  from mmtx.models.fusion_model import FusionModel
+  cfg = dict(image=dict(patch_size=15, width=16, depth=1, mlp_dim=32,
+                        num_heads=2),
+             text=dict(vocab_size=20, width=16, depth=1, mlp_dim=32,
+                       num_heads=2, max_len=8),
+             fusion=dict(name="cross_attention", target="text", dim=16,
+                         num_heads=2, num_layers=1, mlp_dim=32),
+             heads=("itm",))
+  x = jnp.zeros((2, 30, 30, 3))
+  t = jnp.array([[1, 7, 8, 2, 0, 0, 0, 0], [1, 9, 2, 0, 0, 0, 0, 0]])
+  init = lambda c: nn.meta.unbox(  # noqa: E731
+      FusionModel(c).init(jax.random.key(0), x, t)["params"])
+  # Without the new head the param tree is what it was.
+  base = init(cfg)
+  assert sorted(base) == ["CrossAttentionFusion_0", "img", "itm_head", "txt"]
+  with pytest.raises(ValueError, match="config.embed_dim"):
+    init(dict(cfg, heads=("contrastive",)))
+  c2 = dict(cfg, heads=("itm", "contrastive"), embed_dim=8)
+  params = init(c2)
+  assert set(params) == set(base) | {"img_proj", "txt_proj", "logit_scale"}
+  out, extras = FusionModel(c2).apply({"params": params}, x, t)
+  assert out["img_emb"].shape == out["txt_emb"].shape == (2, 8)
+  np.testing.assert_allclose(out["logit_scale"], 1 / 0.07, rtol=1e-5)
+  # Each embedding is the L2-normalised projection of the masked mean of
+  # its tower's tokens (float64 numpy reference).
+  for name, mask in (("img", np.ones((2, 4))), ("txt", np.asarray(t != 0))):
+    tok = np.asarray(extras[name]["tokens"], np.float64)
+    m = mask.astype(np.float64)[..., None]
+    proj = ((tok * m).sum(1) / m.sum(1)) @ np.asarray(
+        params[f"{name}_proj"]["kernel"], np.float64)
+    proj /= np.linalg.norm(proj, axis=1, keepdims=True)
+    np.testing.assert_allclose(out[f"{name}_emb"], proj, atol=1e-5)
