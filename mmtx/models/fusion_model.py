@@ -10,9 +10,8 @@ config.embed_dim, L2-normalised, and a learned CLIP temperature).
 """
 from __future__ import annotations
 
-from typing import Any, Mapping
-
 import math
+from typing import Any, Mapping
 
 import flax.linen as nn
 import jax
