@@ -70,14 +70,21 @@ class Checkpointer:
     return None
 
   def restore_params(self, step: Optional[int] = None):
-    """The raw saved state tree (no target), e.g. for transfer."""
+    """The saved state tree as host-local arrays on this process's first
+    device, whatever mesh saved it (e.g. for transfer, or inspection)."""
     self.manager.wait_until_finished()
     steps = self.all_steps()
     if not steps:
       raise FileNotFoundError(f"no checkpoint under {self.directory}.")
     step = steps[-1] if step is None else step
+    meta = ocp.StandardCheckpointer().metadata(
+        os.path.join(self.directory, str(step), "state")).item_metadata
+    device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    target = jax.tree_util.tree_map(
+        lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device),
+        meta, is_leaf=lambda m: hasattr(m, "shape") and hasattr(m, "dtype"))
     return self.manager.restore(step, args=ocp.args.Composite(
-        state=ocp.args.StandardRestore()))["state"]
+        state=ocp.args.StandardRestore(target)))["state"]
 
   def wait(self):
     self.manager.wait_until_finished()

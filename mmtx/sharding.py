@@ -35,14 +35,26 @@ RULES: tuple[tuple[str, Any], ...] = (
 def maybe_initialize_distributed():
   """`jax.distributed.initialize()` when launched as one of several processes.
 
-  Recognises the usual launchers' variables (JAX_COORDINATOR_ADDRESS /
-  JAX_NUM_PROCESSES, SLURM, TPU pods); does nothing on a single host.
+  Local / hand-made launches set MMTX_NUM_PROCESSES, MMTX_PROCESS_ID and
+  JAX_COORDINATOR_ADDRESS (host:port of process 0); on CPU the processes talk
+  through gloo collectives. Cluster launchers JAX detects itself (SLURM, TPU
+  pods, ...) need nothing. A single process does nothing.
   """
-  multi = (int(os.environ.get("JAX_NUM_PROCESSES", "1")) > 1 or
-           int(os.environ.get("SLURM_NTASKS", "1")) > 1 or
-           "TPU_WORKER_HOSTNAMES" in os.environ and
-           "," in os.environ["TPU_WORKER_HOSTNAMES"])
-  if multi and not jax.distributed.is_initialized():
+  if jax.distributed.is_initialized():
+    return
+  n = int(os.environ.get("MMTX_NUM_PROCESSES", "1"))
+  if n > 1:
+    missing = [v for v in ("MMTX_PROCESS_ID", "JAX_COORDINATOR_ADDRESS")
+               if v not in os.environ]
+    if missing:
+      raise ValueError(f"MMTX_NUM_PROCESSES={n} needs {missing} set too "
+                       f"(this process's id, and host:port of process 0).")
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    jax.distributed.initialize(
+        coordinator_address=os.environ["JAX_COORDINATOR_ADDRESS"],
+        num_processes=n, process_id=int(os.environ["MMTX_PROCESS_ID"]))
+  elif (int(os.environ.get("SLURM_NTASKS", "1")) > 1 or
+        "," in os.environ.get("TPU_WORKER_HOSTNAMES", "")):
     jax.distributed.initialize()
 
 

@@ -13,7 +13,7 @@ def base_config(**kw):
       best_mode="max", task="regression",
       mesh=dict(data=-1, fsdp=1, tensor=1, num_devices=-1),
       data=dict(num_examples=64, poison_after=-1, features=4),
-      model=dict(hidden=16),
+      model=dict(hidden=16, dropout=0.1),
       optimizer=dict(name="adamw", learning_rate=1e-2, b1=0.9, b2=0.999,
                      eps=1e-8, weight_decay=1e-4, warmup_steps=2,
                      schedule="cosine", end_lr_factor=0.0, grad_clip_norm=1.0,
@@ -27,12 +27,13 @@ def base_config(**kw):
 
 class Mlp(nn.Module):
   hidden: int
+  dropout: float = 0.1
 
   @nn.compact
   def __call__(self, x, *, deterministic=True):
     h = nn.Dense(self.hidden, kernel_init=nn.with_logical_partitioning(
         nn.initializers.lecun_normal(), ("embed", "mlp")), name="dense_in")(x)
-    h = nn.Dropout(0.1)(nn.relu(h), deterministic=deterministic)
+    h = nn.Dropout(self.dropout)(nn.relu(h), deterministic=deterministic)
     return nn.Dense(1, kernel_init=nn.with_logical_partitioning(
         nn.initializers.lecun_normal(), ("mlp", "embed")), name="dense_out")(h)
 
@@ -52,7 +53,7 @@ class RegressionTask:
     return [{"x": x[i], "y": y[i]} for i in range(len(x))]
 
   def build_model(self, config):
-    return Mlp(config.model.hidden)
+    return Mlp(config.model.hidden, config.model.dropout)
 
   def init_batch(self, config):
     return {"x": np.zeros((config.batch_size, config.data.features),
@@ -69,9 +70,12 @@ class RegressionTask:
     return loss, {"mse": loss}
 
   def train_iterator(self, config, index, count):
-    recs = self._records(config)[index::count]
-    ds = grain.MapDataset.source(recs).shuffle(seed=config.seed).repeat()
-    return iter(ds.batch(config.batch_size, drop_remainder=True))
+    # Like mmtx.data: one global shuffle, host `index` takes every count-th
+    # example, and batch_size is global.
+    ds = grain.MapDataset.source(self._records(config)).shuffle(
+        seed=config.seed).repeat()
+    return iter(ds[index::count].batch(config.batch_size // count,
+                                       drop_remainder=True))
 
   def evaluate(self, model, params, config, mesh):
     recs = self._records(config)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Sequence
 
+import jax
 import ml_collections
 
 from mmtx import data as data_lib
@@ -21,12 +22,19 @@ class Task:
     self._info = None
 
   def _open(self, config, split, *, train, shard=None):
+    """config.batch_size and data.eval_batch_size are global: each of the
+    `count` hosts reads 1/count of every batch."""
     d = config.data
     if train:
       split = train_split_with_fraction(split, d.train_fraction)
+    count = shard[1] if shard is not None else jax.process_count()
+    global_bs = config.batch_size if train else d.eval_batch_size
+    if global_bs % count:
+      raise ValueError(f"{'batch_size' if train else 'data.eval_batch_size'}="
+                       f"{global_bs} is not divisible by the {count} "
+                       f"processes; use a multiple of {count}.")
     return data_lib.get_dataset(
-        d.name, split, self.data_task, batch_size=(
-            config.batch_size if train else d.eval_batch_size),
+        d.name, split, self.data_task, batch_size=global_bs // count,
         seed=config.seed, max_len=d.max_len, shuffle=train, repeat=train,
         augment=train and d.augment, data_dir=d.data_dir or None, shard=shard,
         tokenizer=d.tokenizer or None)
