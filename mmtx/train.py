@@ -269,31 +269,30 @@ def train_and_evaluate(config, workdir: str, task, *, mode: str = "train",
             metrics=metrics, force=force)
 
   try:
-    with mesh:
-      for step in range(start + 1, total + 1):
-        batch = sharding.put_batch(next(train_iter), mesh)
-        state, metrics = step_fn(state, batch)
-        pending.append((step, metrics))
-        n_last += 1
-        if bar is not None:
-          bar.update(1)
-        if step % config.log_every == 0 or step == total:
-          flush_metrics(step)
-        eval_now = config.eval_every and (step % config.eval_every == 0 or
-                                          step == total)
-        if eval_now:
-          last_eval = evaluate(step)
-        if (step % config.checkpoint_every == 0 or step == total or
-            eval_now or stop["sigterm"]):
-          best = None
-          if eval_now and config.best_metric in last_eval:
-            best = {config.best_metric: float(last_eval[config.best_metric])}
-          save(step, best, force=stop["sigterm"])
-        if stop["sigterm"]:
-          ck.wait()
-          print(f"mmtx: SIGTERM: saved a checkpoint at step {step}; exiting.",
-                flush=True)
-          break
+    for step in range(start + 1, total + 1):
+      batch = sharding.put_batch(next(train_iter), mesh)
+      state, metrics = step_fn(state, batch)
+      pending.append((step, metrics))
+      n_last += 1
+      if bar is not None:
+        bar.update(1)
+      if step % config.log_every == 0 or step == total:
+        flush_metrics(step)
+      eval_now = config.eval_every and (step % config.eval_every == 0 or
+                                        step == total)
+      if eval_now:
+        last_eval = evaluate(step)
+      if (step % config.checkpoint_every == 0 or step == total or
+          eval_now or stop["sigterm"]):
+        best = None
+        if eval_now and config.best_metric in last_eval:
+          best = {config.best_metric: float(last_eval[config.best_metric])}
+        save(step, best, force=stop["sigterm"])
+      if stop["sigterm"]:
+        ck.wait()
+        print(f"mmtx: SIGTERM: saved a checkpoint at step {step}; exiting.",
+              flush=True)
+        break
   finally:
     if bar is not None:
       bar.close()
