@@ -1,0 +1,289 @@
+"""Smoke tests of experiments/benchmarks/{clip_step,cpu_step,scaling}.py.
+
+They check that the scripts run end to end on CPU at tiny sizes and print
+tables with numbers, and test the pieces that must be right for the numbers
+to mean anything (the FLOP count, the shared architecture, the sharded state
+size) against independent references. No assertion on wall-clock time.
+"""
+import json
+import math
+import os
+import re
+import subprocess
+import sys
+
+import argparse
+
+import flax.linen as nn
+import jax
+import numpy as np
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BENCH = os.path.join(ROOT, "experiments", "benchmarks")
+sys.path.insert(0, BENCH)
+
+import clip_step  # noqa: E402
+import cpu_step  # noqa: E402
+
+
+def _run(script, *args, timeout=300):
+  env = dict(os.environ, PYTHONPATH=ROOT)
+  out = subprocess.run([sys.executable, os.path.join(BENCH, script), *args],
+                       capture_output=True, text=True, timeout=timeout,
+                       cwd=ROOT, env=env)
+  assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+  return out.stdout
+
+
+def _table(stdout, first_col):
+  """Markdown rows {first cell: [cells]} of the table whose header starts
+  with `first_col`."""
+  rows, inside = {}, False
+  for line in stdout.splitlines():
+    if line.startswith(f"| {first_col} |"):
+      inside = True
+      continue
+    if inside and line.startswith("|---"):
+      continue
+    if inside and line.startswith("| "):
+      cells = [c.strip() for c in line.strip().strip("|").split("|")]
+      rows[cells[0]] = cells[1:]
+    elif inside:
+      inside = False
+  return rows
+
+
+def _number(cell):
+  assert re.fullmatch(r"-?[0-9.]+(e-?[0-9]+)?", cell), cell
+  return float(cell)
+
+
+# ----------------------------------------------------------------------------
+# clip_step
+# ----------------------------------------------------------------------------
+def _reference_flops(image, text, image_size, text_len, embed_dim, pool):
+  """6 x (matmul params x tokens) + 12 L T^2 d, the params counted from the
+  model's own shapes (not from towers.SIZES)."""
+  from mmtx.models import DualEncoder
+  args = clip_step.parse_args(["--image", image, "--text", text,
+                               "--image_size", str(image_size),
+                               "--text_len", str(text_len),
+                               "--embed_dim", str(embed_dim),
+                               "--vocab", "100"])
+  v = dict(precision="fp32", attention="xla", pool=pool, scan=False,
+           remat="none")
+  model = DualEncoder(clip_step.model_config(args, v))
+  images = np.zeros((1, image_size, image_size, 3), np.float32)
+  texts = np.ones((1, text_len), np.int32)
+  params = nn.meta.unbox(jax.eval_shape(model.init, jax.random.key(0),
+                                        images, texts))
+  flat = {"/".join(str(getattr(k, "key", k)) for k in path): leaf
+          for path, leaf in jax.tree_util.tree_flatten_with_path(
+              params["params"])[0]}
+  p = int(image.split("/")[1])
+  img_tokens = (image_size // p) ** 2 + (pool == "cls")
+  total = 0.0
+  for name, leaf in flat.items():
+    if not name.endswith("kernel"):
+      continue
+    size = math.prod(leaf.shape)
+    if name.startswith("img/embedding"):
+      total += 6 * size * (image_size // p) ** 2
+    elif name.startswith("img/"):
+      total += 6 * size * img_tokens
+    elif name.startswith("txt/"):
+      total += 6 * size * text_len
+    else:  # projection heads: once per sample
+      total += 6 * size
+  for tower, tokens in ((image, img_tokens), (text, text_len)):
+    d = clip_step.tower_dims(tower)
+    total += 12 * d["depth"] * tokens ** 2 * d["width"]
+  return total
+
+
+@pytest.mark.parametrize("image,text,pool", [("S/16", "Ti", "cls"),
+                                              ("Ti/8", "S", "gap")])
+def test_flops_formula_matches_the_models_parameter_shapes(image, text, pool):
+  batch = 32
+  got = clip_step.flops_per_sample(
+      clip_step.parse_args(["--image", image, "--text", text,
+                            "--image_size", "64", "--text_len", "20",
+                            "--embed_dim", "48"]), pool, batch)
+  want = _reference_flops(image, text, 64, 20, 48, pool) + 6 * batch * 48
+  np.testing.assert_allclose(got, want, rtol=1e-12)
+
+
+def test_flops_of_clip_b16_is_issue_8s_123_gflop():
+  # By hand: image 3 x (2*197*12*(4*768^2 + 2*768*3072) + 4*197^2*768*12
+  # + 2*196*768*768 + 2*768*512) = 105.71e9; text M 3 x (2*77*12*(4*512^2
+  # + 2*512*2048) + 4*77^2*512*12 + 2*512*512) = 17.55e9; loss 3*2*256*512.
+  got = clip_step.flops_per_sample(clip_step.parse_args([]), "cls", 256)
+  assert abs(got / 1e9 - 123.26) < 0.01, got
+  assert abs(got / 123e9 - 1) < 0.01
+
+
+def test_peak_by_device_kind():
+  assert clip_step.default_peak("NVIDIA H100 80GB HBM3") == 989.0
+  assert clip_step.default_peak("NVIDIA H100 PCIe") == 756.0
+  assert clip_step.default_peak("NVIDIA H200") == 790.0
+  assert clip_step.default_peak("cpu") is None
+
+
+def test_clip_step_tiny_with_open_clip_eager(tmp_path):
+  out = _run("clip_step.py", "--tiny", "--peer", "open_clip", "--peer_modes",
+             "eager", "--json", str(tmp_path / "r.json"))
+  rows = _table(out, "row")
+  assert set(rows) == {"mmtx", "open_clip eager"}, out
+  head = ["batch", "compute", "attn", "pool", "scan", "remat", "params",
+          "donate", "ms/step", "samples/s", "TFLOP/s", "MFU", "temp GiB",
+          "cuDNN fMHA", "loss0", "x open_clip eager"]
+  mmtx = dict(zip(head, rows["mmtx"]))
+  peer = dict(zip(head, rows["open_clip eager"]))
+  for r in (mmtx, peer):
+    assert _number(r["ms/step"]) > 0 and _number(r["samples/s"]) > 0
+    assert _number(r["TFLOP/s"]) > 0
+    assert math.isfinite(_number(r["loss0"]))
+  sps = _number(mmtx["samples/s"]) / _number(peer["samples/s"])
+  assert _number(mmtx["x open_clip eager"]) == pytest.approx(sps, rel=0.02)
+  res = json.loads((tmp_path / "r.json").read_text())
+  assert res["rows"][0]["step_s"] > 0 and res["peers"][0]["step_s"] > 0
+
+
+def test_clip_step_suite_machinery_tiny():
+  out = _run("clip_step.py", "--tiny", "--suite", "--no_combined", "--only",
+             "remat full,fused qkv,cudnn attention,latency")
+  rows = _table(out, "row")
+  assert list(rows)[:2] == ["baseline", "cudnn attention (padded)"], out
+  assert rows["cudnn attention (padded)"][0] == "skipped: needs a GPU"
+  assert rows["xla: latency hiding scheduler"][0] == "skipped: needs a GPU"
+  if not clip_step.has_fused_qkv():
+    assert rows["fused qkv"][0].startswith("skipped: mmtx has no fused_qkv")
+  assert _number(rows["remat full"][8]) > 0  # ms/step
+  # remat changes no math: same first loss as the baseline.
+  assert re.search(r"ok +remat full: first loss", out), out
+
+
+# ----------------------------------------------------------------------------
+# cpu_step
+# ----------------------------------------------------------------------------
+def test_cpu_step_mmtx_config_is_what_from_transformers_gives():
+  transformers = pytest.importorskip("transformers")
+  from mmtx.interop.hf_clip import from_transformers
+  a = cpu_step.parse_args(["--quick"])
+  hf = transformers.CLIPModel(cpu_step.hf_clip_config(a))
+  config, _ = from_transformers(hf)
+  want = config.to_dict()
+  got = cpu_step.mmtx_model_config(a)
+  assert got.keys() == want.keys()
+  for k in ("image", "text"):
+    assert got[k] == {n: want[k][n] for n in got[k]}, k
+    assert set(want[k]) == set(got[k]), k
+  for k in ("loss", "embed_dim", "max_logit_scale"):
+    assert got[k] == want[k]
+  assert got["logit_scale_init"] == pytest.approx(want["logit_scale_init"],
+                                                  rel=1e-4)
+
+
+def _check_cpu_table(out, names):
+  rows = _table(out, "framework")
+  assert set(rows) == set(names), out
+  for n in names:
+    cells = rows[n]
+    assert _number(cells[0]) > 0   # params (M)
+    assert _number(cells[2]) > 0   # ms/step
+    assert _number(cells[4]) > 0   # samples/s
+    assert _number(cells[5]) > 0   # mmtx speed-up
+  assert _number(rows["mmtx"][5]) == 1.0
+  # Same architecture: the same parameter count everywhere.
+  assert len({rows[n][0] for n in names}) == 1, rows
+
+
+def test_cpu_step_quick_mmtx_and_open_clip():
+  out = _run("cpu_step.py", "--quick", "--frameworks", "mmtx,open_clip")
+  _check_cpu_table(out, ["mmtx", "open_clip"])
+
+
+@pytest.mark.slow
+def test_cpu_step_quick_all_frameworks():
+  out = _run("cpu_step.py", "--quick")
+  _check_cpu_table(out, list(cpu_step.FRAMEWORKS))
+
+
+# ----------------------------------------------------------------------------
+# scaling
+# ----------------------------------------------------------------------------
+def test_scaling_tiny_dp_and_fsdp():
+  out = _run("scaling.py", "--models", "tiny", "--devices", "1,2",
+             "--modes", "fsdp,fsdp+c", "--unit", "MiB")
+  rows = [line.strip("|").split("|") for line in out.splitlines()
+          if line.startswith("| tiny |")]
+  table = {(r[2].strip(), int(r[3])): [float(c) for c in r[4:]]
+           for r in rows}
+  assert set(table) == {("dp = fsdp", 1), ("fsdp", 2), ("fsdp+c", 2)}, out
+  # Independent count: params + AdamW mu + nu in float32 (+ a few bytes of
+  # int32 step counters), the table rounds to 0.001 MiB.
+  from mmtx.models import DualEncoder
+  args = argparse.Namespace(image="mu/8", text="mu", image_size=32,
+                            text_len=16, vocab=256, embed_dim=32)
+  v = dict(precision="bf16", attention="xla", pool="cls", scan=True,
+           remat="none")
+  images = np.zeros((1, 32, 32, 3), np.float32)
+  texts = np.ones((1, 16), np.int32)
+  params = nn.meta.unbox(jax.eval_shape(
+      DualEncoder(clip_step.model_config(args, v)).init, jax.random.key(0),
+      images, texts))
+  n = sum(math.prod(x.shape) for x in jax.tree_util.tree_leaves(params))
+  one_state_mib = table[("dp = fsdp", 1)][1]
+  assert one_state_mib == pytest.approx(12 * n / 2 ** 20, abs=6e-4)
+  # FSDP splits the state (all but the scalars and odd-sized vectors).
+  assert table[("fsdp", 2)][1] < 0.6 * one_state_mib
+  assert table[("fsdp+c", 2)][1] == table[("fsdp", 2)][1]
+  for key, cells in table.items():
+    assert cells[3] > 0, key  # temp
+    assert cells[4] >= cells[2], key  # peak >= args
+
+
+def test_cudnn_seqlen_prototype_pads_with_lengths(monkeypatch):
+  """The benchmark's cuDNN prototype, with cuDNN replaced by an XLA kernel
+  that honours the sequence lengths: equal to float64 attention on the
+  unpadded tokens, padded only when the length is not a multiple of 8."""
+  real = jax.nn.dot_product_attention
+  calls = []
+
+  def fake(q, k, v, query_seq_lengths=None, key_value_seq_lengths=None,
+           implementation=None):
+    assert implementation == "cudnn"
+    calls.append((q.shape, key_value_seq_lengths is not None))
+    mask = None
+    if key_value_seq_lengths is not None:
+      mask = (np.arange(k.shape[1])[None, :] <
+              np.asarray(key_value_seq_lengths)[:, None])[:, None, None, :]
+    return real(q, k, v, mask=mask, implementation="xla")
+  monkeypatch.setattr(jax.nn, "dot_product_attention", fake)
+  rs = np.random.RandomState(0)
+  for t in (17, 16):
+    q, k, v = (rs.randn(2, t, 3, 8) for _ in range(3))
+    out = clip_step._cudnn_seqlen_attention(
+        None, *(x.astype(np.float32) for x in (q, k, v)), None, None, 8)
+    logits = np.einsum("bqhd,bkhd->bhqk", q, k) / np.sqrt(8)
+    w = np.exp(logits - logits.max(-1, keepdims=True))
+    w /= w.sum(-1, keepdims=True)
+    np.testing.assert_allclose(out, np.einsum("bhqk,bkhd->bqhd", w, v),
+                               atol=2e-5)
+  assert calls == [((2, 24, 3, 8), True), ((2, 16, 3, 8), False)]
+  # A masked call (the text tower) goes to the library's path.
+  mask = np.ones((2, 1, 16, 16), bool)
+  assert clip_step._cudnn_seqlen_attention(
+      lambda *a: "library path", q, k, v, mask, None, 8) == "library path"
+
+
+def test_attention_patch_swaps_and_restores():
+  from mmtx.layers import attention
+  library_fn = attention._cudnn_attention
+  v = dict(attention="cudnn_seqlen", text_attention="xla")
+  with clip_step.attention_patch(v):
+    assert attention._cudnn_attention is not library_fn
+  assert attention._cudnn_attention is library_fn
+  with clip_step.attention_patch(dict(attention="cudnn", text_attention="")):
+    assert attention._cudnn_attention is library_fn
