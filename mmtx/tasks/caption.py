@@ -45,6 +45,7 @@ def decode_kwargs(decode) -> dict:
 
 class CaptionTask(common.Task):
   data_task = "caption"
+  text_key = "text"
 
   def build_model(self, config):
     from mmtx.models import Captioner
@@ -57,15 +58,6 @@ class CaptionTask(common.Task):
     decode_kwargs(config.decode)
     self.loss_cfg = config.loss
     return Captioner(cfg)
-
-  def init_batch(self, config):
-    info = self.info(config)
-    b = config.batch_size
-    return {"image": np.zeros((b,) + tuple(info.image_shape), np.float32),
-            "text": np.ones((b, config.data.max_len), np.int32)}
-
-  def init_variables(self, model, rng, batch):
-    return model.init(rng, batch["image"], batch["text"])
 
   def loss_fn(self, model, params, batch, rng, train):
     texts = batch["text"]

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any, Sequence
 
 import jax
-import ml_collections
+import numpy as np
 
 from mmtx import data as data_lib
 
@@ -13,10 +13,12 @@ from mmtx import data as data_lib
 class Task:
   """Base for tasks (see mmtx/train.py for the interface the loop calls).
 
-  Subclasses set `data_task` (the data view) and implement build_model,
-  init_batch, init_variables, loss_fn and evaluate.
+  Subclasses set `data_task` (the data view) and `text_key` (the batch's
+  token field the model reads beside 'image') and implement build_model,
+  loss_fn and evaluate.
   """
   data_task = "vqa"
+  text_key = "question"
 
   def __init__(self):
     self._info = None
@@ -46,6 +48,16 @@ class Task:
       _, self._info = self._open(config, config.data.train_split, train=True,
                                  shard=(0, 1))
     return self._info
+
+  def init_batch(self, config):
+    """Zeros with the shapes of a training batch (for `init`)."""
+    info = self.info(config)
+    b = config.batch_size
+    return {"image": np.zeros((b,) + tuple(info.image_shape), np.float32),
+            self.text_key: np.ones((b, config.data.max_len), np.int32)}
+
+  def init_variables(self, model, rng, batch):
+    return model.init(rng, batch["image"], batch[self.text_key])
 
   def train_iterator(self, config, shard_index, shard_count):
     it, _ = self._open(config, config.data.train_split, train=True,

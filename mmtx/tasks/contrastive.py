@@ -72,21 +72,13 @@ def contrastive_loss(name, img_emb, txt_emb, extras):
 
 class ContrastiveTask(common.Task):
   data_task = "contrastive"
+  text_key = "text"
 
   def build_model(self, config):
     from mmtx.models import DualEncoder
     info = self.info(config)
     cfg = common.model_config(config, vocab_size=info.tokenizer.vocab_size)
     return DualEncoder(cfg)
-
-  def init_batch(self, config):
-    info = self.info(config)
-    b = config.batch_size
-    return {"image": np.zeros((b,) + tuple(info.image_shape), np.float32),
-            "text": np.ones((b, config.data.max_len), np.int32)}
-
-  def init_variables(self, model, rng, batch):
-    return model.init(rng, batch["image"], batch["text"])
 
   def loss_fn(self, model, params, batch, rng, train):
     img_emb, txt_emb, extras = model.apply(

@@ -60,6 +60,7 @@ def select_history(history, mode: str):
 
 class DialogueTask(common.Task):
   data_task = "dialogue"
+  text_key = "history"
 
   def build_model(self, config):
     from mmtx.models.fusion_model import FusionModel
@@ -71,15 +72,6 @@ class DialogueTask(common.Task):
     cfg = common.model_config(config, vocab_size=info.tokenizer.vocab_size,
                               num_answers=len(info.answers))
     return FusionModel(cfg)
-
-  def init_batch(self, config):
-    info = self.info(config)
-    b = config.batch_size
-    return {"image": np.zeros((b,) + tuple(info.image_shape), np.float32),
-            "history": np.ones((b, config.data.max_len), np.int32)}
-
-  def init_variables(self, model, rng, batch):
-    return model.init(rng, batch["image"], batch["history"])
 
   def loss_fn(self, model, params, batch, rng, train):
     out, _ = model.apply({"params": params}, batch["image"],

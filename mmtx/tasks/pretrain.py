@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from mmtx import data as data_lib
 from mmtx import losses
@@ -39,6 +38,7 @@ REQUIRED_HEADS = ("contrastive", "itm", "mlm")
 
 class PretrainTask(common.Task):
   data_task = "contrastive"
+  text_key = "text"
 
   def build_model(self, config):
     from mmtx.models.fusion_model import FusionModel
@@ -51,15 +51,6 @@ class PretrainTask(common.Task):
     self.loss_cfg = config.loss
     self.vocab_size = int(cfg["text"]["vocab_size"])
     return FusionModel(cfg)
-
-  def init_batch(self, config):
-    info = self.info(config)
-    b = config.batch_size
-    return {"image": np.zeros((b,) + tuple(info.image_shape), np.float32),
-            "text": np.ones((b, config.data.max_len), np.int32)}
-
-  def init_variables(self, model, rng, batch):
-    return model.init(rng, batch["image"], batch["text"])
 
   def mask(self, rng, texts):
     return losses.mlm_mask(rng, texts, vocab_size=self.vocab_size,

@@ -7,8 +7,6 @@ against 'answer' [B]. Evaluation: accuracy overall and per question type
 """
 from __future__ import annotations
 
-import functools
-from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -21,6 +19,7 @@ from mmtx.tasks import common
 
 class VqaTask(common.Task):
   data_task = "vqa"
+  text_key = "question"
 
   def build_model(self, config):
     from mmtx.models.fusion_model import FusionModel
@@ -28,15 +27,6 @@ class VqaTask(common.Task):
     cfg = common.model_config(config, vocab_size=info.tokenizer.vocab_size,
                               num_answers=len(info.answers))
     return FusionModel(cfg)
-
-  def init_batch(self, config):
-    info = self.info(config)
-    b = config.batch_size
-    return {"image": np.zeros((b,) + tuple(info.image_shape), np.float32),
-            "question": np.ones((b, config.data.max_len), np.int32)}
-
-  def init_variables(self, model, rng, batch):
-    return model.init(rng, batch["image"], batch["question"])
 
   def loss_fn(self, model, params, batch, rng, train):
     out, _ = model.apply({"params": params}, batch["image"], batch["question"],
@@ -78,7 +68,7 @@ class VqaTask(common.Task):
 
 
 def _eval_counts(model, params, it, mesh, nt, ns):
-  @functools.partial(jax.jit, static_argnums=())
+  @jax.jit
   def step(params, batch):
     out, _ = model.apply({"params": params}, batch["image"], batch["question"])
     correct = (jnp.argmax(out["vqa_logits"], -1) == batch["answer"])
