@@ -272,10 +272,17 @@ class MultiHeadAttention(nn.Module):
                     self.kernel_init, self.use_bias, self.dtype,
                     self.param_dtype, name)
 
-    query = proj("query")(inputs_q)
-    key = proj("key")(inputs_kv)
-    value = proj("value")(inputs_kv)
+    def rows(x):  # [b, t, d] -> [b*t, d]: faster weight grads on XLA:CPU
+      return x.reshape(-1, x.shape[-1])
+
     batch, q_len = inputs_q.shape[:2]
+    kv_len = inputs_kv.shape[1]
+    query = proj("query")(rows(inputs_q)).reshape(batch, q_len, self.num_heads,
+                                                  head_dim)
+    key = proj("key")(rows(inputs_kv)).reshape(batch, kv_len, self.num_heads,
+                                               head_dim)
+    value = proj("value")(rows(inputs_kv)).reshape(batch, kv_len,
+                                                   self.num_heads, head_dim)
     mask = _check_mask(mask, batch, self.num_heads, q_len, inputs_kv.shape[1]) \
         if not self.decode else mask
 
@@ -304,7 +311,7 @@ class MultiHeadAttention(nn.Module):
         bias_init=nn.with_logical_partitioning(nn.initializers.zeros_init(),
                                                ("embed",)),
         name="out")
-    return out(x)
+    return out(x.reshape((-1,) + x.shape[2:])).reshape(batch, q_len, features)
 
   def _check_feature_sizes(self, inputs_q, inputs_kv):
     if self.is_initializing() or "params" not in self.variables:

@@ -61,6 +61,11 @@ class Mlp(nn.Module):
       raise ValueError(f"Mlp: activation must be one of {ACTIVATIONS}, got "
                        f"{self.activation!r}.")
     out_dim = self.out_dim or x.shape[-1]
+    # Matmuls on [rows, features]: XLA:CPU computes the weight gradient of a
+    # 3-D dot ~2x slower than the same dot flattened (see
+    # experiments/benchmarks/NOTES.md); the params are the same either way.
+    lead = x.shape[:-1]
+    x = x.reshape(-1, x.shape[-1])
     dense = lambda f, names, name: nn.Dense(  # noqa: E731
         f, dtype=self.dtype, param_dtype=self.param_dtype,
         kernel_init=_kernel(names), bias_init=_zeros(names[-1:]), name=name)
@@ -76,7 +81,7 @@ class Mlp(nn.Module):
       else:
         h = nn.gelu(h, approximate=False)
     h = nn.Dropout(self.dropout_rate)(h, deterministic=deterministic)
-    return dense(out_dim, ("mlp", "embed"), "wo")(h)
+    return dense(out_dim, ("mlp", "embed"), "wo")(h).reshape(lead + (out_dim,))
 
 
 def _token_mask_to_attention(mask, x):
