@@ -44,8 +44,9 @@ def _parse_flags(argv):
 
 def _config_error(argv, e):
   """Prints what was wrong (and the closest valid keys); exits with 2."""
-  msg = " ".join(str(e).replace("\\n", " ").replace("\\'", "'").split())
-  msg = msg.strip("'\"")
+  # ml_collections' messages arrive as repr()s with escaped quotes/newlines.
+  msg = " ".join(str(e).replace("\\n", " ").replace("\\'", "").split())
+  msg = msg.replace("'", "").strip('"')
   bad = [a.split("=", 1)[0][len("--config."):] for a in argv[1:]
          if a.startswith("--config.")]
   hint = ""
