@@ -15,7 +15,8 @@ import jax.numpy as jnp
 import flax.linen as nn
 
 from mmtx.layers import MultiHeadAttention, Mlp, padding_mask
-from mmtx.layers.transformer import ACTIVATIONS, NORMS, _layer_norm
+from mmtx.layers.attention import attention_weights, check_mask
+from mmtx.layers.transformer import ACTIVATIONS, NORMS, layer_norm
 
 Array = jax.Array
 Dtype = Any
@@ -229,12 +230,8 @@ class AdditiveAttention(nn.Module):
       raise ValueError(f"AdditiveAttention: inputs_q and inputs_kv must be "
                        f"rank 3 [batch, tokens, features], got shapes "
                        f"{inputs_q.shape} and {inputs_kv.shape}.")
-    if mask is not None and mask.ndim == 2:
-      mask = mask[:, None, None, :]
-    if mask is not None and mask.ndim != 4:
-      raise ValueError(f"AdditiveAttention: mask must be [batch, kv_len] or "
-                       f"rank 4 [batch, heads|1, q_len, kv_len], got shape "
-                       f"{mask.shape}.")
+    mask = check_mask(mask, inputs_q.shape[0], self.num_heads,
+                      inputs_q.shape[1], inputs_kv.shape[1])
     features = self.out_features or inputs_q.shape[-1]
     qkv = self.qkv_features or inputs_q.shape[-1]
     if qkv % self.num_heads:
@@ -263,15 +260,10 @@ class AdditiveAttention(nn.Module):
     logits = jnp.einsum("bqkhd,hd->bhqk", hidden,
                         jnp.asarray(score, self.dtype),
                         preferred_element_type=jnp.float32)
-    if mask is not None:
-      logits = jnp.where(mask, logits, jnp.finfo(jnp.float32).min)
-    weights = jax.nn.softmax(logits, axis=-1)
-    if mask is not None:
-      weights = weights * jnp.any(mask, axis=-1, keepdims=True)
-    if not deterministic and self.dropout_rate > 0.0:
-      keep = jax.random.bernoulli(self.make_rng("dropout"),
-                                  1.0 - self.dropout_rate, weights.shape)
-      weights = weights * keep / (1.0 - self.dropout_rate)
+    dropout = not deterministic and self.dropout_rate > 0.0
+    weights = attention_weights(
+        logits, mask, self.make_rng("dropout") if dropout else None,
+        self.dropout_rate, deterministic)
     x = jnp.einsum("bhqk,bkhd->bqhd", weights.astype(self.dtype), v)
     return nn.DenseGeneral(
         features, axis=(-2, -1), dtype=self.dtype,
@@ -339,7 +331,7 @@ class CrossAttentionBlock(nn.Module):
     }
     drop = nn.Dropout(self.dropout_rate)
     for name in self.order:
-      ln = _layer_norm(self.dtype, self.param_dtype, f"ln_{name}")
+      ln = layer_norm(self.dtype, self.param_dtype, f"ln_{name}")
       if self.norm == "post":
         x = ln(x + drop(fns[name](x), deterministic=deterministic))
       else:
@@ -359,4 +351,4 @@ def final_norm(m: Fusion, x: Array, name: str) -> Array:
   """The closing LayerNorm of a pre-norm stack (identity for post-norm)."""
   if m.norm != "pre":
     return x
-  return _layer_norm(m.dtype, m.param_dtype, name)(x)
+  return layer_norm(m.dtype, m.param_dtype, name)(x)

@@ -17,7 +17,7 @@ from mmtx.fusion.base import (CrossAttentionBlock, DirectionalFusion, Fusion,
                               final_norm, project, zero_init_scalar)
 from mmtx.layers import Encoder, EncoderBlock, Mlp, MultiHeadAttention, \
     padding_mask
-from mmtx.layers.transformer import _layer_norm
+from mmtx.layers.transformer import layer_norm
 
 Dtype = Any
 
@@ -176,7 +176,7 @@ class GatedCrossAttentionBlock(nn.Module):
     drop = nn.Dropout(self.dropout_rate)
     gate = lambda name: jnp.tanh(  # noqa: E731
         zero_init_scalar(self, name, self.param_dtype)).astype(self.dtype)
-    h = _layer_norm(self.dtype, self.param_dtype, "ln_cross_attention")(x)
+    h = layer_norm(self.dtype, self.param_dtype, "ln_cross_attention")(x)
     h = MultiHeadAttention(
         num_heads=self.num_heads, dropout_rate=self.attention_dropout_rate,
         dtype=self.dtype, param_dtype=self.param_dtype,
@@ -185,7 +185,7 @@ class GatedCrossAttentionBlock(nn.Module):
             h, context, mask=padding_mask(mask, context_mask),
             deterministic=deterministic)
     x = x + gate("attn_gate") * drop(h, deterministic=deterministic)
-    h = _layer_norm(self.dtype, self.param_dtype, "ln_mlp")(x)
+    h = layer_norm(self.dtype, self.param_dtype, "ln_mlp")(x)
     h = Mlp(self.mlp_dim, self.activation, self.dropout_rate, dtype=self.dtype,
             param_dtype=self.param_dtype, name="mlp")(
                 h, deterministic=deterministic)

@@ -43,7 +43,7 @@ def combine_masks(*masks: Optional[Array]) -> Optional[Array]:
   return functools.reduce(jnp.logical_and, [m.astype(bool) for m in masks])
 
 
-def _check_mask(mask, batch: int, heads: int, q_len: int, kv_len: int):
+def check_mask(mask, batch: int, heads: int, q_len: int, kv_len: int):
   """Accepts `[batch, kv]` (key padding) or a rank-4 mask; returns rank 4."""
   if mask is None:
     return None
@@ -79,18 +79,27 @@ def _xla_attention(q, k, v, mask, bias, dropout_rng, dropout_rate,
                       preferred_element_type=jnp.float32)
   if bias is not None:
     logits = logits + bias.astype(jnp.float32)
+  weights = attention_weights(logits, mask, dropout_rng, dropout_rate,
+                              deterministic)
+  out = jnp.einsum("bhqk,bkhd->bqhd", weights.astype(dtype), v.astype(dtype))
+  return out, (weights if return_weights else None)
+
+
+def attention_weights(logits, mask, dropout_rng, dropout_rate: float,
+                      deterministic: bool):
+  """Masked softmax over keys of `[batch, heads, q_len, kv_len]` logits (in
+  float32), with attention dropout; whatever scored the logits (dot product,
+  additive). A query row with no visible key gets zeros, not NaN and not a
+  uniform average over masked keys."""
   if mask is not None:
     logits = jnp.where(mask, logits, jnp.finfo(jnp.float32).min)
-  weights = jax.nn.softmax(logits, axis=-1)  # float32 statistics
+  weights = jax.nn.softmax(logits, axis=-1)
   if mask is not None:
-    # A query row with no visible key attends to nothing: zeros, not NaN and
-    # not a uniform average over masked keys.
     weights = weights * jnp.any(mask, axis=-1, keepdims=True)
   if not deterministic and dropout_rate > 0.0:
     keep = jax.random.bernoulli(dropout_rng, 1.0 - dropout_rate, weights.shape)
     weights = weights * keep / (1.0 - dropout_rate)
-  out = jnp.einsum("bhqk,bkhd->bqhd", weights.astype(dtype), v.astype(dtype))
-  return out, (weights if return_weights else None)
+  return weights
 
 
 def _pad_axis(x, axis, target):
@@ -172,7 +181,7 @@ def dot_product_attention(query: Array,
   if implementation not in IMPLEMENTATIONS:
     raise ValueError(f"implementation must be one of {IMPLEMENTATIONS}, got "
                      f"{implementation!r}.")
-  mask = _check_mask(mask, b, h, t, key.shape[1])
+  mask = check_mask(mask, b, h, t, key.shape[1])
   dtype = dtype or query.dtype
   use_dropout = (not deterministic) and dropout_rate > 0.0
   if use_dropout and dropout_rng is None:
@@ -283,7 +292,7 @@ class MultiHeadAttention(nn.Module):
                                                head_dim)
     value = proj("value")(rows(inputs_kv)).reshape(batch, kv_len,
                                                    self.num_heads, head_dim)
-    mask = _check_mask(mask, batch, self.num_heads, q_len, inputs_kv.shape[1]) \
+    mask = check_mask(mask, batch, self.num_heads, q_len, inputs_kv.shape[1]) \
         if not self.decode else mask
 
     if self.decode:
@@ -340,7 +349,7 @@ class MultiHeadAttention(nn.Module):
       # init() fixes the cache length; attend normally (causally) this time.
       b, length, heads, _ = key.shape
       return key, value, combine_masks(
-          causal_mask(length), _check_mask(mask, b, heads, length, length))
+          causal_mask(length), check_mask(mask, b, heads, length, length))
     batch, max_len, heads, head_dim = cached_key.value.shape
     chunk = key.shape[1]
     if key.shape[0] != batch:
@@ -359,6 +368,6 @@ class MultiHeadAttention(nn.Module):
     visible = jnp.arange(max_len)[None, :] <= q_pos[:, None]  # [chunk, max]
     full = visible[None, None]
     if mask is not None:
-      full = combine_masks(full, _check_mask(mask, batch, heads, chunk,
+      full = combine_masks(full, check_mask(mask, batch, heads, chunk,
                                              max_len))
     return key, value, full

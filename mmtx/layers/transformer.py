@@ -36,7 +36,7 @@ def _zeros(names):
   return nn.with_logical_partitioning(nn.initializers.zeros_init(), names)
 
 
-def _layer_norm(dtype, param_dtype, name, eps=1e-6):
+def layer_norm(dtype, param_dtype, name, eps=1e-6):
   return nn.LayerNorm(epsilon=eps, dtype=dtype, param_dtype=param_dtype,
                       scale_init=nn.with_logical_partitioning(
                           nn.initializers.ones_init(), ("embed",)),
@@ -134,9 +134,9 @@ class EncoderBlock(nn.Module):
     mlp = Mlp(self.mlp_dim, self.activation, self.dropout_rate, dtype=self.dtype,
               param_dtype=self.param_dtype, name="mlp")
     drop = nn.Dropout(self.dropout_rate)
-    ln1 = _layer_norm(self.dtype, self.param_dtype, "ln_attention",
+    ln1 = layer_norm(self.dtype, self.param_dtype, "ln_attention",
                       self.layer_norm_eps)
-    ln2 = _layer_norm(self.dtype, self.param_dtype, "ln_mlp",
+    ln2 = layer_norm(self.dtype, self.param_dtype, "ln_mlp",
                       self.layer_norm_eps)
     if self.norm == "post":
       z = ln1(x + drop(attn(x, mask=attn_mask, deterministic=deterministic),
@@ -219,7 +219,7 @@ class DecoderBlock(nn.Module):
     if context is None:
       names = [names[0], names[2]]
     for fn, ln_name in zip(sublayers, names):
-      ln = _layer_norm(self.dtype, self.param_dtype, ln_name,
+      ln = layer_norm(self.dtype, self.param_dtype, ln_name,
                        self.layer_norm_eps)
       if self.norm == "post":
         x = ln(x + drop(fn(x), deterministic=deterministic))
@@ -311,7 +311,7 @@ class Encoder(nn.Module):
       for i in range(self.num_layers):
         x, _ = block(name=f"layers_{i}", **kw)(x, attn_mask)
     if self.norm == "pre":
-      x = _layer_norm(self.dtype, self.param_dtype, "ln_final",
+      x = layer_norm(self.dtype, self.param_dtype, "ln_final",
                       self.layer_norm_eps)(x)
     return x
 
@@ -357,6 +357,6 @@ class Decoder(nn.Module):
       for i in range(self.num_layers):
         x, _ = block(name=f"layers_{i}", **kw)(x, context, mask, context_mask)
     if self.norm == "pre":
-      x = _layer_norm(self.dtype, self.param_dtype, "ln_final",
+      x = layer_norm(self.dtype, self.param_dtype, "ln_final",
                       self.layer_norm_eps)(x)
     return x
