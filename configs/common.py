@@ -32,8 +32,11 @@ def base(**overrides) -> ml_collections.ConfigDict:
 def data(name, **kw) -> ml_collections.ConfigDict:
   # train_fraction: train on the first round(fraction * records) records of
   # train_split (label-efficiency runs); 1.0 = all of it.
+  # questions_per_image (VQA training only): 0 = one example per question;
+  # Q > 0 = one example per image with Q of its questions, so the image
+  # tower runs once per Q questions (batch_size then counts images).
   d = dict(name=name, train_split="train", eval_splits=("test",),
            eval_batch_size=256, max_len=16, augment=False, data_dir="",
-           tokenizer="", train_fraction=1.0)
+           tokenizer="", train_fraction=1.0, questions_per_image=0)
   d.update(kw)
   return ml_collections.ConfigDict(d)

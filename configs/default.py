@@ -1,8 +1,25 @@
-"""The default main job: a small cross-attention VQA model (text queries image
-patches, ALBEF-style fusion) on the built-in Sort-of-CLEVR data.
+"""The default main job: a small cross-attention VQA model (the question
+queries the image's tokens, ALBEF-style fusion) on the built-in Sort-of-CLEVR
+data.
 
   python -m mmtx.main                       # this config, workdir runs/default
-  python -m mmtx.main --config=configs/default.py:fusion=co_attention
+  python -m mmtx.main --config=configs/default.py:fusion=film,steps=4000
+
+Args (comma-separated k=v): steps, width, image_depth, fusion_layers, fusion,
+lr, questions (questions per image per step), images (images per step).
+
+Recipe, and why (measured with in-memory probes on the 2-core CPU box; see
+the README's Status section):
+- Image tower: the Relation Network's CNN (Santoro et al. 2017: four 3x3
+  stride-2 convolutions, 75 -> 5x5) as a hybrid-ViT stem, so the question
+  attends over 25 tokens instead of 225 patches, then one self-attention
+  layer with fixed 2-D sin-cos positions.
+- Each training example is one image with 10 of its 30 questions
+  (data.questions_per_image): the image tower runs once per 10 questions,
+  and batch_size counts images (16 images = 160 questions per step).
+- The question enters the fusion as one query vector (text_query='mean'),
+  which halves the cost per question against querying with every token and
+  learned no slower per step in the probes.
 """
 import ml_collections
 
@@ -11,27 +28,25 @@ from configs import common
 
 def get_config(arg: str = ""):
   args = dict(a.split("=", 1) for a in arg.split(",") if a)
-  c = common.base(task="vqa", total_steps=int(args.get("steps", 4000)),
-                  batch_size=64, log_every=50, eval_every=2000,
-                  checkpoint_every=1000)
-  c.data = common.data("sort_of_clevr", eval_splits=("test",), max_len=24)
+  c = common.base(task="vqa", total_steps=int(args.get("steps", 8000)),
+                  batch_size=int(args.get("images", 16)), log_every=100,
+                  eval_every=2000, checkpoint_every=2000)
+  c.data = common.data("sort_of_clevr", eval_splits=("test",), max_len=24,
+                       questions_per_image=int(args.get("questions", 10)))
   width = int(args.get("width", 64))
+  fusion = args.get("fusion", "cross_attention")
   c.model = ml_collections.ConfigDict(dict(
-      # 5x5 patches (each object covers ~4 pure-colour patches) with fixed
-      # 2-D sin-cos positions, and no image self-attention: the question's
-      # tokens find objects by colour and compare their positions through
-      # the cross-attention layers (sin-cos dot products fall with distance).
-      image=dict(patch_size=int(args.get("patch", 5)), width=width,
-                 depth=int(args.get("image_depth", 0)), mlp_dim=2 * width,
+      image=dict(patch_size=1, stem_channels=(32, 32, 32, 32), width=width,
+                 depth=int(args.get("image_depth", 1)), mlp_dim=2 * width,
                  num_heads=4, posemb="sincos2d", dtype="float32"),
       text=dict(vocab_size=-1, width=width, depth=1, mlp_dim=2 * width,
                 num_heads=4, max_len=24, causal=False, dtype="float32"),
-      fusion=dict(name=args.get("fusion", "cross_attention"), target="text",
+      fusion=dict(name=fusion, target="image" if fusion == "film" else "text",
                   dim=width, num_heads=4,
                   num_layers=int(args.get("fusion_layers", 2)),
                   mlp_dim=2 * width),
       heads=("vqa",), num_answers=-1, head_hidden=256, head_dropout=0.0,
-      zero_image=False))
-  c.optimizer.learning_rate = float(args.get("lr", 2e-3))
-  c.optimizer.warmup_steps = 200
+      zero_image=False, text_query="mean"))
+  c.optimizer.learning_rate = float(args.get("lr", 1e-3))
+  c.optimizer.warmup_steps = 100
   return c

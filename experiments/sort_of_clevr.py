@@ -21,11 +21,15 @@ import time
 
 _REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, _REPO)
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import runlib  # noqa: E402
 
 # name -> (description, config overrides)
 MODELS = {
     "cross_attention": ("mmtx: question tokens cross-attend to image patches",
                         {}),
+    "film": ("FiLM (Perez et al. 2018): question modulates image tokens",
+             {"model.fusion.name": "film", "model.fusion.target": "image"}),
     "cnn_mlp_late": ("CNN+MLP-style baseline: conv stem, late fusion",
                      {"model.fusion.name": "late",
                       "model.image.stem_channels": (24, 24, 24, 24),
@@ -44,16 +48,8 @@ def _set(cfg, dotted, value):
   node[leaf] = value
 
 
-def _params(tree):
-  import jax
-  return int(sum(x.size for x in jax.tree_util.tree_leaves(tree)))
-
-
 def run_one(name, overrides, args):
-  from absl import logging
   from configs import default
-  from mmtx import tasks, train
-  logging.set_verbosity(logging.WARNING)
   cfg = default.get_config(f"steps={args.steps}")
   with cfg.unlocked():
     cfg.data.eval_splits = ("test", "test_large")
@@ -67,23 +63,9 @@ def run_one(name, overrides, args):
       cfg.data.eval_batch_size = 16
     for k, v in overrides.items():
       _set(cfg, k, v)
-  workdir = os.path.join(args.out, name)
-  task = tasks.get_task(cfg.task)
-  start = time.time()
-  metrics = train.train_and_evaluate(cfg, workdir, task, progress=False)
-  wall = time.time() - start
-  rows = [json.loads(l) for l in open(os.path.join(workdir, "metrics.jsonl"))]
-  speeds = [r["train/examples_per_sec"] for r in rows
-            if "train/examples_per_sec" in r][1:]
-  model = task.build_model(cfg)
-  import jax
-  import numpy as np
-  batch = task.init_batch(cfg)
-  n_params = _params(jax.eval_shape(
-      lambda: task.init_variables(model, jax.random.key(0), batch))["params"])
-  return {"name": name, "metrics": metrics, "wall_s": wall,
-          "examples_per_sec": float(np.median(speeds)) if speeds else None,
-          "params": n_params}
+  r = runlib.train_run(cfg, os.path.join(args.out, name))
+  return {"name": name, "metrics": r["metrics"], "wall_s": r["wall_s"],
+          "examples_per_sec": r["questions_per_sec"], "params": r["params"]}
 
 
 def table(results, args):
@@ -97,7 +79,7 @@ def table(results, args):
     k = key if split == "test" else f"{split}/{key}"
     return r["metrics"].get(k)
 
-  head = ["model", "params", "ex/s", "wall"] + [f"{s} {k.split('/')[-1]}"
+  head = ["model", "params", "questions/s", "wall"] + [f"{s} {k.split('/')[-1]}"
                                                   for s, k in cols]
   lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
   for r in results:
@@ -110,7 +92,11 @@ def table(results, args):
       cells.append("-" if v is None else f"{100 * v:.1f}%" + (
           f" (floor {100 * f:.1f})" if f is not None else ""))
     lines.append("| " + " | ".join(cells) + " |")
-  meta = (f"{args.steps} steps x batch {64 if not args.quick else 8}, seed "
+  from configs import default
+  d = default.get_config()
+  images = 8 if args.quick else d.batch_size
+  meta = (f"{args.steps} steps x {images} images x "
+          f"{d.data.questions_per_image} questions per image, seed "
           f"{args.seed}; machine: {platform.machine()} {os.cpu_count()} CPU "
           f"cores ({platform.processor() or 'cpu'}); "
           f"{time.strftime('%Y-%m-%d')}")

@@ -371,3 +371,61 @@ def test_orbax_checkpoint_of_the_iterator(data_dir, tmp_path):
   again, _ = _get(data_dir)
   mngr.restore(3, args=ocp.args.Composite(data=grain.checkpoint.CheckpointRestore(again)))
   assert all(_same(a, b) for a, b in zip(_take(again, 2), want))
+
+
+# ------------------------------------------- several questions per image
+def test_grouped_vqa_holds_the_records_questions(data_dir):
+  # Unshuffled: example i is record i with its first Q questions, in order.
+  it, info = _get(data_dir, "test", shuffle=False, max_len=20,
+                  questions_per_image=12, batch_size=4)
+  assert info.num_examples == 16 and info.steps_per_epoch == 4
+  batch = next(it)
+  assert batch["question"].shape == (4, 12, 20)
+  assert batch["question_mask"].shape == (4, 12, 20)
+  for key in ("answer", "qtype", "qsubtype"):
+    assert batch[key].shape == (4, 12) and batch[key].dtype == np.int32
+  assert batch["question_valid"].all() and batch["image"].shape == (4, 75, 75, 3)
+  assert batch["question_encoding"].shape == (4, 12, 18)
+  tok = info.tokenizer
+  for b in range(4):
+    rec = info.record(b)
+    assert batch["index"][b] == b
+    np.testing.assert_array_equal(batch["answer"][b], rec["answer"][:12])
+    np.testing.assert_array_equal(batch["qsubtype"][b], rec["qsubtype"][:12])
+    np.testing.assert_array_equal(batch["question_encoding"][b],
+                                  rec["question_encoding"][:12])
+    for j in range(12):
+      assert tok.decode(batch["question"][b, j]) == rec["question"][j].decode()
+
+
+def test_grouped_vqa_training_draws_distinct_questions_and_pads(data_dir):
+  it, info = _get(data_dir, "train", questions_per_image=8, max_len=20)
+  batch = next(it)
+  tok = info.tokenizer
+  for b in range(8):
+    rec = info.record(int(batch["index"][b]))
+    texts = [q.decode() for q in rec["question"]]
+    got = [tok.decode(q) for q in batch["question"][b]]
+    picks = [texts.index(t) for t in got]   # each one of the record's own
+    # Drawn without replacement (a scene can hold the same question twice).
+    assert all(got.count(t) <= texts.count(t) for t in got)
+    np.testing.assert_array_equal(batch["answer"][b], rec["answer"][picks])
+  # More slots than the 30 questions: the rest is padding, marked invalid.
+  it, _ = _get(data_dir, "test", shuffle=False, questions_per_image=32,
+               batch_size=2, max_len=20)
+  batch = next(it)
+  np.testing.assert_array_equal(batch["question_valid"].sum(1), [30, 30])
+  assert not batch["question"][:, 30:].any() and not batch["answer"][:, 30:].any()
+
+
+def test_grouped_vqa_resumes_and_rejects_other_tasks(data_dir):
+  it, _ = _get(data_dir, "train", questions_per_image=5, batch_size=24)
+  _take(it, 2)
+  state = json.loads(json.dumps(it.get_state()))
+  expected = _take(it, 3)
+  again, _ = _get(data_dir, "train", questions_per_image=5, batch_size=24)
+  again.set_state(state)
+  for got, want in zip(_take(again, 3), expected):
+    assert _same(got, want)
+  with pytest.raises(ValueError, match="questions_per_image=5 needs task 'vqa'"):
+    _get(data_dir, "train", "caption", questions_per_image=5)

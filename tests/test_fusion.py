@@ -32,7 +32,7 @@ OVERRIDES = {
     "late": dict(combine="weighted"),
 }
 TOKEN_LEVEL = {"concat", "co_attention", "bottleneck", "cross_attention",
-               "additive", "gated_cross_attention"}
+               "additive", "gated_cross_attention", "film"}
 NAMES = sorted(FUSIONS)
 # LLVM optimisation off: same float semantics, about half the compile time.
 jit = functools.partial(jax.jit,
@@ -50,7 +50,8 @@ def expected_n_out(name, counts=COUNTS):
   n = sum(counts.values())
   return {"concat": n, "co_attention": n, "bottleneck": n + 2,
           "cross_attention": counts["text"], "additive": counts["text"],
-          "gated_cross_attention": counts["text"]}.get(name, 1)
+          "gated_cross_attention": counts["text"],
+          "film": counts["text"]}.get(name, 1)
 
 
 def build(name, **kw):
@@ -80,10 +81,18 @@ def random_params(module, tokens, masks, seed=0, scale=0.3):
 def forward_and_grads(name):
   """Outputs and d(sum_real out * cot)/d tokens for the standard inputs.
 
-  gated_cross_attention's zero-init tanh gates are opened to 0.5 first: at
-  initialisation no gradient reaches its context by design (tested below).
+  gated_cross_attention's zero-init tanh gates are opened to 0.5 first, and
+  film's zero-init generator gets random weights: at initialisation no
+  gradient reaches their context by design (tested below).
   """
   module, params = init(name)
+  if name == "film":  # zero-init generator: open it (tested below)
+    flat = traverse_util.flatten_dict(params)
+    rng = np.random.default_rng(2)
+    params = traverse_util.unflatten_dict(
+        {k: (jnp.asarray(0.3 * rng.normal(size=v.shape), v.dtype)
+             if "film" in k and k[-1] == "kernel" else v)
+         for k, v in flat.items()})
   if name == "gated_cross_attention":
     flat = traverse_util.flatten_dict(params)
     params = traverse_util.unflatten_dict(
@@ -543,3 +552,42 @@ def test_additive_attention_matches_float64_numpy():
                    p["out"]["kernel"]) + p["out"]["bias"]
   np.testing.assert_allclose(np.asarray(out), want, rtol=1e-5, atol=1e-5)
   assert np.isfinite(np.asarray(out)).all()
+
+
+def test_film_matches_float64_numpy():
+  """FiLM blocks (Perez et al. 2018) against a float64 re-derivation:
+  target text modulated by the masked means of the projected audio + image."""
+  tokens, masks = make_inputs(12)
+  module = build("film", num_layers=2, norm="post")  # no closing LayerNorm
+  params = random_params(module, tokens, masks)
+  out, out_mask = jit(module.apply)({"params": params}, tokens, masks)
+  p = jax.tree_util.tree_map(lambda a: np.asarray(a, np.float64), params)
+  x = {k: np.asarray(v, np.float64) for k, v in tokens.items()}
+  m = {k: np.asarray(v) for k, v in masks.items()}
+  dense = lambda q, v: v @ q["kernel"] + q["bias"]  # noqa: E731
+  cond = sum(_np_masked_mean(dense(p[f"proj_{k}"], x[k]), m[k])
+             for k in ("audio", "image"))
+  h = dense(p["proj_text"], x["text"])
+  for layer in range(2):
+    q = p[f"layers_{layer}"]
+    a = np.maximum(dense(q["conv1"], h), 0)
+    a = dense(q["conv2"], a)
+    a = (a - a.mean(-1, keepdims=True)) / np.sqrt(a.var(-1, keepdims=True)
+                                                   + 1e-6)
+    gb = dense(q["film"], cond)
+    a = np.maximum((1 + gb[:, None, :DIM]) * a + gb[:, None, DIM:], 0)
+    h = h + a
+  np.testing.assert_array_equal(np.asarray(out_mask), m["text"])
+  for b in range(B):  # padded text rows are not compared
+    np.testing.assert_allclose(np.asarray(out)[b][m["text"][b]],
+                               h[b][m["text"][b]], rtol=1e-4, atol=1e-4)
+
+
+def test_film_generator_starts_at_zero_so_context_has_no_effect_at_init():
+  module, params = init("film")
+  tokens, masks = make_inputs(13)
+  other = dict(tokens, image=tokens["image"] * -3.0 + 1.0)
+  a, _ = jit(module.apply)({"params": params}, tokens, masks)
+  b, _ = jit(module.apply)({"params": params}, other, masks)
+  np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-6)
+  assert not np.allclose(np.asarray(params["layers_0"]["conv1"]["kernel"]), 0)

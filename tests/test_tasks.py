@@ -281,3 +281,66 @@ def test_fusion_model_contrastive_head_and_unchanged_heads():
         params[f"{name}_proj"]["kernel"], np.float64)
     proj /= np.linalg.norm(proj, axis=1, keepdims=True)
     np.testing.assert_allclose(out[f"{name}_emb"], proj, atol=1e-5)
+
+
+@pytest.mark.parametrize("text_query", ["tokens", "mean"])
+def test_fusion_model_several_questions_per_image_equal_one_by_one(text_query):
+  """texts [B, Q, L] (image encoded once) == the same model applied to each
+  (image, question) pair separately, for both ways the text enters."""
+  import flax.linen as nn
+  from mmtx.models.fusion_model import FusionModel
+  cfg = dict(image=dict(patch_size=5, width=16, depth=1, mlp_dim=32,
+                        num_heads=2, stem_channels=(8,), posemb="sincos2d"),
+             text=dict(vocab_size=20, width=16, depth=1, mlp_dim=32,
+                       num_heads=2, max_len=6),
+             fusion=dict(name="cross_attention", target="text", dim=16,
+                         num_heads=2, num_layers=1, mlp_dim=32),
+             heads=("vqa",), num_answers=5, head_hidden=8,
+             text_query=text_query)
+  rng = np.random.default_rng(0)
+  x = jnp.asarray(rng.normal(size=(2, 30, 30, 3)), jnp.float32)
+  t = rng.integers(1, 20, size=(2, 3, 6))
+  t[:, :, 4:] = 0
+  t[1, 2, 2:] = 0
+  t = jnp.asarray(t, jnp.int32)
+  model = FusionModel(cfg)
+  params = nn.meta.unbox(model.init(jax.random.key(0), x, t[:, 0])["params"])
+  grouped, _ = model.apply({"params": params}, x, t)
+  assert grouped["vqa_logits"].shape == (2, 3, 5)
+  single, _ = model.apply({"params": params}, jnp.repeat(x, 3, axis=0),
+                          t.reshape(6, 6))
+  np.testing.assert_allclose(grouped["vqa_logits"].reshape(6, 5),
+                             single["vqa_logits"], rtol=1e-5, atol=1e-5)
+  if text_query == "mean":
+    with pytest.raises(ValueError, match="text_query='tokens'"):
+      FusionModel(dict(cfg, heads=("vqa", "mlm"))).init(
+          jax.random.key(0), x, t[:, 0])
+  with pytest.raises(ValueError, match="heads=\\('vqa',\\) only"):
+    FusionModel(dict(cfg, heads=("vqa", "itm"))).init(jax.random.key(0), x, t)
+
+
+def test_vqa_loss_over_question_groups_skips_padding():
+  """The grouped loss is the mean cross-entropy over valid questions only
+  (float64 numpy reference)."""
+  from mmtx.tasks import vqa
+
+  class Fixed:  # a "model" returning given logits
+    def __init__(self, logits):
+      self.logits = logits
+
+    def apply(self, variables, images, texts, **kw):
+      return {"vqa_logits": self.logits}, {}
+
+  rng = np.random.default_rng(3)
+  logits = rng.normal(size=(2, 4, 5))
+  answer = rng.integers(0, 5, size=(2, 4))
+  valid = np.array([[1, 1, 0, 1], [1, 0, 0, 0]], bool)
+  batch = {"image": np.zeros((2, 1, 1, 3)), "question": np.ones((2, 4, 3), np.int32),
+           "answer": jnp.asarray(answer, jnp.int32), "question_valid": valid}
+  loss, metrics = vqa.VqaTask().loss_fn(
+      Fixed(jnp.asarray(logits, jnp.float32)), {}, batch, None, True)
+  logp = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
+  ce = -np.take_along_axis(logp, answer[..., None], -1)[..., 0]
+  np.testing.assert_allclose(loss, ce[valid].mean(), rtol=1e-5)
+  hits = (logits.argmax(-1) == answer)[valid]
+  np.testing.assert_allclose(metrics["accuracy"], hits.mean(), rtol=1e-6)

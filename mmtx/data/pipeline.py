@@ -124,10 +124,11 @@ class _PadBatch(grain.transforms.Map):
             for k, v in element.items()}
 
 
-def _unit_layout(task, split, source, metadata, to_record):
+def _unit_layout(task, split, source, metadata, to_record,
+                 questions_per_image=0):
   """(starts, per_record, num_examples) of the flat example index."""
   n = len(source)
-  if task in ("caption", "contrastive"):
+  if task in ("caption", "contrastive") or questions_per_image:
     return None, 1, n
   if task == "vqa" and "questions_per_image" in metadata:
     per = int(metadata["questions_per_image"])
@@ -193,7 +194,7 @@ def get_dataset(name: str, split: str, task: str, *, batch_size: int,
                 shard: tuple[int, int] | None = None, build: bool = True,
                 fields: catalog.Fields | None = None, image_size: int = 224,
                 num_threads: int | None = None, prefetch: int = 16,
-                num_workers: int = 0):
+                num_workers: int = 0, questions_per_image: int = 0):
   """A checkpointable iterator of batches, and a `DataInfo`.
 
   Args:
@@ -224,6 +225,10 @@ def get_dataset(name: str, split: str, task: str, *, batch_size: int,
     num_workers: grain worker processes (0 = preprocess in this process).
       The batches are the same for any num_threads / num_workers; an
       iterator state restores only into the same num_workers.
+    questions_per_image: 'vqa' only. 0: one example per question. Q > 0:
+      one example per image holding Q of its questions ([Q, L] tokens, [Q]
+      answers and 'question_valid'; views.py), so a model encodes each image
+      once for Q questions; an epoch is then one pass over the images.
 
   Returns:
     (iterator, info): `iterator` yields dicts of numpy arrays and has
@@ -259,7 +264,8 @@ def get_dataset(name: str, split: str, task: str, *, batch_size: int,
   spec = views.ViewSpec(task=task, tokenizer=tokenizer, max_len=max_len,
                         image_shape=image_shape, answers=answers,
                         augment=augment, random_text=shuffle, dataset=name,
-                        rebuild_hint=hint)
+                        rebuild_hint=hint,
+                        questions_per_image=questions_per_image)
   if len(source) == 0:
     raise ValueError(f"get_dataset: {name} split {split!r} is empty.")
   first = to_record(source[0], 0)
@@ -267,7 +273,8 @@ def get_dataset(name: str, split: str, task: str, *, batch_size: int,
   if missing:
     raise ValueError(f"get_dataset: {name} has no {missing} feature(s), which "
                      f"task {task!r} needs; its records have {sorted(first)}.")
-  starts, per_record, n = _unit_layout(task, split, source, metadata, to_record)
+  starts, per_record, n = _unit_layout(task, split, source, metadata, to_record,
+                                       questions_per_image)
   if n < count:
     raise ValueError(f"get_dataset: {name} {split} has {n} {task} examples, "
                      f"fewer than the {count} hosts sharing it.")

@@ -14,6 +14,12 @@ Example keys (the pipeline stacks them into batches with a leading [B]):
     'question_mask' bool [L], 'answer' int32, 'qtype' int32, 'qsubtype' int32
     (0 when the dataset has none), and 'question_encoding' float32 [E] when
     the dataset has it (sort_of_clevr).
+  'vqa' with `questions_per_image` Q > 0 (one example per image, Q of its
+    questions): the same question fields with a leading [Q] axis
+    ('question' int32 [Q, L], 'answer' int32 [Q], ...) and 'question_valid'
+    bool [Q] (False for padding when the image has fewer than Q questions).
+    Training draws Q of the image's questions at random per example and
+    epoch (`random_text`); otherwise they are its first Q, in order.
   'caption' and 'contrastive' (one example per image): 'text' int32 [L],
     'text_mask' bool [L]; the caption is drawn at random per example and epoch
     when `random_text`, else it is the record's first caption.
@@ -48,6 +54,7 @@ class ViewSpec:
   random_text: bool = False
   dataset: str = "dataset"        # for error messages
   rebuild_hint: str = ""          # how to rebuild, for error messages
+  questions_per_image: int = 0    # 'vqa': 0 = one example per question
 
   def __post_init__(self):
     if self.task not in TASKS:
@@ -55,6 +62,11 @@ class ViewSpec:
     if self.task in ("vqa", "dialogue") and not self.answers:
       raise ValueError(f"task {self.task!r} needs a dataset with an answer "
                        f"vocabulary; {self.dataset} has none.")
+    if self.questions_per_image and (self.task != "vqa"
+                                     or self.questions_per_image < 0):
+      raise ValueError(f"questions_per_image={self.questions_per_image} needs "
+                       f"task 'vqa' and a value >= 0 (task is "
+                       f"{self.task!r}).")
 
 
 def _text(x) -> str:
@@ -65,9 +77,9 @@ def record_id(record) -> str:
   return _text(record.get("id", "?"))
 
 
-def units_per_record(task: str, record) -> int:
+def units_per_record(task: str, record, questions_per_image: int = 0) -> int:
   """How many examples of `task` one record holds."""
-  if task == "vqa":
+  if task == "vqa" and not questions_per_image:
     return len(record["question"])
   if task == "dialogue":
     return int(np.asarray(record["dialogue_answer"]).size)
@@ -106,6 +118,39 @@ def _answer(spec: ViewSpec, record, value) -> np.int32:
   return np.int32(value)
 
 
+def _question_group(spec: ViewSpec, record, rng) -> dict:
+  """Q = spec.questions_per_image of the record's questions, stacked, padded
+  with 'question_valid' False rows when it has fewer."""
+  q = spec.questions_per_image
+  n = len(record["question"])
+  if spec.random_text and rng is not None:
+    pick = rng.permutation(n)[:q]
+  else:
+    pick = np.arange(min(n, q))
+  k = len(pick)
+  ids = np.zeros((q, spec.max_len), np.int32)
+  mask = np.zeros((q, spec.max_len), bool)
+  if k:
+    ids[:k], mask[:k] = spec.tokenizer.encode_batch(
+        [_text(record["question"][i]) for i in pick], spec.max_len)
+  out = {"question": ids, "question_mask": mask,
+         "question_valid": np.arange(q) < k}
+  fields = [("answer", "answer"), ("qtype", "qtype"), ("qsubtype", "qsubtype")]
+  for key, field in fields:
+    v = np.zeros(q, np.int32)
+    if field in record:
+      v[:k] = np.asarray(record[field])[pick]
+    out[key] = v
+  for i in pick:
+    _answer(spec, record, record["answer"][i])  # range check
+  if "question_encoding" in record:
+    enc = np.asarray(record["question_encoding"], np.float32)
+    e = np.zeros((q, enc.shape[-1]), np.float32)
+    e[:k] = enc[pick]
+    out["question_encoding"] = e
+  return out
+
+
 def make_example(spec: ViewSpec, record, index: int, unit: int,
                  rng: np.random.Generator | None) -> dict:
   """Example `unit` of record number `index` (see the module docstring)."""
@@ -113,7 +158,7 @@ def make_example(spec: ViewSpec, record, index: int, unit: int,
   if image.shape != tuple(spec.image_shape) or image.dtype != np.uint8:
     _fail(spec, record, f"image has shape {image.shape} and dtype "
           f"{image.dtype}, expected uint8 {tuple(spec.image_shape)}")
-  count = units_per_record(spec.task, record)
+  count = units_per_record(spec.task, record, spec.questions_per_image)
   if not 0 <= unit < count:
     _fail(spec, record, f"it has {count} {spec.task} examples but example "
           f"{unit} was asked for (the dataset's metadata disagrees)")
@@ -123,15 +168,19 @@ def make_example(spec: ViewSpec, record, index: int, unit: int,
     lengths = {f: len(record[f]) for f in ("question", "answer", "qtype")}
     if len(set(lengths.values())) != 1:
       _fail(spec, record, f"its question fields differ in length {lengths}")
-    ids, mask = tok.encode_batch([_text(record["question"][unit])], spec.max_len)
-    ex.update(question=ids[0], question_mask=mask[0],
-              answer=_answer(spec, record, record["answer"][unit]),
-              qtype=np.int32(record["qtype"][unit]),
-              qsubtype=np.int32(record["qsubtype"][unit]
-                                if "qsubtype" in record else 0))
-    if "question_encoding" in record:
-      ex["question_encoding"] = np.asarray(
-          record["question_encoding"][unit], np.float32)
+    if spec.questions_per_image:
+      ex.update(_question_group(spec, record, rng))
+    else:
+      ids, mask = tok.encode_batch([_text(record["question"][unit])],
+                                   spec.max_len)
+      ex.update(question=ids[0], question_mask=mask[0],
+                answer=_answer(spec, record, record["answer"][unit]),
+                qtype=np.int32(record["qtype"][unit]),
+                qsubtype=np.int32(record["qsubtype"][unit]
+                                  if "qsubtype" in record else 0))
+      if "question_encoding" in record:
+        ex["question_encoding"] = np.asarray(
+            record["question_encoding"][unit], np.float32)
   elif spec.task in ("caption", "contrastive"):
     captions = record["caption"]
     if len(captions) == 0:

@@ -37,6 +37,7 @@ to all but late/gated and left out):
 | `m_modal` | MulT-style cross-modal attention (Tsai et al. 2019), summed over M | union: O(sum_i N_i (N - N_i) d + M N d^2); sum: O(sum_i N_i N_o(i) d + M N d^2), N_o(i) the others' common count |
 | `gated_cross_attention` | Flamingo (Alayrac et al. 2022) | O(N_t N_c d + N_t d (d + f) + N_c d^2) |
 | `additive` | Bahdanau et al. 2015 scores, across modalities as in Show, Attend and Tell (Xu et al. 2015) | O((N_t^2 + N_t N_c) d + N_t d (d + f) + N_c d^2), with O(N_t N_c d) memory for the tanh |
+| `film` | FiLM (Perez et al. 2018) | O(N_t d^2 + N_c d + d^2) |
 | `bottleneck` | MBT (Nagrani et al. 2021) | O(sum_m (N_m + B)^2 d + (N + M B) d (d + f)) from `fusion_layer` on; O(sum_m N_m^2 d + ...) before |
 
 So concat and co_attention both pay O(N^2 d) attention per layer (co_attention
@@ -55,6 +56,7 @@ import ml_collections
 from mmtx.fusion.base import (AdditiveAttention, CrossAttentionBlock,
                               DirectionalFusion, Fusion, check_inputs,
                               masked_mean)
+from mmtx.fusion.film import FiLMFusion
 from mmtx.fusion.m_modal import MModalFusion, resolve_m_modal
 from mmtx.fusion.pooled import (GatedFusion, LateFusion, SumFusion,
                                 WeightedSumFusion)
@@ -76,6 +78,7 @@ FUSIONS = {
     "additive": AdditiveFusion,
     "bottleneck": BottleneckFusion,
     "late": LateFusion,
+    "film": FiLMFusion,
 }
 
 _DTYPE_FIELDS = ("dtype", "param_dtype")
@@ -163,6 +166,6 @@ __all__ = [
     "DirectionalFusion", "ConcatFusion", "SumFusion", "WeightedSumFusion",
     "GatedFusion", "LateFusion", "CrossAttentionFusion", "AdditiveFusion",
     "CoAttentionFusion", "MModalFusion", "GatedCrossAttentionFusion",
-    "BottleneckFusion", "CrossAttentionBlock", "GatedCrossAttentionBlock",
+    "BottleneckFusion", "FiLMFusion", "CrossAttentionBlock", "GatedCrossAttentionBlock",
     "AdditiveAttention", "check_inputs", "masked_mean", "resolve_m_modal",
 ]

@@ -23,6 +23,7 @@ from mmtx.models.towers import TextTransformer, ViT
 
 Array = jax.Array
 HEADS = ("vqa", "itm", "mlm", "contrastive")
+TEXT_QUERIES = ("tokens", "mean")
 
 
 def _masked_mean(x, mask):
@@ -47,7 +48,9 @@ def _text_offset(name, fcfg, n_img, fused_len, n_txt):
 class FusionModel(nn.Module):
   """`apply(..., images, texts) -> (outputs, extras)`.
 
-  images NHWC float32 `[batch, H, W, C]`; texts int32 `[batch, len]`, 0 = pad.
+  images NHWC float32 `[batch, H, W, C]`; texts int32 `[batch, len]`, 0 = pad,
+  or `[batch, Q, len]`: Q questions per image (heads=('vqa',) only), where the
+  image tower runs once per image and 'vqa_logits' is `[batch, Q, answers]`.
   outputs: {'vqa_logits' [batch, num_answers], 'itm_logits' [batch, 2],
   'mlm_logits' [batch, len, vocab], and for 'contrastive' 'img_emb',
   'txt_emb' [batch, embed_dim] (L2-normalised, from the unfused towers) and
@@ -56,7 +59,11 @@ class FusionModel(nn.Module):
   Config keys: image (ViT fields, pool ignored), text (TextTransformer
   fields), fusion (name + strategy fields), heads (list), num_answers,
   head_hidden, embed_dim ('contrastive' only), zero_image (ablation: the
-  image is replaced by zeros).
+  image is replaced by zeros), text_query ('tokens': every text token goes
+  into the fusion, as in ALBEF; 'mean': one token, the mean of the text
+  tower's outputs, does - one query per question, as a question vector in
+  classic VQA models, cheaper when the fusion cost is per text token; the
+  'mlm' head needs 'tokens').
   """
   config: Mapping[str, Any]
 
@@ -64,15 +71,43 @@ class FusionModel(nn.Module):
   def __call__(self, images: Array, texts: Array, *,
                deterministic: bool = True):
     cfg = _as_dict(self.config)
-    check_images_texts(images, texts, "FusionModel")
+    group = None
+    if texts.ndim == 3:   # [batch, Q, len]: Q questions about each image
+      group = texts.shape[1]
+      if images.ndim != 4 or images.shape[0] != texts.shape[0]:
+        raise ValueError(f"FusionModel: texts [batch, Q, len] {texts.shape} "
+                         f"need images [batch, H, W, C] with the same batch, "
+                         f"got {images.shape}.")
+      texts = texts.reshape(-1, texts.shape[-1])
+    else:
+      check_images_texts(images, texts, "FusionModel")
+    heads = cfg.get("heads", ("vqa",))
+    if group is not None and tuple(heads) != ("vqa",):
+      raise ValueError(f"FusionModel: texts of rank 3 (several questions per "
+                       f"image) work with heads=('vqa',) only, got {heads}.")
     if cfg.get("zero_image", False):
       images = jnp.zeros_like(images)
+    query = cfg.get("text_query", "tokens")
+    if query not in TEXT_QUERIES:
+      raise ValueError(f"FusionModel: text_query must be one of "
+                       f"{TEXT_QUERIES}, got {query!r}.")
+    if query != "tokens" and "mlm" in heads:
+      raise ValueError("FusionModel: the 'mlm' head needs every text token "
+                       "in the fusion; set text_query='tokens'.")
     img_cfg = dict(_as_dict(cfg["image"]), pool="none")
     txt_cfg = dict(_as_dict(cfg["text"]), pool="none")
     img_tok, img_extras = ViT(**img_cfg, name="img")(
         images, deterministic=deterministic)
     txt_tok, txt_extras = TextTransformer(**txt_cfg, name="txt")(
         texts, deterministic=deterministic)
+    if group is not None:  # the image is encoded once, then shared
+      img_tok = jnp.repeat(img_tok, group, axis=0)
+      img_extras = dict(img_extras, mask=jnp.repeat(img_extras["mask"], group,
+                                                    axis=0))
+    if query == "mean":
+      txt_tok = _masked_mean(txt_tok, txt_extras["mask"])[:, None].astype(
+          txt_tok.dtype)
+      txt_extras = dict(txt_extras, mask=jnp.ones(txt_tok.shape[:2], bool))
     fcfg = _as_dict(cfg["fusion"])
     name = fcfg.pop("name")
     fuse = fusion_lib.build_fusion(name, **fcfg)
@@ -82,7 +117,6 @@ class FusionModel(nn.Module):
                              deterministic=deterministic)
     pooled = _masked_mean(fused, fused_mask).astype(jnp.float32)
     outputs = {}
-    heads = cfg.get("heads", ("vqa",))
     for head in heads:
       if head not in HEADS:
         raise ValueError(f"FusionModel: unknown head {head!r} in "
@@ -98,6 +132,9 @@ class FusionModel(nn.Module):
           cfg["num_answers"], name="vqa_out",
           kernel_init=nn.with_logical_partitioning(
               nn.initializers.xavier_uniform(), ("mlp", "vocab")))(h)
+      if group is not None:
+        outputs["vqa_logits"] = outputs["vqa_logits"].reshape(
+            -1, group, outputs["vqa_logits"].shape[-1])
     if "itm" in heads:
       outputs["itm_logits"] = nn.Dense(2, name="itm_head")(pooled)
     if "mlm" in heads:

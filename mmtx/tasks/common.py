@@ -39,7 +39,9 @@ class Task:
         d.name, split, self.data_task, batch_size=global_bs // count,
         seed=config.seed, max_len=d.max_len, shuffle=train, repeat=train,
         augment=train and d.augment, data_dir=d.data_dir or None, shard=shard,
-        tokenizer=d.tokenizer or None)
+        tokenizer=d.tokenizer or None,
+        questions_per_image=(d.get("questions_per_image", 0)
+                             if train and self.data_task == "vqa" else 0))
 
   def info(self, config):
     """The training split's DataInfo (vocabulary, answers, image shape);

@@ -2,7 +2,10 @@
 
 Batch (mmtx.data views, task 'vqa'): 'image' [B, H, W, 3], 'question' [B, L]
 -> FusionModel(...)['vqa_logits'] [B, num_answers] -> softmax cross-entropy
-against 'answer' [B]. Evaluation: accuracy overall and per question type
+against 'answer' [B]. With data.questions_per_image = Q > 0 a training
+batch holds B images with Q questions each ('question' [B, Q, L]) and the
+loss is the mean over the valid questions. Evaluation (always one example
+per question): accuracy overall and per question type
 (and subtype) on each split of `config.data.eval_splits`.
 """
 from __future__ import annotations
@@ -11,6 +14,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 
 from mmtx import losses
 from mmtx import sharding
@@ -32,6 +36,13 @@ class VqaTask(common.Task):
     out, _ = model.apply({"params": params}, batch["image"], batch["question"],
                          deterministic=not train, rngs={"dropout": rng})
     logits = out["vqa_logits"]
+    if logits.ndim == 3:  # [B, Q, answers]: data.questions_per_image > 0
+      valid = batch["question_valid"].astype(jnp.float32)
+      ce = optax.softmax_cross_entropy_with_integer_labels(
+          logits.astype(jnp.float32), batch["answer"])
+      n = jnp.maximum(valid.sum(), 1.0)
+      hit = (jnp.argmax(logits, -1) == batch["answer"]).astype(jnp.float32)
+      return (ce * valid).sum() / n, {"accuracy": (hit * valid).sum() / n}
     loss = losses.classification_loss(logits, batch["answer"])
     acc = jnp.mean(jnp.argmax(logits, -1) == batch["answer"])
     return loss, {"accuracy": acc}

@@ -1,0 +1,116 @@
+"""Fusion ablation on Sort-of-CLEVR: every strategy in mmtx.fusion.FUSIONS in
+the default job's model (configs/default.py), same budget, several seeds;
+mean +- std test accuracy per question type, parameters, questions/s.
+
+  ./run.sh python experiments/fusion_ablation.py --steps=8000 --seeds=0,1,2 \
+      --out=runs/fusion_ablation
+  ./run.sh python experiments/fusion_ablation.py --quick     # smoke run
+
+Only model.fusion.name changes between rows (FiLM modulates the image, so
+its target is 'image'; every other directional strategy has the question
+query the image, target 'text'). Each run is the one trainer (mmtx.train);
+results.md / results.json go to OUT, one workdir per run under OUT/runs.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+
+_REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, _REPO)
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import runlib  # noqa: E402
+
+TYPES = ("accuracy", "accuracy/nonrel", "accuracy/rel", "accuracy/ternary")
+
+
+def run_one(fusion, seed, args):
+  from configs import default
+  cfg = default.get_config(f"steps={args.steps},fusion={fusion}")
+  with cfg.unlocked():
+    cfg.seed = seed
+    cfg.eval_every = args.steps
+    cfg.checkpoint_every = args.steps
+    cfg.keep_checkpoints = 1
+    cfg.log_every = max(args.steps // 10, 1)
+    if args.quick:
+      cfg.data.name = "sort_of_clevr/tiny"
+      cfg.batch_size = 4
+      cfg.data.eval_batch_size = 32
+  workdir = os.path.join(args.out, "runs", f"{fusion}_seed{seed}")
+  r = runlib.train_run(cfg, workdir)
+  return {"fusion": fusion, "seed": seed, "wall_s": r["wall_s"],
+          "params": r["params"], "questions_per_sec": r["questions_per_sec"],
+          "metrics": {k: r["metrics"].get(k) for k in TYPES}}
+
+
+def table(results, args):
+  import numpy as np
+  names = sorted({r["fusion"] for r in results},
+                 key=lambda n: -np.mean([r["metrics"]["accuracy"] for r in
+                                         results if r["fusion"] == n]))
+  head = ["fusion", "params", "questions/s", "all", "nonrel", "rel", "ternary"]
+  lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+  for n in names:
+    rs = [r for r in results if r["fusion"] == n]
+    cells = [n, f"{rs[0]['params'] / 1e3:.0f}k",
+             f"{np.median([r['questions_per_sec'] or 0 for r in rs]):.0f}"]
+    for k in TYPES:
+      v = 100 * np.array([r["metrics"][k] for r in rs], float)
+      cells.append(f"{v.mean():.1f} ± {v.std():.1f}")
+    lines.append("| " + " | ".join(cells) + " |")
+  seeds = sorted({r["seed"] for r in results})
+  meta = (f"Sort-of-CLEVR test split (200 images, 6,000 questions); "
+          f"{args.steps} steps x {'4' if args.quick else '16'} images x 10 "
+          f"questions, seeds {seeds} (mean ± std over seeds); machine: "
+          f"{platform.machine()}, {os.cpu_count()} CPU cores; "
+          f"{time.strftime('%Y-%m-%d')}.")
+  return "\n".join(lines) + "\n\n" + meta + "\n"
+
+
+def main(argv=None):
+  from mmtx.fusion import FUSIONS
+  p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  p.add_argument("--steps", type=int, default=8000)
+  p.add_argument("--seeds", default="0,1,2")
+  p.add_argument("--fusions", default=",".join(sorted(FUSIONS)))
+  p.add_argument("--out", default="runs/fusion_ablation")
+  p.add_argument("--quick", action="store_true",
+                 help="tiny data, 2 steps, seed 0: checks every row runs")
+  args = p.parse_args(argv)
+  if args.quick:
+    args.steps, args.seeds = 2, "0"
+  fusions = [f for f in args.fusions.split(",") if f]
+  unknown = sorted(set(fusions) - set(FUSIONS))
+  if unknown:
+    raise SystemExit(f"fusion_ablation: unknown fusion(s) {unknown}; known: "
+                     f"{sorted(FUSIONS)}")
+  os.makedirs(args.out, exist_ok=True)
+  path = os.path.join(args.out, "results.json")
+  results = json.load(open(path)) if os.path.exists(path) else []
+  done = {(r["fusion"], r["seed"], r.get("steps")) for r in results}
+  for seed in [int(s) for s in args.seeds.split(",")]:
+    for f in fusions:
+      if (f, seed, args.steps) in done:   # rerunning the command resumes
+        continue
+      r = run_one(f, seed, args)
+      r["steps"] = args.steps
+      results.append(r)
+      json.dump(results, open(path, "w"), indent=1)
+      print(f"{f} seed {seed}: " + " ".join(
+          f"{k.split('/')[-1]}={100 * v:.1f}" for k, v in r["metrics"].items()
+          if v is not None), flush=True)
+  mine = [r for r in results if r.get("steps") == args.steps
+          and r["fusion"] in fusions]
+  md = table(mine, args)
+  open(os.path.join(args.out, "results.md"), "w").write(md)
+  print(md)
+  return mine
+
+
+if __name__ == "__main__":
+  main()

@@ -1,0 +1,36 @@
+"""What every reproduction script does per row: train one config with the one
+trainer, then read back its speed and size."""
+from __future__ import annotations
+
+import json
+import os
+import time
+
+
+def train_run(cfg, workdir: str) -> dict:
+  """Trains `cfg` in `workdir` (resuming if it has checkpoints) and returns
+  {'metrics': final eval metrics, 'wall_s', 'examples_per_sec' (median of
+  the logged windows after the first, which holds the compile; examples are
+  the batch's rows: images when data.questions_per_image > 0),
+  'questions_per_sec' (the same times questions_per_image), 'params'}."""
+  import jax
+  import numpy as np
+  from absl import logging
+  from mmtx import tasks, train
+  logging.set_verbosity(logging.WARNING)
+  task = tasks.get_task(cfg.task)
+  start = time.time()
+  metrics = train.train_and_evaluate(cfg, workdir, task, progress=False)
+  wall = time.time() - start
+  rows = [json.loads(l) for l in open(os.path.join(workdir, "metrics.jsonl"))]
+  speeds = [r["train/examples_per_sec"] for r in rows
+            if "train/examples_per_sec" in r][1:]
+  model = task.build_model(cfg)
+  batch = task.init_batch(cfg)
+  shapes = jax.eval_shape(
+      lambda: task.init_variables(model, jax.random.key(0), batch))["params"]
+  per_sec = float(np.median(speeds)) if speeds else None
+  q = max(int(cfg.data.get("questions_per_image", 0)), 1)
+  return {"metrics": metrics, "wall_s": wall, "examples_per_sec": per_sec,
+          "questions_per_sec": per_sec * q if per_sec else None,
+          "params": int(sum(x.size for x in jax.tree_util.tree_leaves(shapes)))}
