@@ -6,8 +6,10 @@ dimension that the mesh axis does not divide stays replicated.
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import os
+import threading
 from typing import Any, Sequence
 
 import flax.linen as nn
@@ -163,3 +165,41 @@ def to_device(batch: dict, sharding: NamedSharding) -> dict:
 def put_batch(batch: dict, mesh: Mesh) -> dict:
   """Host-local numpy batch -> global arrays sharded over ('data', 'fsdp')."""
   return to_device(batch, batch_sharding(mesh))
+
+
+# ----------------------------------------------------------- activations
+_ACTIVATIONS = threading.local()
+
+
+@contextlib.contextmanager
+def activation_sharding(mesh: Mesh | None):
+  """While a step is traced in this context, `constrain_batch` pins the
+  activations the Transformer blocks pass on to be split on their batch
+  axis over ('data', 'fsdp').
+
+  Without it XLA's sharding propagation may follow the FSDP-sharded weights
+  instead and gather activations for the whole global batch on every
+  device (per-device temp memory then grows with the device count; see
+  experiments/benchmarks/scaling.py). The trainer traces its step inside
+  this context; outside any context the constraint is a no-op.
+  """
+  prev = getattr(_ACTIVATIONS, "mesh", None)
+  _ACTIVATIONS.mesh = mesh
+  try:
+    yield
+  finally:
+    _ACTIVATIONS.mesh = prev
+
+
+def constrain_batch(x):
+  """`x` `[batch, ...]` constrained to be batch-split over ('data', 'fsdp')
+  when inside `activation_sharding(mesh)`, the mesh has more than one
+  device on those axes and they divide the batch; else `x` unchanged."""
+  mesh = getattr(_ACTIVATIONS, "mesh", None)
+  if mesh is None or not hasattr(x, "shape") or not x.ndim:
+    return x
+  n = math.prod(mesh.shape[a] for a in BATCH_AXES)
+  if n == 1 or x.shape[0] % n:
+    return x
+  spec = P(BATCH_AXES, *([None] * (x.ndim - 1)))
+  return jax.lax.with_sharding_constraint(x, NamedSharding(mesh, spec))

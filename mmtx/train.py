@@ -271,7 +271,8 @@ def train_and_evaluate(config, workdir: str, task, *, mode: str = "train",
   try:
     for step in range(start + 1, total + 1):
       batch = sharding.put_batch(next(train_iter), mesh)
-      state, metrics = step_fn(state, batch)
+      with sharding.activation_sharding(mesh):  # traced here on first call
+        state, metrics = step_fn(state, batch)
       pending.append((step, metrics))
       n_last += 1
       if bar is not None:

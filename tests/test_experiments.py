@@ -88,3 +88,19 @@ def test_quickstart_notebook_runs_top_to_bottom(tmp_path):
   from PIL import Image
   img = Image.open(wd / "attention.png")
   assert img.size[0] == 6 * (75 * 4 + 8) and img.size[1] == 75 * 4 + 44
+
+
+def test_easy_vqa_script_writes_its_table(tmp_path):
+  env = dict(os.environ, MMTX_DATA_DIR=str(tmp_path / "data"))
+  out = subprocess.run(
+      [sys.executable, "experiments/easy_vqa_ablation.py", "--quick",
+       f"--out={tmp_path / 'evq'}"], cwd=REPO, env=env, capture_output=True,
+      text=True, timeout=600)
+  assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-3000:]
+  md = (tmp_path / "evq" / "results.md").read_text()
+  assert "| mmtx |" in md and "| image_ablated |" in md and "99.5%" in md
+  res = {r["name"]: r for r in json.loads(
+      (tmp_path / "evq" / "results.json").read_text())}
+  for r in res.values():
+    assert 0.0 <= r["metrics"]["accuracy"] <= 1.0
+    assert "accuracy/yes/no" in r["metrics"]

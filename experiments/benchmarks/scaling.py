@@ -13,14 +13,13 @@ devices (`--xla_force_host_platform_device_count=8`, set before JAX starts):
   dp    make_mesh(data=N): params and AdamW state replicated, batch split.
   fsdp  make_mesh(data=1, fsdp=N): params and state sharded (ZeRO-3 style),
         batch split.
-  fsdp+c  fsdp with a PROTOTYPE that is not mmtx code: every EncoderBlock's
-        input and output constrained to batch-sharded (`jax.lax.
-        with_sharding_constraint`, P(('data', 'fsdp'))). mmtx puts no
-        sharding constraint on activations, and with the weights sharded on
-        their 'embed' dim XLA's partitioner then all-gathers the activations
-        of the whole global batch instead of the weights (see NOTES.md):
-        per-device temp grows with N. This row shows what the constraint
-        buys (`--modes dp,fsdp` to leave it out).
+  fsdp-nc  fsdp traced outside `sharding.activation_sharding`, i.e.
+        without the batch-split constraint mmtx's Transformer blocks put on
+        their activations (`sharding.constrain_batch`): with the weights
+        sharded on their 'embed' dim, XLA's partitioner then all-gathers the
+        activations of the whole global batch instead of the weights, and
+        per-device temp grows with N. The row shows what the constraint buys
+        (`--modes dp,fsdp` leaves it out).
 Weak scaling: `--per_device_batch` rows per device (global batch = N x that).
 Columns, GiB per device:
   state   params + optimizer state (exact: the shard shapes of the state)
@@ -50,7 +49,6 @@ import math  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
 
-import contextlib  # noqa: E402
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
@@ -62,7 +60,6 @@ sys.path.insert(0, HERE)
 import clip_step  # noqa: E402
 
 from mmtx import optimizers, sharding, train  # noqa: E402
-from mmtx.layers import transformer  # noqa: E402
 
 MODELS = {
     "B/16": dict(image="B/16", text="M", image_size=224, text_len=77,
@@ -79,26 +76,6 @@ def mesh_for(mode: str, n: int):
   if mode == "dp":
     return sharding.make_mesh(data=n, num_devices=n)
   return sharding.make_mesh(data=1, fsdp=n, num_devices=n)
-
-
-@contextlib.contextmanager
-def activation_constraint(mesh, active: bool):
-  """PROTOTYPE (benchmark only): while tracing, every EncoderBlock's input
-  and output `[batch, tokens, dim]` is constrained to be split on the batch
-  over ('data', 'fsdp') and whole in tokens and dim."""
-  library_call = transformer.EncoderBlock.__call__
-  batch_split = NamedSharding(mesh, P(sharding.BATCH_AXES))
-
-  def constrained(self, x, mask=None, *, deterministic=True):
-    x = jax.lax.with_sharding_constraint(x, batch_split)
-    y = library_call(self, x, mask, deterministic=deterministic)
-    return jax.lax.with_sharding_constraint(y, batch_split)
-  if active:
-    transformer.EncoderBlock.__call__ = constrained
-  try:
-    yield
-  finally:
-    transformer.EncoderBlock.__call__ = library_call
 
 
 def shard_bytes(abstract_tree, shardings) -> int:
@@ -123,7 +100,7 @@ def measure(name: str, mode: str, n: int, a) -> dict:
   task = clip_step.bench_task(shapes, v)
   model = task.build_model(config)
   tx, _ = optimizers.make_optimizer(clip_step.optimizer_config(), 1000)
-  mesh = mesh_for(mode.split("+")[0], n)
+  mesh = mesh_for(mode.split("-")[0], n)
   held = {}
 
   def state_only(r):
@@ -145,7 +122,7 @@ def measure(name: str, mode: str, n: int, a) -> dict:
                  in_shardings=(shardings, bs),
                  out_shardings=(shardings, sharding.replicated(mesh)),
                  donate_argnums=(0,))
-  with activation_constraint(mesh, mode == "fsdp+c"):
+  with sharding.activation_sharding(None if mode == "fsdp-nc" else mesh):
     compiled = step.lower(abstract, batch).compile()
   mem = compiled.memory_analysis()
   state = shard_bytes((abstract.params, abstract.opt_state),
@@ -165,7 +142,7 @@ def main(argv=None):
   p.add_argument("--models", default="B/16,L/14",
                  help=f"comma-separated, of {sorted(MODELS)}")
   p.add_argument("--devices", default="1,2,4,8")
-  p.add_argument("--modes", default="dp,fsdp,fsdp+c")
+  p.add_argument("--modes", default="dp,fsdp,fsdp-nc")
   p.add_argument("--per_device_batch", type=int, default=16)
   p.add_argument("--precision", choices=("fp32", "bf16"), default="bf16")
   p.add_argument("--remat", default="none",
@@ -180,8 +157,8 @@ def main(argv=None):
   counts = [int(c) for c in a.devices.split(",")]
   modes = [m for m in a.modes.split(",") if m]
   for m in modes:
-    if m not in ("dp", "fsdp", "fsdp+c"):
-      p.error(f"--modes: {m!r} is not one of dp, fsdp, fsdp+c")
+    if m not in ("dp", "fsdp", "fsdp-nc"):
+      p.error(f"--modes: {m!r} is not one of dp, fsdp, fsdp-nc")
   if max(counts) > jax.device_count():
     p.error(f"--devices {a.devices}: only {jax.device_count()} devices; "
             f"XLA_FLAGS={os.environ.get('XLA_FLAGS')!r}")

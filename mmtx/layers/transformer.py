@@ -12,6 +12,7 @@ import jax
 import jax.numpy as jnp
 import flax.linen as nn
 
+from mmtx.sharding import constrain_batch
 from mmtx.layers.attention import (MultiHeadAttention, causal_mask,
                                    combine_masks, padding_mask)
 
@@ -124,6 +125,7 @@ class EncoderBlock(nn.Module):
       raise ValueError(f"EncoderBlock: norm must be one of {NORMS}, got "
                        f"{self.norm!r}.")
     _check_tokens(x, "EncoderBlock")
+    x = constrain_batch(x)  # no-op outside sharding.activation_sharding
     attn_mask = _token_mask_to_attention(mask, x)
     attn = MultiHeadAttention(
         num_heads=self.num_heads, dropout_rate=self.attention_dropout_rate,
@@ -141,13 +143,13 @@ class EncoderBlock(nn.Module):
     if self.norm == "post":
       z = ln1(x + drop(attn(x, mask=attn_mask, deterministic=deterministic),
                        deterministic=deterministic))
-      return ln2(z + drop(mlp(z, deterministic=deterministic),
-                          deterministic=deterministic))
+      return constrain_batch(ln2(z + drop(mlp(z, deterministic=deterministic),
+                                          deterministic=deterministic)))
     h = ln1(x)
     z = x + drop(attn(h, mask=attn_mask, deterministic=deterministic),
                  deterministic=deterministic)
-    return z + drop(mlp(ln2(z), deterministic=deterministic),
-                    deterministic=deterministic)
+    return constrain_batch(z + drop(mlp(ln2(z), deterministic=deterministic),
+                                    deterministic=deterministic))
 
 
 class DecoderBlock(nn.Module):
@@ -181,6 +183,7 @@ class DecoderBlock(nn.Module):
       raise ValueError(f"DecoderBlock: norm must be one of {NORMS}, got "
                        f"{self.norm!r}.")
     _check_tokens(x, "DecoderBlock")
+    x = constrain_batch(x)
     b, t, _ = x.shape
     if self.decode:
       # The cache builds the causal mask; target padding applies to keys.
@@ -225,7 +228,7 @@ class DecoderBlock(nn.Module):
         x = ln(x + drop(fn(x), deterministic=deterministic))
       else:
         x = x + drop(fn(ln(x)), deterministic=deterministic)
-    return x
+    return constrain_batch(x)
 
 
 def _check_key_mask(mask, batch, length, name):

@@ -1,0 +1,27 @@
+"""easy-VQA (Zhou 2020): the default job's model on 64x64 images with one
+shape each; 4,000 training images with ~10 questions each.
+
+  python -m mmtx.main --config=configs/easy_vqa.py --workdir=runs/easy_vqa
+  python -m mmtx.main --config=configs/easy_vqa.py:zero_image=1   # ablation
+
+Args: steps, fusion, lr, zero_image (1 = the image is replaced by zeros:
+the question-only floor).
+"""
+from configs import default
+
+
+def get_config(arg: str = ""):
+  args = dict(a.split("=", 1) for a in arg.split(",") if a)
+  c = default.get_config(",".join(f"{k}={v}" for k, v in args.items()
+                                  if k in ("steps", "fusion", "lr")) or
+                         "steps=3000")
+  if "steps" not in args:
+    c.total_steps = 3000
+  c.data.name = "easy_vqa"
+  c.data.max_len = 16
+  c.data.questions_per_image = 8
+  c.model.text.max_len = 16
+  c.eval_every = c.total_steps
+  c.checkpoint_every = c.total_steps
+  c.model.zero_image = bool(int(args.get("zero_image", 0)))
+  return c
