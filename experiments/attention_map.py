@@ -63,7 +63,8 @@ def attention_maps(model, params, images, questions, layer):
   return out["vqa_logits"], w
 
 
-def draw(cfg, workdir, *, split="test", num=8, start=0, layer=-1, out=""):
+def draw(cfg, workdir, *, split="test", num=8, start=0, every=1, layer=-1,
+         out=""):
   """Draws the sheet for run `workdir` trained with config `cfg`; returns
   the PNG's path (default WORKDIR/attention.png)."""
   import numpy as np
@@ -82,11 +83,11 @@ def draw(cfg, workdir, *, split="test", num=8, start=0, layer=-1, out=""):
   model = task.build_model(cfg)
   cfg = cfg.copy_and_resolve_references()
   with cfg.unlocked():
-    cfg.data.eval_batch_size = start + num
+    cfg.data.eval_batch_size = start + every * (num - 1) + 1
   it, info = task.eval_iterator(cfg, split)
   batch = next(it)
-  sl = slice(start, start + num)
-  images, questions = batch["image"][sl], batch["question"][sl]
+  pick = start + every * np.arange(num)
+  images, questions = batch["image"][pick], batch["question"][pick]
   layer = layer if layer >= 0 else cfg.model.fusion.num_layers - 1
   logits, w = attention_maps(model, params, images, questions, layer)
   pred = np.asarray(logits).argmax(-1)
@@ -112,7 +113,7 @@ def draw(cfg, workdir, *, split="test", num=8, start=0, layer=-1, out=""):
     x0 = i * (wd + 8)
     sheet.paste(Image.fromarray(over.clip(0, 255).astype(np.uint8)), (x0, pad))
     q = info.tokenizer.decode(questions[i])
-    true = batch["answer"][start + i]
+    true = batch["answer"][pick[i]]
     ok = "ok" if pred[i] == true else "WRONG"
     for j in range(0, len(q), 40):
       pen.text((x0 + 2, 2 + 10 * (j // 40)), q[j:j + 40], fill="black")
@@ -135,12 +136,16 @@ def main(argv=None):
   p.add_argument("--num", type=int, default=8)
   p.add_argument("--start", type=int, default=0,
                  help="first question index of the split")
+  p.add_argument("--every", type=int, default=1,
+                 help="take every k-th question (e.g. 37: other images and "
+                      "question types)")
   p.add_argument("--layer", type=int, default=-1,
                  help="fusion layer (-1 = last)")
   p.add_argument("--out", default="")
   args = p.parse_args(argv)
   return draw(load_config(args.config), args.workdir, split=args.split,
-              num=args.num, start=args.start, layer=args.layer, out=args.out)
+              num=args.num, start=args.start, every=args.every,
+              layer=args.layer, out=args.out)
 
 
 if __name__ == "__main__":
