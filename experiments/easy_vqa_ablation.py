@@ -1,7 +1,7 @@
 """easy-VQA (Zhou 2020): the mmtx model against its image-ablated copy (the
 image replaced by zeros, i.e. question only), one table.
 
-  ./run.sh python experiments/easy_vqa_ablation.py --steps=3000 --out=runs/easy_vqa
+  ./run.sh python experiments/easy_vqa_ablation.py --steps=12000 --out=runs/easy_vqa
   ./run.sh python experiments/easy_vqa_ablation.py --quick            # smoke run
 
 Published references: the dataset author's CNN + bag-of-words model reports
@@ -32,7 +32,7 @@ KEYS = ("accuracy", "accuracy/shape", "accuracy/color", "accuracy/yes/no")
 def main(argv=None):
   from configs import easy_vqa
   p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  p.add_argument("--steps", type=int, default=3000)
+  p.add_argument("--steps", type=int, default=12000)
   p.add_argument("--seed", type=int, default=0)
   p.add_argument("--out", default="runs/easy_vqa")
   p.add_argument("--quick", action="store_true")
