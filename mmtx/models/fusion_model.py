@@ -26,12 +26,6 @@ HEADS = ("vqa", "itm", "mlm", "contrastive")
 TEXT_QUERIES = ("tokens", "mean")
 
 
-def _masked_mean(x, mask):
-  m = mask[..., None]
-  total = jnp.where(m, x, 0).sum(1)  # where, not *: NaN padding must not leak
-  return total / jnp.maximum(m.sum(1), 1).astype(x.dtype)
-
-
 def _text_offset(name, fcfg, n_img, fused_len, n_txt):
   """Where the text tokens sit in the fused output, or None if they don't.
 
@@ -95,7 +89,8 @@ class FusionModel(nn.Module):
       raise ValueError("FusionModel: the 'mlm' head needs every text token "
                        "in the fusion; set text_query='tokens'.")
     img_cfg = dict(_as_dict(cfg["image"]), pool="none")
-    txt_cfg = dict(_as_dict(cfg["text"]), pool="none")
+    txt_cfg = dict(_as_dict(cfg["text"]),
+                   pool="mean" if query == "mean" else "none")
     img_tok, img_extras = ViT(**img_cfg, name="img")(
         images, deterministic=deterministic)
     txt_tok, txt_extras = TextTransformer(**txt_cfg, name="txt")(
@@ -104,9 +99,8 @@ class FusionModel(nn.Module):
       img_tok = jnp.repeat(img_tok, group, axis=0)
       img_extras = dict(img_extras, mask=jnp.repeat(img_extras["mask"], group,
                                                     axis=0))
-    if query == "mean":
-      txt_tok = _masked_mean(txt_tok, txt_extras["mask"])[:, None].astype(
-          txt_tok.dtype)
+    if query == "mean":  # the tower's pooled output, as one query token
+      txt_tok = txt_tok[:, None]
       txt_extras = dict(txt_extras, mask=jnp.ones(txt_tok.shape[:2], bool))
     fcfg = _as_dict(cfg["fusion"])
     name = fcfg.pop("name")
@@ -115,7 +109,7 @@ class FusionModel(nn.Module):
                              {"image": img_extras["mask"],
                               "text": txt_extras["mask"]},
                              deterministic=deterministic)
-    pooled = _masked_mean(fused, fused_mask).astype(jnp.float32)
+    pooled = fusion_lib.masked_mean(fused, fused_mask)
     outputs = {}
     for head in heads:
       if head not in HEADS:
@@ -170,7 +164,8 @@ class FusionModel(nn.Module):
       emb = nn.Dense(int(embed_dim), use_bias=False, name=f"{name}_proj",
                      kernel_init=nn.with_logical_partitioning(
                          nn.initializers.lecun_normal(), ("embed", "mlp")))(
-                             _masked_mean(tok, mask)).astype(jnp.float32)
+                             fusion_lib.masked_mean(tok, mask)).astype(
+                                 jnp.float32)
       out[f"{name}_emb"] = emb / jnp.linalg.norm(
           emb, axis=-1, keepdims=True).clip(1e-12)
     log_scale = self.param("logit_scale", nn.initializers.constant(

@@ -14,6 +14,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from mmtx import fusion as fusion_lib
 from mmtx import layers
 
 Array = jax.Array
@@ -198,9 +199,8 @@ class TextTransformer(nn.Module):
       return x, extras
     if self.pool == "first":
       return x[:, 0], extras
-    if self.pool == "mean":
-      m = mask[..., None].astype(x.dtype)
-      return (x * m).sum(1) / jnp.maximum(m.sum(1), 1), extras
+    if self.pool == "mean":  # selects, so padding values never enter
+      return fusion_lib.masked_mean(x, mask).astype(x.dtype), extras
     if self.pool == "argmax":
       last = jnp.argmax(texts, axis=1)
     else:
