@@ -527,11 +527,23 @@ def vqa_soft_loss(logits: Array, soft_targets: Array) -> Array:
   return jnp.mean(jnp.sum(bce, axis=-1))
 
 
-def classification_loss(logits: Array, labels: Array) -> Array:
-  """Softmax cross-entropy; logits `[batch, classes]`, labels `[batch]` int."""
+def classification_loss(logits: Array, labels: Array,
+                        weights: Optional[Array] = None) -> Array:
+  """Softmax cross-entropy; logits `[batch, classes]`, labels `[batch]` int.
+
+  The mean over the batch, or with `weights` `[batch]` (e.g. a bool mask of
+  real examples) sum(w * ce) / max(sum(w), 1).
+  """
   _check_rank(logits, 2, "logits", "[batch, classes]")
   if _shape(labels) != _shape(logits)[:1]:
     raise ValueError(f"labels: expected shape [batch] = {_shape(logits)[:1]},"
                      f" got {_shape(labels)}.")
-  return jnp.mean(optax.softmax_cross_entropy_with_integer_labels(
-      _f32(logits), jnp.asarray(labels)))
+  ce = optax.softmax_cross_entropy_with_integer_labels(
+      _f32(logits), jnp.asarray(labels))
+  if weights is None:
+    return jnp.mean(ce)
+  if _shape(weights) != _shape(logits)[:1]:
+    raise ValueError(f"weights: expected shape [batch] = "
+                     f"{_shape(logits)[:1]}, got {_shape(weights)}.")
+  w = _f32(weights)
+  return (ce * w).sum() / jnp.maximum(w.sum(), 1.0)

@@ -373,6 +373,12 @@ def test_vqa_soft_and_classification_loss_match_numpy():
   np.testing.assert_allclose(
       losses.classification_loss(*f32(logits), labels),
       -np_log_softmax(logits, 1)[np.arange(4), labels].mean(), rtol=1e-5)
+  # Weighted: examples with weight 0 (padding) do not count.
+  w = np.array([1.0, 0.0, 2.0, 1.0])
+  ce = -np_log_softmax(logits, 1)[np.arange(4), labels]
+  np.testing.assert_allclose(
+      losses.classification_loss(*f32(logits), labels, weights=w),
+      (ce * w).sum() / w.sum(), rtol=1e-5)
   # A hand case: logits 0 and target 1/3 on one answer -> 1 * log 2 per answer.
   np.testing.assert_allclose(
       losses.vqa_soft_loss(jnp.zeros((1, 3)), jnp.array([[1 / 3, 0, 1]])),
@@ -406,6 +412,9 @@ def test_vqa_soft_and_classification_loss_match_numpy():
      "soft_targets"),
     (lambda: losses.classification_loss(jnp.ones((2, 5)),
                                         jnp.zeros(3, jnp.int32)), "labels"),
+    (lambda: losses.classification_loss(jnp.ones((2, 5)),
+                                        jnp.zeros(2, jnp.int32),
+                                        weights=jnp.ones(3)), "weights"),
 ])
 def test_bad_shapes_raise_value_error_naming_the_argument(call, name):
   with pytest.raises(ValueError, match=name):

@@ -135,14 +135,13 @@ def _question_group(spec: ViewSpec, record, rng) -> dict:
         [_text(record["question"][i]) for i in pick], spec.max_len)
   out = {"question": ids, "question_mask": mask,
          "question_valid": np.arange(q) < k}
-  fields = [("answer", "answer"), ("qtype", "qtype"), ("qsubtype", "qsubtype")]
-  for key, field in fields:
+  for field in ("answer", "qtype", "qsubtype"):
     v = np.zeros(q, np.int32)
     if field in record:
       v[:k] = np.asarray(record[field])[pick]
-    out[key] = v
-  for i in pick:
-    _answer(spec, record, record["answer"][i])  # range check
+    out[field] = v
+  for a in out["answer"][:k]:
+    _answer(spec, record, a)  # range check
   if "question_encoding" in record:
     enc = np.asarray(record["question_encoding"], np.float32)
     e = np.zeros((q, enc.shape[-1]), np.float32)

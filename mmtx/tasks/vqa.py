@@ -14,7 +14,6 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 
 from mmtx import losses
 from mmtx import sharding
@@ -35,16 +34,15 @@ class VqaTask(common.Task):
   def loss_fn(self, model, params, batch, rng, train):
     out, _ = model.apply({"params": params}, batch["image"], batch["question"],
                          deterministic=not train, rngs={"dropout": rng})
-    logits = out["vqa_logits"]
+    logits, answer, valid = out["vqa_logits"], batch["answer"], None
     if logits.ndim == 3:  # [B, Q, answers]: data.questions_per_image > 0
-      valid = batch["question_valid"].astype(jnp.float32)
-      ce = optax.softmax_cross_entropy_with_integer_labels(
-          logits.astype(jnp.float32), batch["answer"])
-      n = jnp.maximum(valid.sum(), 1.0)
-      hit = (jnp.argmax(logits, -1) == batch["answer"]).astype(jnp.float32)
-      return (ce * valid).sum() / n, {"accuracy": (hit * valid).sum() / n}
-    loss = losses.classification_loss(logits, batch["answer"])
-    acc = jnp.mean(jnp.argmax(logits, -1) == batch["answer"])
+      logits = logits.reshape(-1, logits.shape[-1])
+      answer = answer.reshape(-1)
+      valid = batch["question_valid"].reshape(-1)
+    loss = losses.classification_loss(logits, answer, weights=valid)
+    hit = jnp.argmax(logits, -1) == answer
+    acc = jnp.mean(hit) if valid is None else (
+        (hit & valid).sum() / jnp.maximum(valid.sum(), 1))
     return loss, {"accuracy": acc}
 
   def evaluate(self, model, params, config, mesh):
