@@ -13,11 +13,9 @@ from configs import default
 
 def get_config(arg: str = ""):
   args = dict(a.split("=", 1) for a in arg.split(",") if a)
-  c = default.get_config(",".join(f"{k}={v}" for k, v in args.items()
-                                  if k in ("steps", "fusion", "lr")) or
-                         "steps=12000")
-  if "steps" not in args:
-    c.total_steps = 12000
+  args.setdefault("steps", "12000")
+  c = default.get_config(",".join(f"{k}={args[k]}" for k in
+                                  ("steps", "fusion", "lr") if k in args))
   c.data.name = "easy_vqa"
   c.data.max_len = 16
   c.data.questions_per_image = 8

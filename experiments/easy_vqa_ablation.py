@@ -57,16 +57,14 @@ def main(argv=None):
                                  for k in KEYS), flush=True)
   head = ["model", "params", "questions/s", "wall", "test", "shape", "color",
           "yes/no"]
-  lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-  for r in results:
-    lines.append("| " + " | ".join(
-        [r["name"], f"{r['params'] / 1e3:.0f}k",
-         f"{r['questions_per_sec'] or 0:.0f}", f"{r['wall_s'] / 60:.1f} min"]
-        + [f"{100 * r['metrics'].get(k, float('nan')):.2f}%" for k in KEYS])
-                 + " |")
-  lines.append("| published: CNN + BoW (Zhou 2020) | | | | 99.5% | | | |")
-  lines.append("| published: question only | | | | ~67% | | | |")
-  md = "\n".join(lines) + (
+  rows = [[r["name"], f"{r['params'] / 1e3:.0f}k",
+           f"{r['questions_per_sec'] or 0:.0f}", f"{r['wall_s'] / 60:.1f} min"]
+          + [f"{100 * r['metrics'].get(k, float('nan')):.2f}%" for k in KEYS]
+          for r in results]
+  rows.append(["published: CNN + BoW (Zhou 2020)", "", "", "", "99.5%", "",
+               "", ""])
+  rows.append(["published: question only", "", "", "", "~67%", "", "", ""])
+  md = runlib.markdown_table(head, rows) + (
       f"\n\n{args.steps} steps x 16 images x 8 questions per image, seed "
       f"{args.seed}; easy-VQA test split (1,000 images, 9,673 questions); "
       f"machine: {platform.machine()}, {os.cpu_count()} CPU cores; "

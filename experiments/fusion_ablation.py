@@ -54,7 +54,7 @@ def table(results, args):
                  key=lambda n: -np.mean([r["metrics"]["accuracy"] for r in
                                          results if r["fusion"] == n]))
   head = ["fusion", "params", "questions/s", "all", "nonrel", "rel", "ternary"]
-  lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+  rows = []
   for n in names:
     rs = [r for r in results if r["fusion"] == n]
     cells = [n, f"{rs[0]['params'] / 1e3:.0f}k",
@@ -62,14 +62,14 @@ def table(results, args):
     for k in TYPES:
       v = 100 * np.array([r["metrics"][k] for r in rs], float)
       cells.append(f"{v.mean():.1f} ± {v.std():.1f}")
-    lines.append("| " + " | ".join(cells) + " |")
+    rows.append(cells)
   seeds = sorted({r["seed"] for r in results})
   meta = (f"Sort-of-CLEVR test split (200 images, 6,000 questions); "
           f"{args.steps} steps x {'4' if args.quick else '16'} images x 10 "
           f"questions, seeds {seeds} (mean ± std over seeds); machine: "
           f"{platform.machine()}, {os.cpu_count()} CPU cores; "
           f"{time.strftime('%Y-%m-%d')}.")
-  return "\n".join(lines) + "\n\n" + meta + "\n"
+  return runlib.markdown_table(head, rows) + "\n\n" + meta + "\n"
 
 
 def main(argv=None):

@@ -1,5 +1,5 @@
-"""What every reproduction script does per row: train one config with the one
-trainer, then read back its speed and size."""
+"""What every reproduction script does per row (train one config with the one
+trainer, then read back its speed and size) and the table it writes."""
 from __future__ import annotations
 
 import json
@@ -34,3 +34,10 @@ def train_run(cfg, workdir: str) -> dict:
   return {"metrics": metrics, "wall_s": wall, "examples_per_sec": per_sec,
           "questions_per_sec": per_sec * q if per_sec else None,
           "params": int(sum(x.size for x in jax.tree_util.tree_leaves(shapes)))}
+
+
+def markdown_table(header, rows) -> str:
+  """A markdown table: `header` cells, then one line per row of cells."""
+  line = lambda cells: "| " + " | ".join(str(c) for c in cells) + " |"  # noqa: E731
+  return "\n".join([line(header), "|" + "---|" * len(header)]
+                   + [line(r) for r in rows])

@@ -81,7 +81,7 @@ def table(results, args):
 
   head = ["model", "params", "questions/s", "wall"] + [f"{s} {k.split('/')[-1]}"
                                                   for s, k in cols]
-  lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+  rows = []
   for r in results:
     cells = [r["name"], f"{r['params'] / 1e6:.2f}M",
              f"{r['examples_per_sec']:.0f}" if r["examples_per_sec"] else "-",
@@ -91,7 +91,7 @@ def table(results, args):
       f = get(floor, s, k) if floor and r is not floor else None
       cells.append("-" if v is None else f"{100 * v:.1f}%" + (
           f" (floor {100 * f:.1f})" if f is not None else ""))
-    lines.append("| " + " | ".join(cells) + " |")
+    rows.append(cells)
   from configs import default
   d = default.get_config()
   images = 8 if args.quick else d.batch_size
@@ -100,7 +100,7 @@ def table(results, args):
           f"{args.seed}; machine: {platform.machine()} {os.cpu_count()} CPU "
           f"cores ({platform.processor() or 'cpu'}); "
           f"{time.strftime('%Y-%m-%d')}")
-  return "\n".join(lines) + "\n\n" + meta + "\n"
+  return runlib.markdown_table(head, rows) + "\n\n" + meta + "\n"
 
 
 def plot(results, path):

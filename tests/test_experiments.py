@@ -7,13 +7,19 @@ import sys
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def test_sort_of_clevr_script_writes_its_table(tmp_path):
+def _script(tmp_path, script, *args, timeout=600):
+  """Runs experiments/SCRIPT with the data built under tmp_path; asserts it
+  succeeded and returns its stdout."""
   env = dict(os.environ, MMTX_DATA_DIR=str(tmp_path / "data"))
-  out = subprocess.run(
-      [sys.executable, "experiments/sort_of_clevr.py", "--quick",
-       f"--out={tmp_path / 'soc'}"], cwd=REPO, env=env, capture_output=True,
-      text=True, timeout=600)
+  out = subprocess.run([sys.executable, f"experiments/{script}", *args],
+                       cwd=REPO, env=env, capture_output=True, text=True,
+                       timeout=timeout)
   assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-3000:]
+  return out.stdout
+
+
+def test_sort_of_clevr_script_writes_its_table(tmp_path):
+  _script(tmp_path, "sort_of_clevr.py", "--quick", f"--out={tmp_path / 'soc'}")
   md = (tmp_path / "soc" / "results.md").read_text()
   for name in ("cross_attention", "film", "cnn_mlp_late", "question_only"):
     assert f"| {name} |" in md
@@ -28,22 +34,17 @@ def test_fusion_ablation_writes_rows_and_resumes(tmp_path):
   """--quick on three strategies (token-level, pooled, FiLM): each trains 2
   steps in the default model and gets a row; a second call finds them done
   and only rewrites the table."""
-  env = dict(os.environ, MMTX_DATA_DIR=str(tmp_path / "data"))
   names = ["concat", "film", "late"]
-  cmd = [sys.executable, "experiments/fusion_ablation.py", "--quick",
-         f"--fusions={','.join(names)}", f"--out={tmp_path / 'abl'}"]
-  out = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True,
-                       timeout=900)
-  assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-3000:]
+  args = ["--quick", f"--fusions={','.join(names)}", f"--out={tmp_path / 'abl'}"]
+  _script(tmp_path, "fusion_ablation.py", *args, timeout=900)
   res = json.loads((tmp_path / "abl" / "results.json").read_text())
   assert sorted(r["fusion"] for r in res) == names
   md = (tmp_path / "abl" / "results.md").read_text()
   for name in names:
     assert f"| {name} |" in md
   assert "±" in md and "machine:" in md
-  again = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True,
-                         text=True, timeout=300)
-  assert again.returncode == 0 and " seed 0:" not in again.stdout
+  again = _script(tmp_path, "fusion_ablation.py", *args, timeout=300)
+  assert " seed 0:" not in again
 
 
 def test_every_fusion_builds_in_the_default_model():
@@ -91,12 +92,8 @@ def test_quickstart_notebook_runs_top_to_bottom(tmp_path):
 
 
 def test_easy_vqa_script_writes_its_table(tmp_path):
-  env = dict(os.environ, MMTX_DATA_DIR=str(tmp_path / "data"))
-  out = subprocess.run(
-      [sys.executable, "experiments/easy_vqa_ablation.py", "--quick",
-       f"--out={tmp_path / 'evq'}"], cwd=REPO, env=env, capture_output=True,
-      text=True, timeout=600)
-  assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-3000:]
+  _script(tmp_path, "easy_vqa_ablation.py", "--quick",
+          f"--out={tmp_path / 'evq'}")
   md = (tmp_path / "evq" / "results.md").read_text()
   assert "| mmtx |" in md and "| image_ablated |" in md and "99.5%" in md
   res = {r["name"]: r for r in json.loads(

@@ -266,6 +266,20 @@ def build_variant(args, v: dict):
     tx, _ = optimizers.make_optimizer(optimizer_config(), 1000)
   mesh = sharding.make_mesh(num_devices=1)
   rng = jax.random.key(0)
+  abstract, shardings = abstract_state(config, task, model, tx, mesh, rng)
+  step = jax.jit(train.make_train_step(task, model, tx),
+                 in_shardings=(shardings, sharding.batch_sharding(mesh)),
+                 out_shardings=(shardings, sharding.replicated(mesh)),
+                 donate_argnums=(0,) if v["donate"] else ())
+  return dict(step=step, config=config, task=task, model=model, tx=tx,
+              abstract=abstract, mesh=mesh, rng=rng)
+
+
+def abstract_state(config, task, model, tx, mesh, rng):
+  """(abstract TrainState, its shardings): `train.create_train_state` under
+  `jax.eval_shape`, so nothing is allocated."""
+  import jax
+  from mmtx import train
   held = {}
 
   def state_only(r):
@@ -274,13 +288,7 @@ def build_variant(args, v: dict):
     held["shardings"] = shardings
     return state
   abstract = jax.eval_shape(state_only, rng)
-  shardings = held["shardings"]
-  step = jax.jit(train.make_train_step(task, model, tx),
-                 in_shardings=(shardings, sharding.batch_sharding(mesh)),
-                 out_shardings=(shardings, sharding.replicated(mesh)),
-                 donate_argnums=(0,) if v["donate"] else ())
-  return dict(step=step, config=config, task=task, model=model, tx=tx,
-              abstract=abstract, mesh=mesh, rng=rng)
+  return abstract, held["shardings"]
 
 
 def abstract_batch(args, v, mesh):

@@ -49,11 +49,9 @@ import math  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
 
-
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import ml_collections  # noqa: E402
-from jax.sharding import NamedSharding, PartitionSpec as P  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
@@ -101,25 +99,13 @@ def measure(name: str, mode: str, n: int, a) -> dict:
   model = task.build_model(config)
   tx, _ = optimizers.make_optimizer(clip_step.optimizer_config(), 1000)
   mesh = mesh_for(mode.split("-")[0], n)
-  held = {}
-
-  def state_only(r):
-    state, shardings, _ = train.create_train_state(config, task, model, tx,
-                                                   mesh, r)
-    held["shardings"] = shardings
-    return state
   t0 = time.perf_counter()
-  abstract = jax.eval_shape(state_only, jax.random.key(0))
-  shardings = held["shardings"]
-  bs = sharding.batch_sharding(mesh)
+  abstract, shardings = clip_step.abstract_state(config, task, model, tx,
+                                                 mesh, jax.random.key(0))
   b = config.batch_size
-  batch = {"image": jax.ShapeDtypeStruct(
-               (b, shapes.image_size, shapes.image_size, 3), jnp.float32,
-               sharding=bs),
-           "text": jax.ShapeDtypeStruct((b, shapes.text_len), jnp.int32,
-                                        sharding=bs)}
+  batch = clip_step.abstract_batch(shapes, dict(v, batch=b), mesh)
   step = jax.jit(train.make_train_step(task, model, tx),
-                 in_shardings=(shardings, bs),
+                 in_shardings=(shardings, sharding.batch_sharding(mesh)),
                  out_shardings=(shardings, sharding.replicated(mesh)),
                  donate_argnums=(0,))
   with sharding.activation_sharding(None if mode == "fsdp-nc" else mesh):
