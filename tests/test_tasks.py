@@ -283,20 +283,29 @@ def test_fusion_model_contrastive_head_and_unchanged_heads():
     np.testing.assert_allclose(out[f"{name}_emb"], proj, atol=1e-5)
 
 
-@pytest.mark.parametrize("text_query", ["tokens", "mean"])
-def test_fusion_model_several_questions_per_image_equal_one_by_one(text_query):
+@pytest.mark.parametrize("text_query,fusion", [
+    ("tokens", "cross_attention"), ("mean", "cross_attention"),
+    ("mean", "additive"), ("mean", "gated_cross_attention"),
+    ("mean", "concat")])
+def test_fusion_model_several_questions_per_image_equal_one_by_one(
+    text_query, fusion):
   """texts [B, Q, L] (image encoded once) == the same model applied to each
-  (image, question) pair separately, for both ways the text enters."""
+  (image, question) pair separately, for both ways the text enters; with
+  'mean' and a strategy whose queries are independent, the Q questions share
+  one pass over the image tokens (no repeat), otherwise the image tokens are
+  repeated - both must give the per-pair result."""
   import flax.linen as nn
   from mmtx.models.fusion_model import FusionModel
   cfg = dict(image=dict(patch_size=5, width=16, depth=1, mlp_dim=32,
                         num_heads=2, stem_channels=(8,), posemb="sincos2d"),
              text=dict(vocab_size=20, width=16, depth=1, mlp_dim=32,
                        num_heads=2, max_len=6),
-             fusion=dict(name="cross_attention", target="text", dim=16,
-                         num_heads=2, num_layers=1, mlp_dim=32),
+             fusion=dict(name=fusion, target="text", dim=16,
+                         num_heads=2, num_layers=2, mlp_dim=32),
              heads=("vqa",), num_answers=5, head_hidden=8,
              text_query=text_query)
+  if fusion == "concat":
+    del cfg["fusion"]["target"]
   rng = np.random.default_rng(0)
   x = jnp.asarray(rng.normal(size=(2, 30, 30, 3)), jnp.float32)
   t = rng.integers(1, 20, size=(2, 3, 6))

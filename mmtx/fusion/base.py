@@ -8,7 +8,7 @@ output never depends on the caller's dict order.
 """
 from __future__ import annotations
 
-from typing import Any, Mapping, Optional, Sequence
+from typing import Any, ClassVar, Mapping, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -78,6 +78,11 @@ class DirectionalFusion(Fusion):
   sorted key order, of every other modality's projected tokens.
   """
   target: Optional[str] = None
+  # True where the strategy takes `independent_target=True` at call time:
+  # each target token then attends to the context (and, in self-attention,
+  # to itself) only, so several independent queries - e.g. the questions
+  # about one image - can share one sequence and one pass over the context.
+  independent_targets: ClassVar[bool] = False
 
   def _split(self, keys: Sequence[str]):
     """-> (target key, context keys)."""
@@ -285,7 +290,9 @@ class CrossAttentionBlock(nn.Module):
   (cross, self, mlp) is the LXMERT cross-modality layer. `score='additive'`
   swaps the cross-attention for AdditiveAttention.
   x `[batch, t, dim]`, context `[batch, s, dim_c]`, masks `[batch, t]`,
-  `[batch, s]`; returns `[batch, t, dim]`.
+  `[batch, s]`; returns `[batch, t, dim]`. `independent=True`: each target
+  token's self-attention sees only itself, so the t tokens are t separate
+  queries of the same context (the same result as t calls with t = 1).
   """
   num_heads: int
   mlp_dim: int
@@ -301,7 +308,8 @@ class CrossAttentionBlock(nn.Module):
 
   @nn.compact
   def __call__(self, x: Array, context: Array, mask: Array,
-               context_mask: Array, *, deterministic: bool = True) -> Array:
+               context_mask: Array, *, deterministic: bool = True,
+               independent: bool = False) -> Array:
     if self.score not in SCORES:
       raise ValueError(f"CrossAttentionBlock: score must be one of {SCORES}, "
                        f"got {self.score!r}.")
@@ -315,6 +323,8 @@ class CrossAttentionBlock(nn.Module):
         kernel_init=nn.initializers.xavier_uniform(),
         implementation=self.attention_impl, name=name, **attn_kw)
     self_mask = padding_mask(mask)
+    if independent:  # each target token's self-attention sees only itself
+      self_mask = self_mask & jnp.eye(x.shape[1], dtype=bool)[None, None]
     cross_mask = padding_mask(mask, context_mask)
     if self.score == "dot":
       cross = mha("cross_attention")

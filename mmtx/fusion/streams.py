@@ -123,12 +123,15 @@ class CrossAttentionFusion(DirectionalFusion):
   attention, cross-attention to the context, FFN) over the projected target.
 
   Reads every common field plus target. Returns the target's tokens `[batch,
-  n_target, dim]` and the target's mask.
+  n_target, dim]` and the target's mask. `independent_target=True`: the
+  target's tokens do not attend to each other (see DirectionalFusion).
   """
   score: ClassVar[str] = "dot"
+  independent_targets: ClassVar[bool] = True
 
   @nn.compact
-  def __call__(self, tokens, masks, *, deterministic: bool = True):
+  def __call__(self, tokens, masks, *, deterministic: bool = True,
+               independent_target: bool = False):
     who = type(self).__name__
     self._check_fields(*_STACK_FIELDS)
     keys, tokens, masks = check_inputs(tokens, masks, who, min_modalities=2)
@@ -139,7 +142,8 @@ class CrossAttentionFusion(DirectionalFusion):
       x = CrossAttentionBlock(score=self.score, name=f"layers_{layer}",
                               **block_kwargs(self))(
                                   x, context, masks[target], context_mask,
-                                  deterministic=deterministic)
+                                  deterministic=deterministic,
+                                  independent=independent_target)
     return final_norm(self, x, "ln_final"), masks[target]
 
 
@@ -202,11 +206,15 @@ class GatedCrossAttentionFusion(DirectionalFusion):
   no final LayerNorm.
 
   Reads every common field except norm, plus target. Returns the target's
-  tokens `[batch, n_target, dim]` and the target's mask.
+  tokens `[batch, n_target, dim]` and the target's mask. Target tokens never
+  attend to each other here, so `independent_target` changes nothing.
   """
+  independent_targets: ClassVar[bool] = True
 
   @nn.compact
-  def __call__(self, tokens, masks, *, deterministic: bool = True):
+  def __call__(self, tokens, masks, *, deterministic: bool = True,
+               independent_target: bool = False):
+    del independent_target  # no self-attention: always independent
     who = "GatedCrossAttentionFusion"
     self._check_fields(*[f for f in _STACK_FIELDS if f != "norm"])
     keys, tokens, masks = check_inputs(tokens, masks, who, min_modalities=2)

@@ -45,6 +45,11 @@ class FusionModel(nn.Module):
   images NHWC float32 `[batch, H, W, C]`; texts int32 `[batch, len]`, 0 = pad,
   or `[batch, Q, len]`: Q questions per image (heads=('vqa',) only), where the
   image tower runs once per image and 'vqa_logits' is `[batch, Q, answers]`.
+  With text_query='mean' and a strategy whose target tokens are independent
+  (cross_attention, additive, gated_cross_attention with target 'text') the
+  Q question vectors also share one pass over the image tokens (the image's
+  keys and values are computed once); other strategies see the image tokens
+  repeated Q times. Either way the result equals the per-pair model.
   outputs: {'vqa_logits' [batch, num_answers], 'itm_logits' [batch, 2],
   'mlm_logits' [batch, len, vocab], and for 'contrastive' 'img_emb',
   'txt_emb' [batch, embed_dim] (L2-normalised, from the unfused towers) and
@@ -95,20 +100,31 @@ class FusionModel(nn.Module):
         images, deterministic=deterministic)
     txt_tok, txt_extras = TextTransformer(**txt_cfg, name="txt")(
         texts, deterministic=deterministic)
-    if group is not None:  # the image is encoded once, then shared
+    fcfg = _as_dict(cfg["fusion"])
+    name = fcfg.pop("name")
+    fuse = fusion_lib.build_fusion(name, **fcfg)
+    # Q mean-query questions about one image, fused by a strategy whose
+    # target (text) tokens do not interact: one sequence of Q query tokens
+    # per image, so the image's keys/values are computed once, not Q times.
+    shared = (group is not None and query == "mean" and fcfg.get("target")
+              == "text" and getattr(fuse, "independent_targets", False))
+    if group is not None and not shared:  # image encoded once, then repeated
       img_tok = jnp.repeat(img_tok, group, axis=0)
       img_extras = dict(img_extras, mask=jnp.repeat(img_extras["mask"], group,
                                                     axis=0))
     if query == "mean":  # the tower's pooled output, as one query token
       txt_tok = txt_tok[:, None]
+      if shared:
+        txt_tok = txt_tok.reshape(-1, group, txt_tok.shape[-1])
       txt_extras = dict(txt_extras, mask=jnp.ones(txt_tok.shape[:2], bool))
-    fcfg = _as_dict(cfg["fusion"])
-    name = fcfg.pop("name")
-    fuse = fusion_lib.build_fusion(name, **fcfg)
+    kw = dict(independent_target=True) if shared else {}
     fused, fused_mask = fuse({"image": img_tok, "text": txt_tok},
                              {"image": img_extras["mask"],
                               "text": txt_extras["mask"]},
-                             deterministic=deterministic)
+                             deterministic=deterministic, **kw)
+    if shared:  # back to one single-token sequence per question
+      fused = fused.reshape(-1, 1, fused.shape[-1])
+      fused_mask = fused_mask.reshape(-1, 1)
     pooled = fusion_lib.masked_mean(fused, fused_mask)
     outputs = {}
     for head in heads:
