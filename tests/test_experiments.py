@@ -60,7 +60,7 @@ def test_every_fusion_builds_in_the_default_model():
     cfg = default.get_config(f"fusion={name}")
     model = FusionModel(common.model_config(cfg, vocab_size=40, num_answers=19))
     images = jax.ShapeDtypeStruct((2, 75, 75, 3), "float32")
-    texts = jax.ShapeDtypeStruct((2, 3, 24), "int32")
+    texts = jax.ShapeDtypeStruct((2, 3, cfg.data.max_len), "int32")
     out = jax.eval_shape(lambda i, t: model.init_with_output(
         jax.random.key(0), i, t)[0][0]["vqa_logits"], images, texts)
     assert out.shape == (2, 3, 19), name
