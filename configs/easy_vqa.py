@@ -1,12 +1,13 @@
-"""easy-VQA (Zhou 2020): the default job's model on 64x64 images with one
-shape each; 4,000 training images with ~10 questions each.
+"""easy-VQA (Zhou 2020): the previous default job's model (4-convolution
+stem, 1 image self-attention layer, 2 fusion layers) on 64x64 images with
+one shape each; 4,000 training images with ~10 questions each.
 
   python -m mmtx.main --config=configs/easy_vqa.py --workdir=runs/easy_vqa
   # 12,000 steps: 99.91 % test accuracy, 9.3 min on the 2-core CPU box
   python -m mmtx.main --config=configs/easy_vqa.py:zero_image=1   # ablation
 
-Args: steps, fusion, lr, zero_image (1 = the image is replaced by zeros:
-the question-only floor).
+Args: steps, fusion, lr, image_depth, fusion_layers, zero_image (1 = the
+image is replaced by zeros: the question-only floor).
 """
 from configs import default
 
@@ -14,8 +15,15 @@ from configs import default
 def get_config(arg: str = ""):
   args = dict(a.split("=", 1) for a in arg.split(",") if a)
   args.setdefault("steps", "12000")
-  c = default.get_config(",".join(f"{k}={args[k]}" for k in
-                                  ("steps", "fusion", "lr") if k in args))
+  # The model the README's 99.91 % was measured with (the default job's
+  # model before it moved to a 10x10 grid): 4 stem convolutions, one image
+  # self-attention layer, two fusion layers.
+  args.setdefault("image_depth", "1")
+  args.setdefault("fusion_layers", "2")
+  c = default.get_config(",".join(
+      f"{k}={args[k]}" for k in ("steps", "fusion", "lr", "image_depth",
+                                 "fusion_layers") if k in args))
+  c.model.image.stem_channels = (32, 32, 32, 32)
   c.data.name = "easy_vqa"
   c.data.max_len = 16
   c.data.questions_per_image = 8
