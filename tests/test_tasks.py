@@ -314,6 +314,13 @@ def test_fusion_model_several_questions_per_image_equal_one_by_one(
   t = jnp.asarray(t, jnp.int32)
   model = FusionModel(cfg)
   params = nn.meta.unbox(model.init(jax.random.key(0), x, t[:, 0])["params"])
+  # Perturb every parameter: at init the Flamingo gates are 0, which would
+  # hide the image (and any mix-up of images) from the comparison.
+  leaves, tree = jax.tree_util.tree_flatten(params)
+  keys = jax.random.split(jax.random.key(1), len(leaves))
+  params = jax.tree_util.tree_unflatten(tree, [
+      p + 0.1 * jax.random.normal(k, p.shape, p.dtype)
+      for p, k in zip(leaves, keys)])
   grouped, _ = model.apply({"params": params}, x, t)
   assert grouped["vqa_logits"].shape == (2, 3, 5)
   single, _ = model.apply({"params": params}, jnp.repeat(x, 3, axis=0),
