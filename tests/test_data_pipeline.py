@@ -429,3 +429,24 @@ def test_grouped_vqa_resumes_and_rejects_other_tasks(data_dir):
     assert _same(got, want)
   with pytest.raises(ValueError, match="questions_per_image=5 needs task 'vqa'"):
     _get(data_dir, "train", "caption", questions_per_image=5)
+
+
+def test_decoded_record_cache_gives_the_same_batches(data_dir):
+  """cache_mb keeps decoded records in memory after their first read; the
+  batches of several epochs (64 images / 8 per batch = 8 per epoch) equal
+  those read from disk every time, for grouped VQA and for captions."""
+  for task, kw in (("vqa", dict(questions_per_image=4)), ("caption", {})):
+    cached, info = _get(data_dir, task=task, cache_mb=64, **kw)
+    plain, _ = _get(data_dir, task=task, cache_mb=0, **kw)
+    assert all(_same(a, b) for a, b in zip(_take(cached, 20), _take(plain, 20)))
+  # The cache is there (and read-only: a view writing into a record would
+  # change later epochs), and absent when the split exceeds cache_mb.
+  it, info = _get(data_dir, cache_mb=64, questions_per_image=4)
+  _take(it, 9)                                  # a whole epoch and one batch
+  assert len(info.source._records) == 64       # noqa: SLF001
+  rec = info.source[3]
+  assert info.source[3] is rec and not rec["image"].flags.writeable
+  with pytest.raises(ValueError, match="read-only"):
+    rec["image"][0, 0, 0] = 1
+  _, small = _get(data_dir, cache_mb=0.01)   # 64 x ~17 KB > 10 KB
+  assert not hasattr(small.source, "_records")
