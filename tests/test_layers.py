@@ -169,6 +169,16 @@ def test_sincos2d_hand_values():
   want = [math.sin(y), math.sin(y / 100), math.cos(y), math.cos(y / 100),
           math.sin(x), math.sin(x / 100), math.cos(x), math.cos(x / 100)]
   np.testing.assert_allclose(pe[9], want, atol=1e-6)
+  # PositionEmbedding(temperature=T) adds the T table: T = 100 on 8 channels
+  # gives omega = [1, 1/10] (hand values), and T <= 1 is rejected.
+  m = layers.PositionEmbedding(kind="sincos2d", grid=(3, 4), temperature=100.0)
+  got = np.asarray(m.apply({}, np.zeros((1, 12, 8), np.float32)))[0, 9]
+  want = [math.sin(y), math.sin(y / 10), math.cos(y), math.cos(y / 10),
+          math.sin(x), math.sin(x / 10), math.cos(x), math.cos(x / 10)]
+  np.testing.assert_allclose(got, want, atol=1e-6)
+  with pytest.raises(ValueError, match="temperature must be > 1"):
+    layers.PositionEmbedding(kind="sincos2d", grid=(3, 4), temperature=1.0
+                             ).apply({}, np.zeros((1, 12, 8), np.float32))
 
 
 def test_patch_embedding_against_numpy():

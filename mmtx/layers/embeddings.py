@@ -129,10 +129,12 @@ class PositionEmbedding(nn.Module):
 
   kind: 'sinusoidal' (fixed 1-D), 'learned' (1-D, up to `max_len`), 'sincos2d'
   (fixed, for a `grid=(h, w)` of patches, tokens = h*w) or 'none'.
+  temperature: sincos2d's T (`sincos_2d_position_encoding`).
   """
   kind: str = "learned"
   max_len: int = 512
   grid: Optional[tuple[int, int]] = None
+  temperature: float = 10_000.0
   param_dtype: Dtype = jnp.float32
 
   @nn.compact
@@ -154,7 +156,11 @@ class PositionEmbedding(nn.Module):
       if self.grid is None or self.grid[0] * self.grid[1] != n:
         raise ValueError(f"PositionEmbedding('sincos2d'): grid={self.grid} does "
                          f"not cover {n} tokens; pass grid=(h, w) with h*w={n}.")
-      pe = sincos_2d_position_encoding(self.grid[0], self.grid[1], d)
+      if not self.temperature > 1:
+        raise ValueError(f"PositionEmbedding('sincos2d'): temperature must be "
+                         f"> 1, got {self.temperature}.")
+      pe = sincos_2d_position_encoding(self.grid[0], self.grid[1], d,
+                                       float(self.temperature))
       return x + jnp.asarray(pe, x.dtype)[None]
     if positions is None and n > self.max_len:
       raise ValueError(f"PositionEmbedding('{self.kind}'): {n} tokens exceed "

@@ -73,6 +73,10 @@ class ViT(nn.Module):
   mlp_dim: Optional[int] = None
   num_heads: Optional[int] = None
   posemb: str = "learned"  # 'learned' | 'sincos2d'
+  # sincos2d only: frequencies 1 / T^(k / (width/4)). The usual T = 10^4 is
+  # made for long sequences; on a 10x10 grid most of its frequencies are
+  # nearly constant, and T = 100 spreads them over the grid.
+  posemb_temperature: float = 10_000.0
   pool: str = "gap"  # 'cls' | 'gap' | 'none'
   patch_bias: bool = True
   # Convolutional stem (hybrid ViT, Dosovitskiy et al. Sec. 3.1; Xiao et al.
@@ -111,7 +115,8 @@ class ViT(nn.Module):
     x = layers.PatchEmbedding(p, c["width"], use_bias=self.patch_bias,
                               dtype=dtype, name="embedding")(x)
     x = layers.PositionEmbedding(kind=self.posemb, max_len=grid[0] * grid[1],
-                                 grid=grid, name="posemb")(x)
+                                 grid=grid, temperature=self.posemb_temperature,
+                                 name="posemb")(x)
     if self.pool == "cls":
       cls = self.param("cls", nn.with_logical_partitioning(
           nn.initializers.zeros_init(), (None, None, "embed")),
