@@ -14,8 +14,11 @@ def base(**overrides) -> ml_collections.ConfigDict:
   c.keep_checkpoints = 3
   c.best_metric = "accuracy"  # an eval metric name ('' = keep latest only)
   c.best_mode = "max"
+  # cpu_devices: split a CPU-only host into this many XLA devices (data
+  # parallel across its cores; 0 = one device). Applied by `mmtx.main`
+  # before JAX starts (sharding.set_cpu_devices); ignored on accelerators.
   c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1,
-                                          num_devices=-1))
+                                          num_devices=-1, cpu_devices=0))
   c.optimizer = ml_collections.ConfigDict(dict(
       name="adamw", learning_rate=1e-3, b1=0.9, b2=0.999, eps=1e-8,
       weight_decay=1e-4, warmup_steps=100, schedule="cosine",

@@ -83,16 +83,23 @@ def main(argv):
   del argv
   from absl import logging
   logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO
+  config = _CONFIG.value
   # Imports after flag parsing keep `--help` fast.
+  import jax
+  from mmtx import sharding
+  # Both before anything starts JAX's backends.
+  sharding.set_cpu_devices(config.mesh.get("cpu_devices", 0))
+  sharding.maybe_initialize_distributed()
   from mmtx import tasks
   from mmtx import train
 
-  config = _CONFIG.value
   name = os.path.splitext(os.path.basename(
       flags.FLAGS["config"].config_filename))[0]
   workdir = _WORKDIR.value or os.path.join("runs", name)
   task = tasks.get_task(config.task)
-  print(f"mmtx: task={config.task} workdir={workdir}", flush=True)
+  devices = jax.devices()
+  print(f"mmtx: task={config.task} workdir={workdir} devices={len(devices)} "
+        f"{devices[0].platform}", flush=True)
   train.train_and_evaluate(config, workdir, task, mode=_MODE.value,
                            progress=_PROGRESS.value)
 

@@ -4,6 +4,7 @@ import json
 import os
 import subprocess
 import sys
+import textwrap
 
 import numpy as np
 
@@ -24,3 +25,30 @@ def test_dp_and_fsdp_match_one_device_and_fsdp_shards_memory():
   # Only the 1-D biases of width 1 and the scalars stay replicated.
   assert fsdp < rep / 8 * 1.05, (fsdp, rep)
   assert res["fsdp"]["argument_bytes"] < res["dp"]["argument_bytes"] / 4
+
+
+def test_cpu_devices_is_applied_before_jax_starts_and_warns_after():
+  """sharding.set_cpu_devices(n) (config.mesh.cpu_devices, applied by
+  mmtx.main) splits the CPU into n devices when JAX has not started; once it
+  has, it changes nothing and says so, and make_mesh warns about a mismatch."""
+  code = textwrap.dedent("""
+      import warnings
+      import jax
+      from mmtx import sharding
+      assert sharding.set_cpu_devices(2)
+      assert jax.device_count() == 2, jax.devices()
+      assert sharding.set_cpu_devices(2)        # the same count: a no-op
+      with warnings.catch_warnings(record=True) as w:
+        warnings.simplefilter("always")
+        assert not sharding.set_cpu_devices(3)
+        mesh = sharding.make_mesh(cpu_devices=3)
+      assert mesh.devices.size == 2
+      msgs = [str(x.message) for x in w]
+      assert "already running" in msgs[0] and "2 CPU device" in msgs[1], msgs
+      print("OK")
+  """)
+  env = dict(os.environ)
+  env.pop("XLA_FLAGS", None)
+  out = subprocess.run([sys.executable, "-c", code], capture_output=True,
+                       text=True, timeout=300, env=env)
+  assert out.returncode == 0 and "OK" in out.stdout, out.stderr[-3000:]
