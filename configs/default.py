@@ -32,6 +32,18 @@ the README's Results section):
   and the text tower is the largest cost per question; 24 ran at 19.3
   steps/s, 20 at 22.5 in the trainer.
 - lr 1e-3 (2e-3 stayed at the question prior in a probe).
+- Sin-cos positions with temperature 30, not 10^4: with 10^4 most of the
+  16 frequencies per axis are nearly constant over 10 positions. Trainer
+  runs (this config, 2-core CPU, seeds 0 / 1 / 2): T = 30 -> 82.9 / 81.6 /
+  79.1 %; T = 100 -> 73.1 / 81.8 / 83.9 %; T = 10^4 (one device) -> 79.6 %
+  (seed 0). The spread is which question types "click" in time: in the
+  runs under 80 % counting (79.1) or the ternary questions (73.1) did not.
+- mesh.cpu_devices=2: on a CPU-only host the CLI splits the CPU into two
+  XLA devices and trains data parallel (8 images per device): two
+  half-batch programs side by side use the two cores better than one
+  (1,500-step runs: 352 images/s with one device, 368 with the input
+  pipeline's decoded-record cache, 411 with both). On an accelerator it
+  changes nothing.
 """
 import ml_collections
 
@@ -50,7 +62,8 @@ def get_config(arg: str = ""):
   c.model = ml_collections.ConfigDict(dict(
       image=dict(patch_size=1, stem_channels=(32, 32, 32), width=width,
                  depth=int(args.get("image_depth", 0)), mlp_dim=2 * width,
-                 num_heads=4, posemb="sincos2d", dtype="float32"),
+                 num_heads=4, posemb="sincos2d", posemb_temperature=30.0,
+                 dtype="float32"),
       text=dict(vocab_size=-1, width=width, depth=1, mlp_dim=2 * width,
                 num_heads=4, max_len=20, causal=False, dtype="float32"),
       fusion=dict(name=fusion, target="image" if fusion == "film" else "text",
@@ -59,6 +72,7 @@ def get_config(arg: str = ""):
                   mlp_dim=2 * width),
       heads=("vqa",), num_answers=-1, head_hidden=256, head_dropout=0.0,
       zero_image=False, text_query="mean"))
+  c.mesh.cpu_devices = 2
   c.optimizer.learning_rate = float(args.get("lr", 1e-3))
   c.optimizer.warmup_steps = 100
   return c

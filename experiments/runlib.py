@@ -16,7 +16,10 @@ def train_run(cfg, workdir: str) -> dict:
   import jax
   import numpy as np
   from absl import logging
-  from mmtx import tasks, train
+  from mmtx import sharding, tasks, train
+  # As mmtx.main does; only takes effect if JAX has not started yet (the
+  # first row of a script run), otherwise make_mesh warns.
+  sharding.set_cpu_devices(cfg.mesh.get("cpu_devices", 0))
   logging.set_verbosity(logging.WARNING)
   task = tasks.get_task(cfg.task)
   start = time.time()

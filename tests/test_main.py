@@ -31,6 +31,9 @@ def test_default_config_trains_evaluates_and_resumes(tmp_path):
   out = _run([f"--workdir={wd}", *TINY], tmp_path)
   assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
   assert "VQA accuracy" in out.stdout and "nonrel" in out.stdout
+  # configs/default.py asks for mesh.cpu_devices=2 (data parallel over both
+  # cores of a 2-core CPU); the CLI applies it before JAX starts.
+  assert "devices=2 cpu" in out.stdout, out.stdout[:500]
   rows = [json.loads(l) for l in open(wd / "metrics.jsonl")]
   assert any("eval/accuracy" in r for r in rows)
   assert any("eval/accuracy/rel/closest" in r for r in rows)
