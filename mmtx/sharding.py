@@ -70,10 +70,13 @@ def set_cpu_devices(n: int) -> bool:
   starts its backends: `mmtx.main` calls it first thing with
   config.mesh.cpu_devices. Returns whether the count is now `n`; after JAX
   has started it warns and changes nothing. Accelerator backends are not
-  affected.
+  affected, and an explicit XLA_FLAGS=--xla_force_host_platform_device_count
+  wins (returns False).
   """
   if n <= 0 or jax.config.jax_num_cpu_devices == n:
     return n > 0
+  if "xla_force_host_platform_device_count" in os.environ.get("XLA_FLAGS", ""):
+    return False
   try:
     jax.config.update("jax_num_cpu_devices", int(n))
   except RuntimeError:

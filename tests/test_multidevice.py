@@ -52,3 +52,10 @@ def test_cpu_devices_is_applied_before_jax_starts_and_warns_after():
   out = subprocess.run([sys.executable, "-c", code], capture_output=True,
                        text=True, timeout=300, env=env)
   assert out.returncode == 0 and "OK" in out.stdout, out.stderr[-3000:]
+  # An explicit XLA_FLAGS device count is the user's choice and wins.
+  env["XLA_FLAGS"] = "--xla_force_host_platform_device_count=3"
+  code = ("import jax; from mmtx import sharding; "
+          "print(sharding.set_cpu_devices(2), jax.device_count())")
+  out = subprocess.run([sys.executable, "-c", code], capture_output=True,
+                       text=True, timeout=300, env=env)
+  assert out.stdout.split()[-2:] == ["False", "3"], out.stdout + out.stderr

@@ -75,7 +75,8 @@ class ViT(nn.Module):
   posemb: str = "learned"  # 'learned' | 'sincos2d'
   # sincos2d only: frequencies 1 / T^(k / (width/4)). The usual T = 10^4 is
   # made for long sequences; on a 10x10 grid most of its frequencies are
-  # nearly constant, and T = 100 spreads them over the grid.
+  # nearly constant, and a small T (30 in configs/default.py) spreads them
+  # over the grid.
   posemb_temperature: float = 10_000.0
   pool: str = "gap"  # 'cls' | 'gap' | 'none'
   patch_bias: bool = True
