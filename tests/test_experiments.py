@@ -101,3 +101,66 @@ def test_easy_vqa_script_writes_its_table(tmp_path):
   for r in res.values():
     assert 0.0 <= r["metrics"]["accuracy"] <= 1.0
     assert "accuracy/yes/no" in r["metrics"]
+
+
+def test_pretrain_transfer_script_writes_its_table(tmp_path):
+  """--quick: a 2-step pretraining run, then scratch and pretrained
+  fine-tuning at 10 % and 100 % of the labels; the pretrained rows load the
+  pretraining run's towers and fusion (the trainer says how many params)."""
+  out = _script(tmp_path, "pretrain_transfer.py", "--quick",
+                f"--out={tmp_path / 'tr'}", timeout=900)
+  assert "initialised" in out and "from " in out
+  res = json.loads((tmp_path / "tr" / "results.json").read_text())
+  assert sorted((r["labels"], r["pretrained"]) for r in res["finetune"]) == [
+      (0.1, False), (0.1, True), (1.0, False), (1.0, True)]
+  assert "t2i_r1" in res["pretrain"]["metrics"]
+  md = (tmp_path / "tr" / "results.md").read_text()
+  assert "| 10% |" in md and "| pretrained |" in md and "| scratch |" in md
+  assert "points" in md and "Pretraining run" in md
+
+
+def test_downstream_script_writes_its_tables(tmp_path):
+  out_dir = tmp_path / "ds"
+  _script(tmp_path, "downstream_tasks.py", "--quick", f"--out={out_dir}",
+          timeout=900)
+  md = (out_dir / "results.md").read_text()
+  for title in ("### Captioning", "### Retrieval", "### Visual dialogue"):
+    assert title in md
+  for config in ("configs/caption.py", "configs/clip.py:loss=softmax",
+                 "configs/clip.py:loss=sigmoid",
+                 "configs/dialogue.py:history=full",
+                 "configs/dialogue.py:history=last"):
+    assert f"| {config} |" in md
+  res = json.loads((out_dir / "results.json").read_text())
+  rows = {r["name"]: r["metrics"] for r in res["rows"]}
+  assert 0 <= rows["caption"]["cider"] and "bleu_4" in rows["caption"]
+  assert "zero_shot/top1" in rows["clip"] and "i2t_r10" in rows["siglip"]
+  assert "mrr/turn_1" in rows["dialogue_last"]
+  fl = res["floors"]
+  assert 0 < fl["zero_shot_majority"] <= 1
+  assert 0 < fl["caption"]["bleu_1"] < 1
+
+
+def test_chance_recall_matches_random_rankings():
+  """The retrieval floor against a hand case and against mmtx.metrics on
+  random similarity matrices (Monte Carlo)."""
+  import numpy as np
+  sys.path.insert(0, os.path.join(REPO, "experiments"))
+  import downstream_tasks
+  from mmtx import metrics
+  # 2 images x 2 captions, K = 1: the top caption is one of the image's 2
+  # among 4; K = 3 always hits; text -> image K = 1: 1 / 2.
+  assert downstream_tasks.chance_recall("i2t", 2, 2, 1) == 0.5
+  assert downstream_tasks.chance_recall("i2t", 2, 2, 3) == 1.0
+  assert downstream_tasks.chance_recall("t2i", 2, 2, 1) == 0.5
+  rng = np.random.default_rng(0)
+  images, per_image = 20, 3
+  owner = np.repeat(np.arange(images), per_image)
+  draws = [metrics.retrieval_recall(rng.normal(size=(images, images *
+                                                     per_image)), owner)
+           for _ in range(400)]
+  for d in ("i2t", "t2i"):
+    for k in (1, 5, 10):
+      mc = np.mean([x[f"{d}_r{k}"] for x in draws])
+      assert abs(mc - downstream_tasks.chance_recall(d, images, per_image,
+                                                     k)) < 0.02, (d, k, mc)

@@ -1,0 +1,203 @@
+"""Captioning, image-text retrieval + zero-shot classification, and visual
+dialogue on the built-in Sort-of-CLEVR data, each with its standard metric and
+a floor in the same table.
+
+  ./run.sh python experiments/downstream_tasks.py --steps=3000 --out=runs/downstream
+  ./run.sh python experiments/downstream_tasks.py --rows=clip,siglip   # a subset
+  ./run.sh python experiments/downstream_tasks.py --quick              # smoke run
+
+Rows (each the one trainer on a config file, same --steps and seed):
+  caption         configs/caption.py (CoCa: captioning + contrastive loss),
+                  greedy decoding: BLEU-1..4, CIDEr-D against all 5 reference
+                  captions, and retrieval from its contrastive embeddings;
+  clip / siglip   configs/clip.py:loss=softmax|sigmoid (DualEncoder): image
+                  <-> text recall@1/5/10 over all (image, caption) pairs, and
+                  zero-shot "how many circles" classification from prompts;
+  dialogue_full   configs/dialogue.py: accuracy and MRR of the answer (ranked
+                  among the whole answer vocabulary) per turn;
+  dialogue_last   the same with only the current question (no history).
+Floors, computed from the test records (no model): captioning - each test
+image "captioned" with the first reference of another test image (same
+templates, wrong scene); retrieval - chance recall@K; zero-shot - the
+majority class; dialogue - the no-history row (turn 1 needs no history, so
+its gap to dialogue_full should be ~0 and later turns' gap is the history's
+worth). Tables go to OUT/results.md (+ results.json).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import sys
+import time
+
+_REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, _REPO)
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import runlib  # noqa: E402
+
+ROWS = {
+    "caption": ("caption", ""),
+    "clip": ("clip", "loss=softmax"),
+    "siglip": ("clip", "loss=sigmoid"),
+    "dialogue_full": ("dialogue", "history=full"),
+    "dialogue_last": ("dialogue", "history=last"),
+}
+
+
+def run_row(name, args):
+  import importlib
+  module, arg = ROWS[name]
+  cfg = importlib.import_module(f"configs.{module}").get_config(
+      ",".join(filter(None, [arg, f"steps={args.steps}"])))
+  with cfg.unlocked():
+    cfg.seed = args.seed
+    cfg.eval_every = args.steps
+    cfg.checkpoint_every = args.steps
+    cfg.log_every = max(args.steps // 20, 1)
+    cfg.mesh.cpu_devices = args.cpu_devices
+    if args.quick:
+      cfg.data.name = "sort_of_clevr/tiny"
+      cfg.batch_size = 8
+      cfg.data.eval_batch_size = 16
+  r = runlib.train_run(cfg, os.path.join(args.out, name))
+  return {"name": name, "config": f"configs/{module}.py" + (f":{arg}" if arg
+                                                           else ""), **r}
+
+
+def chance_recall(direction: str, images: int, per_image: int, k: int):
+  """Recall@K of a random ranking: text -> image, the one right image among
+  `images` in the top K; image -> text, any of its `per_image` captions among
+  all `images * per_image` in the top K."""
+  if direction == "t2i":
+    return min(k / images, 1.0)
+  total = images * per_image
+  return 1 - math.comb(total - per_image, k) / math.comb(total, k)
+
+
+def floors(dataset: str) -> dict:
+  """Model-free floors from the test records (see the module doc)."""
+  import numpy as np
+  from mmtx import data as data_lib
+  from mmtx import metrics as metrics_lib
+  from mmtx.tasks import contrastive
+  source = data_lib.ensure_built(dataset, verbose=False).as_data_source("test")
+  records = [source[i] for i in range(len(source))]
+  text = lambda x: x.decode() if isinstance(x, bytes) else str(x)  # noqa: E731
+  refs = {i: [text(c) for c in r["caption"]] for i, r in enumerate(records)}
+  n = len(records)
+  wrong = {i: [refs[(i + 1) % n][0]] for i in range(n)}
+  cap = metrics_lib.caption_scores(refs, wrong, tokenize=True)
+  per_image = len(refs[0])
+  total = n * per_image
+  chance = {f"{d}_r{k}": chance_recall(d, n, per_image, k)
+            for d in ("i2t", "t2i") for k in (1, 5, 10)}
+  labels = np.array([contrastive.circle_count_label(r["objects"])
+                     for r in records]) if "objects" in records[0] else None
+  majority = (float(np.bincount(labels).max() / len(labels))
+              if labels is not None else float("nan"))
+  return {"caption": cap, "retrieval": chance, "zero_shot_majority": majority,
+          "images": n, "captions": total}
+
+
+def _pct(x):
+  return "-" if x is None or (isinstance(x, float) and math.isnan(x)) else (
+      f"{100 * x:.1f}")
+
+
+def tables(results, fl, args) -> str:
+  by = {r["name"]: r for r in results}
+  out = []
+
+  def info(r):
+    return (f"{r['params'] / 1e6:.2f}M", f"{r['wall_s'] / 60:.1f} min")
+
+  if "caption" in by:
+    r = by["caption"]
+    m = r["metrics"]
+    keys = [f"bleu_{k}" for k in range(1, 5)] + ["cider"]
+    out.append("### Captioning (greedy decoding, x100)\n\n" +
+               runlib.markdown_table(
+                   ["model", "params", "wall"] + ["BLEU-1", "BLEU-2", "BLEU-3",
+                                                  "BLEU-4", "CIDEr-D"],
+                   [[r["config"], *info(r)] + [_pct(m.get(k)) for k in keys],
+                    ["floor: another image's caption", "", ""] +
+                    [_pct(fl["caption"][k]) for k in keys]]))
+  rec_rows = []
+  keys = [f"{d}_r{k}" for d in ("i2t", "t2i") for k in (1, 5, 10)]
+  for name in ("clip", "siglip", "caption"):
+    if name in by:
+      r = by[name]
+      m = r["metrics"]
+      rec_rows.append([r["config"], *info(r)] + [_pct(m.get(k)) for k in keys]
+                      + [_pct(m.get("zero_shot/top1"))])
+  if rec_rows:
+    rec_rows.append(["floor: chance / majority class", "", ""] +
+                    [_pct(fl["retrieval"][k]) for k in keys] +
+                    [_pct(fl["zero_shot_majority"])])
+    out.append(
+        f"### Retrieval ({fl['images']} images, {fl['captions']} captions) "
+        f"and zero-shot 'how many circles' (%)\n\n" + runlib.markdown_table(
+            ["model", "params", "wall", "i2t R@1", "i2t R@5", "i2t R@10",
+             "t2i R@1", "t2i R@5", "t2i R@10", "zero-shot top-1"], rec_rows))
+  dia = [by[n] for n in ("dialogue_full", "dialogue_last") if n in by]
+  if dia:
+    turns = sorted({int(k.split("_")[-1]) for r in dia for k in r["metrics"]
+                    if k.startswith("accuracy/turn_")})
+    rows = []
+    for r in dia:
+      m = r["metrics"]
+      rows.append([r["config"], *info(r), _pct(m.get("accuracy")),
+                   f"{m.get('mrr', float('nan')):.3f}"] +
+                  [_pct(m.get(f"accuracy/turn_{t}")) for t in turns])
+    out.append("### Visual dialogue (answer accuracy %, MRR over the answer "
+               "vocabulary)\n\n" + runlib.markdown_table(
+                   ["model", "params", "wall", "accuracy", "MRR"] +
+                   [f"turn {t}" for t in turns], rows))
+  meta = (f"{args.steps} steps per row, seed {args.seed}, test split of "
+          f"{args.dataset}; machine: {platform.machine()}, {os.cpu_count()} "
+          f"CPU cores; {time.strftime('%Y-%m-%d')}.")
+  return "\n\n".join(out + [meta]) + "\n"
+
+
+def main(argv=None):
+  p = argparse.ArgumentParser(description=__doc__,
+                              formatter_class=argparse.RawTextHelpFormatter)
+  p.add_argument("--steps", type=int, default=3000)
+  p.add_argument("--seed", type=int, default=0)
+  p.add_argument("--rows", default=",".join(ROWS))
+  p.add_argument("--cpu_devices", type=int, default=2,
+                 help="XLA CPU devices on a CPU-only host (as mesh.cpu_devices)")
+  p.add_argument("--out", default="runs/downstream")
+  p.add_argument("--quick", action="store_true",
+                 help="tiny data, few steps: checks the script runs")
+  args = p.parse_args(argv)
+  names = args.rows.split(",")
+  unknown = [n for n in names if n not in ROWS]
+  if unknown:
+    p.error(f"unknown row(s) {unknown}; known: {list(ROWS)}")
+  if args.quick:
+    args.steps = 2
+  args.dataset = "sort_of_clevr/tiny" if args.quick else "sort_of_clevr"
+  os.makedirs(args.out, exist_ok=True)
+  fl = floors(args.dataset)
+  results = []
+  for name in names:
+    results.append(run_row(name, args))
+    print(f"{name}: " + " ".join(f"{k}={v:.4f}" for k, v in
+                                 sorted(results[-1]["metrics"].items())
+                                 if "/" not in k or k.startswith("zero")),
+          flush=True)
+  md = "# Downstream tasks (Sort-of-CLEVR)\n\n" + tables(results, fl, args)
+  with open(os.path.join(args.out, "results.md"), "w") as f:
+    f.write(md)
+  with open(os.path.join(args.out, "results.json"), "w") as f:
+    json.dump({"floors": fl, "rows": results}, f, indent=1, default=float)
+  print(md)
+  return results, fl
+
+
+if __name__ == "__main__":
+  main()
