@@ -450,3 +450,15 @@ def test_decoded_record_cache_gives_the_same_batches(data_dir):
     rec["image"][0, 0, 0] = 1
   _, small = _get(data_dir, cache_mb=0.01)   # 64 x ~17 KB > 10 KB
   assert not hasattr(small.source, "_records")
+
+
+def test_record_size_counts_strings():
+  """The cache-size estimate: array bytes + string lengths, also inside
+  object arrays and nested dicts (hand-counted)."""
+  from mmtx.data import pipeline
+  rec = {"id": "abc",                                        # 3
+         "image": np.zeros((2, 2, 3), np.uint8),            # 12
+         "question": np.array(["ab", "cdef"], dtype=object),  # 2 ptr + 6
+         "objects": {"shape": np.zeros(4, np.int32)}}       # 16
+  ptr = np.array([None]).nbytes
+  assert pipeline._record_nbytes(rec) == 3 + 12 + 2 * ptr + 6 + 16  # noqa: SLF001

@@ -125,8 +125,20 @@ class _DecodedRecords:
 
 
 def _record_nbytes(record) -> int:
-  return sum(np.asarray(v).nbytes if not isinstance(v, (str, bytes)) else
-             len(v) for v in record.values())
+  """Bytes of a decoded record, counting the strings of object arrays (the
+  questions and captions) by their length, not the pointer size."""
+  total = 0
+  for v in record.values():
+    if isinstance(v, (str, bytes)):
+      total += len(v)
+    elif isinstance(v, dict):
+      total += _record_nbytes(v)
+    else:
+      a = np.asarray(v)
+      total += a.nbytes
+      if a.dtype == object:
+        total += sum(len(x) for x in a.ravel() if isinstance(x, (str, bytes)))
+  return total
 
 
 class _PadIndex(grain.transforms.Map):
