@@ -58,10 +58,8 @@ def run_row(name, args):
     cfg.checkpoint_every = args.steps
     cfg.log_every = max(args.steps // 20, 1)
     cfg.mesh.cpu_devices = args.cpu_devices
-    if args.quick:
-      cfg.data.name = "sort_of_clevr/tiny"
-      cfg.batch_size = 8
-      cfg.data.eval_batch_size = 16
+  if args.quick:
+    runlib.shrink_for_quick(cfg)
   r = runlib.train_run(cfg, os.path.join(args.out, name))
   return {"name": name, "config": f"configs/{module}.py" + (f":{arg}" if arg
                                                            else ""), **r}
@@ -168,11 +166,7 @@ def main(argv=None):
   p.add_argument("--steps", type=int, default=3000)
   p.add_argument("--seed", type=int, default=0)
   p.add_argument("--rows", default=",".join(ROWS))
-  p.add_argument("--cpu_devices", type=int, default=2,
-                 help="XLA CPU devices on a CPU-only host (as mesh.cpu_devices)")
-  p.add_argument("--out", default="runs/downstream")
-  p.add_argument("--quick", action="store_true",
-                 help="tiny data, few steps: checks the script runs")
+  runlib.add_common_args(p, out="runs/downstream")
   args = p.parse_args(argv)
   names = args.rows.split(",")
   unknown = [n for n in names if n not in ROWS]

@@ -36,13 +36,6 @@ KEYS = ("accuracy", "accuracy/nonrel", "accuracy/rel", "accuracy/ternary")
 PRETRAIN_KEYS = ("t2i_r1", "i2t_r1", "itm_accuracy", "mlm_accuracy")
 
 
-def _quick(cfg):
-  with cfg.unlocked():
-    cfg.data.name = "sort_of_clevr/tiny"
-    cfg.batch_size = 8
-    cfg.data.eval_batch_size = 16
-
-
 def pretrain(args):
   from configs import pretrain as pretrain_cfg
   cfg = pretrain_cfg.get_config(f"steps={args.pretrain_steps},"
@@ -54,7 +47,7 @@ def pretrain(args):
     cfg.log_every = max(args.pretrain_steps // 20, 1)
     cfg.mesh.cpu_devices = args.cpu_devices
   if args.quick:
-    _quick(cfg)
+    runlib.shrink_for_quick(cfg)
   return runlib.train_run(cfg, os.path.join(args.out, "pretrain"))
 
 
@@ -71,7 +64,7 @@ def finetune(args, labels, seed, pretrained):
     cfg.mesh.cpu_devices = args.cpu_devices
     cfg.best_metric = ""
   if args.quick:
-    _quick(cfg)
+    runlib.shrink_for_quick(cfg)
   name = f"{'pretrained' if pretrained else 'scratch'}_L{labels}_s{seed}"
   r = runlib.train_run(cfg, os.path.join(args.out, name))
   return {"name": name, "labels": labels, "seed": seed,
@@ -163,11 +156,7 @@ def main(argv=None):
                  help="comma-separated label fractions")
   p.add_argument("--seeds", default="0", help="fine-tuning seeds")
   p.add_argument("--width", type=int, default=128)
-  p.add_argument("--cpu_devices", type=int, default=2,
-                 help="XLA CPU devices on a CPU-only host (as mesh.cpu_devices)")
-  p.add_argument("--out", default="runs/transfer")
-  p.add_argument("--quick", action="store_true",
-                 help="tiny data, few steps: checks the script runs")
+  runlib.add_common_args(p, out="runs/transfer")
   args = p.parse_args(argv)
   args.labels = [float(x) for x in args.labels.split(",")]
   args.seeds = [int(x) for x in args.seeds.split(",")]

@@ -44,3 +44,22 @@ def markdown_table(header, rows) -> str:
   line = lambda cells: "| " + " | ".join(str(c) for c in cells) + " |"  # noqa: E731
   return "\n".join([line(header), "|" + "---|" * len(header)]
                    + [line(r) for r in rows])
+
+
+def add_common_args(parser, out: str) -> None:
+  """--out, --cpu_devices and --quick, as every Sort-of-CLEVR script has."""
+  parser.add_argument("--out", default=out)
+  parser.add_argument("--cpu_devices", type=int, default=2,
+                      help="XLA CPU devices on a CPU-only host (as "
+                           "mesh.cpu_devices; applied to the first row only, "
+                           "before JAX starts)")
+  parser.add_argument("--quick", action="store_true",
+                      help="tiny data, few steps: checks the script runs")
+
+
+def shrink_for_quick(cfg) -> None:
+  """The --quick smoke run's data: sort_of_clevr/tiny, small batches."""
+  with cfg.unlocked():
+    cfg.data.name = "sort_of_clevr/tiny"
+    cfg.batch_size = 8
+    cfg.data.eval_batch_size = 16

@@ -57,12 +57,11 @@ def run_one(name, overrides, args):
     cfg.checkpoint_every = args.steps
     cfg.log_every = max(args.steps // 20, 1)
     cfg.seed = args.seed
-    if args.quick:
-      cfg.data.name = "sort_of_clevr/tiny"
-      cfg.batch_size = 8
-      cfg.data.eval_batch_size = 16
+    cfg.mesh.cpu_devices = args.cpu_devices
     for k, v in overrides.items():
       _set(cfg, k, v)
+  if args.quick:
+    runlib.shrink_for_quick(cfg)
   r = runlib.train_run(cfg, os.path.join(args.out, name))
   return {"name": name, "metrics": r["metrics"], "wall_s": r["wall_s"],
           "examples_per_sec": r["questions_per_sec"], "params": r["params"]}
@@ -129,10 +128,8 @@ def main():
                               formatter_class=argparse.RawTextHelpFormatter)
   p.add_argument("--steps", type=int, default=20000)
   p.add_argument("--seed", type=int, default=0)
-  p.add_argument("--out", default="runs/sort_of_clevr")
   p.add_argument("--models", default=",".join(MODELS))
-  p.add_argument("--quick", action="store_true",
-                 help="tiny data, few steps: checks the script runs")
+  runlib.add_common_args(p, out="runs/sort_of_clevr")
   args = p.parse_args()
   if args.quick:
     args.steps = min(args.steps, 4)
