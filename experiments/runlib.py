@@ -63,3 +63,16 @@ def shrink_for_quick(cfg) -> None:
     cfg.data.name = "sort_of_clevr/tiny"
     cfg.batch_size = 8
     cfg.data.eval_batch_size = 16
+
+
+def eval_history(workdir: str, keys) -> list[tuple[int, dict]]:
+  """[(step, {key: value})] of every evaluation in WORKDIR/metrics.jsonl
+  (keys without the 'eval/' prefix; a step evaluated twice, e.g. after a
+  resume, keeps its last line)."""
+  by_step = {}
+  for line in open(os.path.join(workdir, "metrics.jsonl")):
+    row = json.loads(line)
+    vals = {k: row[f"eval/{k}"] for k in keys if f"eval/{k}" in row}
+    if vals:
+      by_step[row["step"]] = vals
+  return sorted(by_step.items())

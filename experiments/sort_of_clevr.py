@@ -53,8 +53,8 @@ def run_one(name, overrides, args):
   cfg = default.get_config(f"steps={args.steps}")
   with cfg.unlocked():
     cfg.data.eval_splits = ("test", "test_large")
-    cfg.eval_every = args.steps
-    cfg.checkpoint_every = args.steps
+    cfg.eval_every = args.eval_every or args.steps
+    cfg.checkpoint_every = min(args.steps, 5000)
     cfg.log_every = max(args.steps // 20, 1)
     cfg.seed = args.seed
     cfg.mesh.cpu_devices = args.cpu_devices
@@ -62,9 +62,23 @@ def run_one(name, overrides, args):
       _set(cfg, k, v)
   if args.quick:
     runlib.shrink_for_quick(cfg)
-  r = runlib.train_run(cfg, os.path.join(args.out, name))
+  workdir = os.path.join(args.out, name)
+  r = runlib.train_run(cfg, workdir)
   return {"name": name, "metrics": r["metrics"], "wall_s": r["wall_s"],
-          "examples_per_sec": r["questions_per_sec"], "params": r["params"]}
+          "examples_per_sec": r["questions_per_sec"], "params": r["params"],
+          "history": runlib.eval_history(workdir, TYPES)}
+
+
+TYPES = ("accuracy", "accuracy/nonrel", "accuracy/rel", "accuracy/ternary")
+
+
+def history_table(results) -> str:
+  """Test accuracy at every evaluation of each model (--eval_every)."""
+  rows = [[r["name"], f"{step:,}"] + [f"{100 * v.get(k, float('nan')):.1f}%"
+                                      for k in TYPES]
+          for r in results for step, v in r["history"]]
+  return runlib.markdown_table(["model", "step", "all", "nonrel", "rel",
+                                "ternary"], rows)
 
 
 def table(results, args):
@@ -127,6 +141,9 @@ def main():
   p = argparse.ArgumentParser(description=__doc__,
                               formatter_class=argparse.RawTextHelpFormatter)
   p.add_argument("--steps", type=int, default=20000)
+  p.add_argument("--eval_every", type=int, default=0,
+                 help="intermediate evaluations (in OUT/MODEL/metrics.jsonl); "
+                      "0 = only at the end")
   p.add_argument("--seed", type=int, default=0)
   p.add_argument("--models", default=",".join(MODELS))
   runlib.add_common_args(p, out="runs/sort_of_clevr")
@@ -142,6 +159,8 @@ def main():
   md = "# Sort-of-CLEVR\n\n" + "\n".join(
       f"- **{n}**: {MODELS[n][0]}" for n in names) + "\n\n" + table(
           results, args)
+  if any(len(r["history"]) > 1 for r in results):
+    md += "\nTest split during training:\n\n" + history_table(results) + "\n"
   with open(os.path.join(args.out, "results.md"), "w") as f:
     f.write(md)
   with open(os.path.join(args.out, "results.json"), "w") as f:

@@ -19,8 +19,10 @@ def _script(tmp_path, script, *args, timeout=600):
 
 
 def test_sort_of_clevr_script_writes_its_table(tmp_path):
-  _script(tmp_path, "sort_of_clevr.py", "--quick", f"--out={tmp_path / 'soc'}")
+  _script(tmp_path, "sort_of_clevr.py", "--quick", "--eval_every=2",
+          f"--out={tmp_path / 'soc'}")
   md = (tmp_path / "soc" / "results.md").read_text()
+  assert "Test split during training" in md and "| question_only | 4 |" in md
   for name in ("cross_attention", "film", "cnn_mlp_late", "question_only"):
     assert f"| {name} |" in md
   assert "(floor" in md and "machine:" in md
