@@ -36,6 +36,14 @@ from mmtx import sharding
 
 log = logging.getLogger(__name__)
 
+# Steps dispatched ahead of the last one known finished. JAX dispatches
+# asynchronously, and the loop only reads metrics every log_every steps; with
+# two XLA:CPU devices, ~2,000 steps queued ahead (the default job with
+# log_every=2000) deadlocked XLA at a gradient all-reduce (one device waiting
+# in the rendezvous, the other's launch blocked; 3 of 3 runs, 2026-11-28).
+# A few steps ahead keep the host a step or more in front of the device.
+MAX_STEPS_IN_FLIGHT = 8
+
 
 @flax.struct.dataclass
 class TrainState:
@@ -274,6 +282,9 @@ def train_and_evaluate(config, workdir: str, task, *, mode: str = "train",
       with sharding.activation_sharding(mesh):  # traced here on first call
         state, metrics = step_fn(state, batch)
       pending.append((step, metrics))
+      if len(pending) > MAX_STEPS_IN_FLIGHT:
+        # Bounded async dispatch: wait for the step MAX_STEPS_IN_FLIGHT back.
+        jax.block_until_ready(pending[-MAX_STEPS_IN_FLIGHT - 1][1])
       n_last += 1
       if bar is not None:
         bar.update(1)

@@ -59,3 +59,23 @@ def test_unknown_task_and_fusion_are_clear_errors():
   from mmtx import fusion
   with pytest.raises(ValueError, match="cross_attention"):
     fusion.build_fusion("crossattention")
+
+
+@pytest.mark.slow
+def test_two_cpu_devices_survive_a_long_log_interval(tmp_path):
+  """Regression (2026-11-28): the default job on two XLA:CPU devices with
+  --config.log_every=2000 aborted within a minute, every time, at a gradient
+  all-reduce (XLA: 'Termination timeout for all reduce ... exceeded'): the
+  loop had ~2,000 steps dispatched ahead. train.MAX_STEPS_IN_FLIGHT bounds
+  that. Full Sort-of-CLEVR data (the tiny data did not trigger it), 2,500
+  steps, ~3 minutes on 2 cores."""
+  env = dict(os.environ)   # the default data dir: the full dataset
+  out = subprocess.run(
+      [sys.executable, "-m", "mmtx.main", f"--workdir={tmp_path / 'run'}",
+       "--config.total_steps=2500", "--config.log_every=2000",
+       "--config.eval_every=100000", "--config.checkpoint_every=100000",
+       "--progress=false"], cwd=REPO, capture_output=True, text=True,
+      timeout=1200, env=env)
+  assert out.returncode == 0, out.stderr[-3000:]
+  assert "devices=2 cpu" in out.stdout
+  assert "rendezvous" not in out.stderr
