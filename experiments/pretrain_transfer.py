@@ -77,6 +77,11 @@ def _mean_std(values):
   return float(v.mean()), float(v.std(ddof=1)) if len(v) > 1 else 0.0
 
 
+def mean_accuracy(runs):
+  """Mean overall test accuracy of `runs`, in percent."""
+  return _mean_std([r["metrics"]["accuracy"] for r in runs])[0]
+
+
 def table(pre, runs, args):
   def cell(values):
     m, s = _mean_std(values)
@@ -96,8 +101,7 @@ def table(pre, runs, args):
         continue
       gain = ""
       if p and by[False]:
-        gain = (f"{_mean_std([r['metrics']['accuracy'] for r in rs])[0] - _mean_std([r['metrics']['accuracy'] for r in by[False]])[0]:+.1f}"
-                " points")
+        gain = f"{mean_accuracy(rs) - mean_accuracy(by[False]):+.1f} points"
       rows.append([f"{100 * labels:g}%", images,
                    "pretrained" if p else "scratch"] +
                   [cell([r["metrics"].get(k, float("nan")) for r in rs])

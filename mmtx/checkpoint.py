@@ -12,6 +12,7 @@ import logging
 import os
 from typing import Any, Callable, Optional
 
+from etils import epath
 import jax
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers as ocm
@@ -77,8 +78,11 @@ class Checkpointer:
     if not steps:
       raise FileNotFoundError(f"no checkpoint under {self.directory}.")
     step = steps[-1] if step is None else step
-    meta = ocp.StandardCheckpointer().metadata(
-        os.path.join(self.directory, str(step), "state")).item_metadata
+    # The handler reads the item's own metadata; StandardCheckpointer would
+    # also look for a step-level metadata file inside the item directory and
+    # log a spurious "Metadata file does not exist" warning.
+    meta = ocp.StandardCheckpointHandler().metadata(
+        epath.Path(self.directory) / str(step) / "state").tree
     device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
     target = jax.tree_util.tree_map(
         lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device),
