@@ -43,3 +43,14 @@ def data(name, **kw) -> ml_collections.ConfigDict:
            tokenizer="", train_fraction=1.0, questions_per_image=0)
   d.update(kw)
   return ml_collections.ConfigDict(d)
+
+
+def image_tower(width: int, depth: int = 0, **kw) -> dict:
+  """The image tower of the default VQA job (configs/default.py says why):
+  three 3x3 stride-2 convolutions (75x75 -> 10x10 tokens of ~8x8 pixels),
+  fixed 2-D sin-cos positions with temperature 30, `depth` self-attention
+  layers (0 = none). On Sort-of-CLEVR it finds the named object several
+  times faster than a ViT on 15-pixel patches with learned positions."""
+  return dict(patch_size=1, stem_channels=(32, 32, 32), width=width,
+              depth=depth, mlp_dim=2 * width, num_heads=4, posemb="sincos2d",
+              posemb_temperature=30.0, dtype="float32", **kw)

@@ -61,10 +61,7 @@ def get_config(arg: str = ""):
   width = int(args.get("width", 64))
   fusion = args.get("fusion", "cross_attention")
   c.model = ml_collections.ConfigDict(dict(
-      image=dict(patch_size=1, stem_channels=(32, 32, 32), width=width,
-                 depth=int(args.get("image_depth", 0)), mlp_dim=2 * width,
-                 num_heads=4, posemb="sincos2d", posemb_temperature=30.0,
-                 dtype="float32"),
+      image=common.image_tower(width, int(args.get("image_depth", 0))),
       text=dict(vocab_size=-1, width=width, depth=1, mlp_dim=2 * width,
                 num_heads=4, max_len=20, causal=False, dtype="float32"),
       fusion=dict(name=fusion, target="image" if fusion == "film" else "text",

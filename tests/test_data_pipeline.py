@@ -431,6 +431,44 @@ def test_grouped_vqa_resumes_and_rejects_other_tasks(data_dir):
     _get(data_dir, "train", "caption", questions_per_image=5)
 
 
+def test_grouped_dialogue_holds_the_ungrouped_turns(data_dir):
+  """A dialogue group of an image is its turns as the one-per-turn view
+  gives them (the same history, answer and turn, in (dialogue, turn) order
+  unshuffled), padded with invalid rows past the image's 2 x 4 turns."""
+  one, info = _get(data_dir, "test", "dialogue", shuffle=False, max_len=64,
+                   batch_size=8)
+  grouped, ginfo = _get(data_dir, "test", "dialogue", shuffle=False,
+                        max_len=64, batch_size=2, questions_per_image=10)
+  assert ginfo.num_examples == 16 and info.num_examples == 128
+  turns = _take(one, 2)                     # 16 turns = the first 2 images
+  batch = next(grouped)
+  assert batch["history"].shape == (2, 10, 64)
+  np.testing.assert_array_equal(batch["question_valid"].sum(1), [8, 8])
+  for b in range(2):
+    t = turns[b]
+    for k in ("history", "history_mask", "answer", "turn"):
+      np.testing.assert_array_equal(batch[k][b, :8], t[k], err_msg=k)
+    assert not batch["history"][b, 8:].any() and not batch["answer"][b, 8:].any()
+  np.testing.assert_array_equal(batch["turn"][0, :8], [0, 1, 2, 3] * 2)
+  # Training: every drawn row is one of the image's own turns, none twice.
+  it, _ = _get(data_dir, "train", "dialogue", max_len=64, questions_per_image=5)
+  batch = next(it)
+  full, _ = _get(data_dir, "train", "dialogue", shuffle=False, max_len=64,
+                 batch_size=8)
+  by_image = {}
+  for ex in _take(full, 8):                 # images 0-7, 8 turns each
+    for i in range(8):
+      by_image.setdefault(int(ex["index"][i]), []).append(
+          (ex["history"][i].tobytes(), int(ex["answer"][i])))
+  for b in range(8):
+    own = by_image.get(int(batch["index"][b]))
+    if own is None:
+      continue
+    got = [(batch["history"][b, j].tobytes(), int(batch["answer"][b, j]))
+           for j in range(5)]
+    assert all(g in own for g in got) and len(set(got)) == 5
+
+
 def test_decoded_record_cache_gives_the_same_batches(data_dir):
   """cache_mb keeps decoded records in memory after their first read; the
   batches of several epochs (64 images / 8 per batch = 8 per epoch) equal

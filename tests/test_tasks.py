@@ -165,6 +165,33 @@ def test_last_question_of_real_histories_is_the_question_alone(data_dir):
     np.testing.assert_array_equal(got[row], want[0])
 
 
+def test_grouped_dialogue_loss_drops_the_history_of_every_row():
+  """history='last' on a [B, Q, L] group: the model sees each row's last
+  question, as the one-per-turn path (last_question on [B, L]) gives it."""
+  from mmtx.tasks.dialogue import DialogueTask, last_question
+  seen = {}
+
+  class Recorder:
+    def apply(self, variables, images, texts, **kw):
+      seen["texts"] = np.asarray(texts)
+      return {"vqa_logits": jnp.zeros(texts.shape[:2] + (3,))}, {}
+
+  h = np.array([[[BOS, 10, SEP, 20, SEP, 12, EOS, 0],
+                 [BOS, 10, EOS, 0, 0, 0, 0, 0]],
+                [[BOS, 30, SEP, 31, SEP, 34, 35, EOS],
+                 [BOS, 7, 8, SEP, 9, SEP, 6, EOS]]], np.int32)
+  task = DialogueTask()
+  task.history = "last"
+  batch = {"image": np.zeros((2, 1, 1, 3)), "history": jnp.asarray(h),
+           "answer": jnp.zeros((2, 2), jnp.int32),
+           "question_valid": np.ones((2, 2), bool)}
+  task.loss_fn(Recorder(), {}, batch, None, True)
+  assert seen["texts"].shape == (2, 2, 8)
+  np.testing.assert_array_equal(seen["texts"].reshape(4, 8),
+                                last_question(h.reshape(4, 8)))
+  assert seen["texts"][1, 0, 1] == 34 and seen["texts"][0, 1, 1] == 10
+
+
 def test_circle_count_classes_and_prompts():
   from mmtx.tasks.contrastive import circle_count_label, circle_count_prompts
   assert circle_count_label({"shape": np.array([0, 1, 0, 0, 1, 1])}) == 3
@@ -335,10 +362,11 @@ def test_fusion_model_several_questions_per_image_equal_one_by_one(
     FusionModel(dict(cfg, heads=("vqa", "itm"))).init(jax.random.key(0), x, t)
 
 
-def test_vqa_loss_over_question_groups_skips_padding():
-  """The grouped loss is the mean cross-entropy over valid questions only
-  (float64 numpy reference)."""
-  from mmtx.tasks import vqa
+@pytest.mark.parametrize("task", ["vqa", "dialogue"])
+def test_loss_over_question_groups_skips_padding(task):
+  """The grouped loss (VQA questions or dialogue turns per image) is the mean
+  cross-entropy over valid rows only (float64 numpy reference)."""
+  from mmtx.tasks import dialogue, vqa
 
   class Fixed:  # a "model" returning given logits
     def __init__(self, logits):
@@ -351,9 +379,15 @@ def test_vqa_loss_over_question_groups_skips_padding():
   logits = rng.normal(size=(2, 4, 5))
   answer = rng.integers(0, 5, size=(2, 4))
   valid = np.array([[1, 1, 0, 1], [1, 0, 0, 0]], bool)
-  batch = {"image": np.zeros((2, 1, 1, 3)), "question": np.ones((2, 4, 3), np.int32),
+  text_key = {"vqa": "question", "dialogue": "history"}[task]
+  batch = {"image": np.zeros((2, 1, 1, 3)), text_key: np.ones((2, 4, 3), np.int32),
            "answer": jnp.asarray(answer, jnp.int32), "question_valid": valid}
-  loss, metrics = vqa.VqaTask().loss_fn(
+  if task == "vqa":
+    t = vqa.VqaTask()
+  else:
+    t = dialogue.DialogueTask()
+    t.history = "full"
+  loss, metrics = t.loss_fn(
       Fixed(jnp.asarray(logits, jnp.float32)), {}, batch, None, True)
   logp = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
   ce = -np.take_along_axis(logp, answer[..., None], -1)[..., 0]

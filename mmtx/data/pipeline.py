@@ -116,11 +116,15 @@ class _DecodedRecords:
     index = int(index)
     record = self._records.get(index)
     if record is None:
-      record = self.to_record(self.source[index], index)
-      for v in record.values():
-        if isinstance(v, np.ndarray):
-          v.flags.writeable = False
-      self._records[index] = record
+      record = self.keep(index, self.to_record(self.source[index], index))
+    return record
+
+  def keep(self, index: int, record):
+    """Caches an already decoded record (read-only from now on)."""
+    for v in record.values():
+      if isinstance(v, np.ndarray):
+        v.flags.writeable = False
+    self._records[int(index)] = record
     return record
 
 
@@ -269,10 +273,11 @@ def get_dataset(name: str, split: str, task: str, *, batch_size: int,
     num_workers: grain worker processes (0 = preprocess in this process).
       The batches are the same for any num_threads / num_workers; an
       iterator state restores only into the same num_workers.
-    questions_per_image: 'vqa' only. 0: one example per question. Q > 0:
-      one example per image holding Q of its questions ([Q, L] tokens, [Q]
-      answers and 'question_valid'; views.py), so a model encodes each image
-      once for Q questions; an epoch is then one pass over the images.
+    questions_per_image: 'vqa' and 'dialogue'. 0: one example per question
+      (dialogue turn). Q > 0: one example per image holding Q of its
+      questions (turns) ([Q, L] tokens, [Q] answers and 'question_valid';
+      views.py), so a model encodes each image once for Q questions; an
+      epoch is then one pass over the images.
     cache_mb: keep decoded records in memory (per process, filled as they
       are first read) when the split's estimated size (the first record's
       bytes x records) is at most this many MB; 0 = never. The batches are
@@ -319,6 +324,7 @@ def get_dataset(name: str, split: str, task: str, *, batch_size: int,
   first = to_record(source[0], 0)
   if cache_mb and _record_nbytes(first) * len(source) <= cache_mb * 2 ** 20:
     source, to_record = _DecodedRecords(source, to_record), _identity
+    source.keep(0, first)  # decoded once, for the size estimate
   missing = [f for f in views.REQUIRED_FIELDS[task] if f not in first]
   if missing:
     raise ValueError(f"get_dataset: {name} has no {missing} feature(s), which "

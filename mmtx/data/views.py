@@ -26,6 +26,9 @@ Example keys (the pipeline stacks them into batches with a leading [B]):
   'dialogue' (one example per turn): 'history' int32 [L]: bos q1 sep a1 sep
     ... sep q_t eos, the oldest tokens cut first; 'history_mask' bool [L];
     'answer' int32 (answer to q_t); 'turn' int32 (t, from 0).
+  'dialogue' with `questions_per_image` Q > 0 (one example per image, Q of
+    its turns, each with its own history): the same fields with a leading
+    [Q] axis and 'question_valid' bool [Q], drawn like the VQA groups.
 """
 from __future__ import annotations
 
@@ -54,7 +57,7 @@ class ViewSpec:
   random_text: bool = False
   dataset: str = "dataset"        # for error messages
   rebuild_hint: str = ""          # how to rebuild, for error messages
-  questions_per_image: int = 0    # 'vqa': 0 = one example per question
+  questions_per_image: int = 0    # 'vqa'/'dialogue': 0 = one per question
 
   def __post_init__(self):
     if self.task not in TASKS:
@@ -62,26 +65,27 @@ class ViewSpec:
     if self.task in ("vqa", "dialogue") and not self.answers:
       raise ValueError(f"task {self.task!r} needs a dataset with an answer "
                        f"vocabulary; {self.dataset} has none.")
-    if self.questions_per_image and (self.task != "vqa"
+    if self.questions_per_image and (self.task not in ("vqa", "dialogue")
                                      or self.questions_per_image < 0):
       raise ValueError(f"questions_per_image={self.questions_per_image} needs "
-                       f"task 'vqa' and a value >= 0 (task is "
+                       f"task 'vqa' or 'dialogue' and a value >= 0 (task is "
                        f"{self.task!r}).")
 
 
-def _text(x) -> str:
+def as_text(x) -> str:
+  """A record's bytes / numpy bytes / str field as str (UTF-8)."""
   return x.decode("utf-8") if isinstance(x, (bytes, np.bytes_)) else str(x)
 
 
 def record_id(record) -> str:
-  return _text(record.get("id", "?"))
+  return as_text(record.get("id", "?"))
 
 
 def units_per_record(task: str, record, questions_per_image: int = 0) -> int:
   """How many examples of `task` one record holds."""
   if task == "vqa" and not questions_per_image:
     return len(record["question"])
-  if task == "dialogue":
+  if task == "dialogue" and not questions_per_image:
     return int(np.asarray(record["dialogue_answer"]).size)
   return 1
 
@@ -132,7 +136,7 @@ def _question_group(spec: ViewSpec, record, rng) -> dict:
   mask = np.zeros((q, spec.max_len), bool)
   if k:
     ids[:k], mask[:k] = spec.tokenizer.encode_batch(
-        [_text(record["question"][i]) for i in pick], spec.max_len)
+        [as_text(record["question"][i]) for i in pick], spec.max_len)
   out = {"question": ids, "question_mask": mask,
          "question_valid": np.arange(q) < k}
   for field in ("answer", "qtype", "qsubtype"):
@@ -147,6 +151,45 @@ def _question_group(spec: ViewSpec, record, rng) -> dict:
     e = np.zeros((q, enc.shape[-1]), np.float32)
     e[:k] = enc[pick]
     out["question_encoding"] = e
+  return out
+
+
+def _turn(spec: ViewSpec, record, d: int, t: int) -> dict:
+  """Turn t of dialogue d: the history up to q_t, its answer, t."""
+  tok = spec.tokenizer
+  questions = np.asarray(record["dialogue_question"])
+  answers = np.asarray(record["dialogue_answer"])
+  seq = []
+  for turn in range(t):
+    seq += tok.encode(as_text(questions[d, turn])) + [tok_lib.SEP]
+    seq += tok.encode(spec.answers[_answer(spec, record, answers[d, turn])])
+    seq += [tok_lib.SEP]
+  seq += tok.encode(as_text(questions[d, t]))
+  ids, mask = tok_lib.pad_sequences([seq], spec.max_len, truncate="left")
+  return dict(history=ids[0], history_mask=mask[0],
+              answer=_answer(spec, record, answers[d, t]), turn=np.int32(t))
+
+
+def _turn_group(spec: ViewSpec, record, rng) -> dict:
+  """Q = spec.questions_per_image of the record's dialogue turns (each with
+  its own history), stacked like `_question_group`: 'history' [Q, L],
+  'answer' / 'turn' [Q], 'question_valid' [Q] (False rows pad an image with
+  fewer than Q turns). Training draws them at random per example and epoch
+  (`random_text`); otherwise they are the first Q in (dialogue, turn) order."""
+  q = spec.questions_per_image
+  turns = np.asarray(record["dialogue_answer"]).shape[1]
+  n = int(np.asarray(record["dialogue_answer"]).size)
+  if spec.random_text and rng is not None:
+    pick = rng.permutation(n)[:q]
+  else:
+    pick = np.arange(min(n, q))
+  out = {"history": np.zeros((q, spec.max_len), np.int32),
+         "history_mask": np.zeros((q, spec.max_len), bool),
+         "answer": np.zeros(q, np.int32), "turn": np.zeros(q, np.int32),
+         "question_valid": np.arange(q) < len(pick)}
+  for row, unit in enumerate(pick):
+    for k, v in _turn(spec, record, *divmod(int(unit), turns)).items():
+      out[k][row] = v
   return out
 
 
@@ -170,7 +213,7 @@ def make_example(spec: ViewSpec, record, index: int, unit: int,
     if spec.questions_per_image:
       ex.update(_question_group(spec, record, rng))
     else:
-      ids, mask = tok.encode_batch([_text(record["question"][unit])],
+      ids, mask = tok.encode_batch([as_text(record["question"][unit])],
                                    spec.max_len)
       ex.update(question=ids[0], question_mask=mask[0],
                 answer=_answer(spec, record, record["answer"][unit]),
@@ -187,21 +230,13 @@ def make_example(spec: ViewSpec, record, index: int, unit: int,
     pick = 0
     if spec.random_text and rng is not None:
       pick = int(rng.integers(len(captions)))
-    ids, mask = tok.encode_batch([_text(captions[pick])], spec.max_len)
+    ids, mask = tok.encode_batch([as_text(captions[pick])], spec.max_len)
     ex.update(text=ids[0], text_mask=mask[0])
-  else:  # dialogue
-    questions = np.asarray(record["dialogue_question"])
-    answers = np.asarray(record["dialogue_answer"])
-    d, t = divmod(unit, questions.shape[1])
-    seq = []
-    for turn in range(t):
-      seq += tok.encode(_text(questions[d, turn])) + [tok_lib.SEP]
-      seq += tok.encode(spec.answers[_answer(spec, record, answers[d, turn])])
-      seq += [tok_lib.SEP]
-    seq += tok.encode(_text(questions[d, t]))
-    ids, mask = tok_lib.pad_sequences([seq], spec.max_len, truncate="left")
-    ex.update(history=ids[0], history_mask=mask[0],
-              answer=_answer(spec, record, answers[d, t]), turn=np.int32(t))
+  elif spec.questions_per_image:  # dialogue, Q turns of the image
+    ex.update(_turn_group(spec, record, rng))
+  else:  # dialogue, one turn
+    turns = np.asarray(record["dialogue_answer"]).shape[1]
+    ex.update(_turn(spec, record, *divmod(unit, turns)))
   # Last, so that turning augmentation on does not change the text drawn.
   if spec.augment and rng is not None:
     ex["image"] = augment_image(image, rng)

@@ -5,9 +5,11 @@ from __future__ import annotations
 from typing import Any, Sequence
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from mmtx import data as data_lib
+from mmtx import losses
 
 
 class Task:
@@ -41,7 +43,8 @@ class Task:
         augment=train and d.augment, data_dir=d.data_dir or None, shard=shard,
         tokenizer=d.tokenizer or None,
         questions_per_image=(d.get("questions_per_image", 0)
-                             if train and self.data_task == "vqa" else 0))
+                             if train and self.data_task in ("vqa", "dialogue")
+                             else 0))
 
   def info(self, config):
     """The training split's DataInfo (vocabulary, answers, image shape);
@@ -68,6 +71,26 @@ class Task:
 
   def eval_iterator(self, config, split):
     return self._open(config, split, train=False)
+
+
+def answer_loss(logits, answer, batch):
+  """Softmax cross-entropy and accuracy of answer classification.
+
+  logits `[B, answers]` with answer `[B]`; or, for a batch of question
+  groups (data.questions_per_image > 0), `[B, Q, answers]` with answer
+  `[B, Q]`, averaged over the rows where batch['question_valid'] is True.
+  Returns (loss, {'accuracy': ...}).
+  """
+  valid = None
+  if logits.ndim == 3:
+    logits = logits.reshape(-1, logits.shape[-1])
+    answer = answer.reshape(-1)
+    valid = batch["question_valid"].reshape(-1)
+  loss = losses.classification_loss(logits, answer, weights=valid)
+  hit = jnp.argmax(logits, -1) == answer
+  acc = jnp.mean(hit) if valid is None else (
+      (hit & valid).sum() / jnp.maximum(valid.sum(), 1))
+  return loss, {"accuracy": acc}
 
 
 def train_split_with_fraction(split: str, fraction: float) -> str:

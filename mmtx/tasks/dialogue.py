@@ -4,7 +4,10 @@ dialogue so far, as classification over the dataset's answer vocabulary.
 Batch (mmtx.data view 'dialogue', one example per turn): 'image' [B, H, W,
 3], 'history' [B, L] = bos q1 sep a1 sep ... sep q_t eos -> FusionModel(...,
 texts=history)['vqa_logits'] [B, num_answers] -> softmax cross-entropy
-against 'answer' [B].
+against 'answer' [B]. With data.questions_per_image = Q > 0 a training batch
+holds B images with Q turns each ('history' [B, Q, L]) and the loss is the
+mean over the valid turns, as in VQA. Evaluation is always one example per
+turn.
 
 config.data.history: 'full' feeds the whole history; 'last' is the
 no-history ablation: `last_question` keeps only q_t (bos q_t eos), so a
@@ -23,7 +26,6 @@ import jax.numpy as jnp
 import numpy as np
 
 from mmtx import data as data_lib
-from mmtx import losses
 from mmtx import metrics as metrics_lib
 from mmtx import sharding
 from mmtx.tasks import common
@@ -74,13 +76,15 @@ class DialogueTask(common.Task):
     return FusionModel(cfg)
 
   def loss_fn(self, model, params, batch, rng, train):
-    out, _ = model.apply({"params": params}, batch["image"],
-                         select_history(batch["history"], self.history),
+    history = batch["history"]
+    if history.ndim == 3:  # [B, Q, L]: data.questions_per_image > 0
+      history = select_history(history.reshape(-1, history.shape[-1]),
+                               self.history).reshape(history.shape)
+    else:
+      history = select_history(history, self.history)
+    out, _ = model.apply({"params": params}, batch["image"], history,
                          deterministic=not train, rngs={"dropout": rng})
-    logits = out["vqa_logits"]
-    loss = losses.classification_loss(logits, batch["answer"])
-    acc = jnp.mean(jnp.argmax(logits, -1) == batch["answer"])
-    return loss, {"accuracy": acc}
+    return common.answer_loss(out["vqa_logits"], batch["answer"], batch)
 
   def evaluate(self, model, params, config, mesh):
     def logits_fn(params, batch):

@@ -16,12 +16,9 @@ from typing import Any, Callable
 import jax
 import numpy as np
 
+from mmtx import data as data_lib
 from mmtx import metrics as metrics_lib
 from mmtx import sharding
-
-
-def _text(x) -> str:
-  return x.decode("utf-8") if isinstance(x, (bytes, np.bytes_)) else str(x)
 
 
 @dataclasses.dataclass
@@ -92,7 +89,7 @@ def run_pairs(step: Callable, params, config, mesh, it, info) -> Pairs:
     valid = np.asarray(batch["valid"], bool)
     idx = np.asarray(batch["index"])[valid]
     records = [info.record(int(i)) for i in idx]
-    captions = [[_text(c) for c in r["caption"]] for r in records]
+    captions = [[data_lib.as_text(c) for c in r["caption"]] for r in records]
     for chunk in pair_chunks(np.asarray(batch["image"])[valid], captions,
                              info.tokenizer, config.data.max_len,
                              config.data.eval_batch_size, len(indices)):

@@ -15,7 +15,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mmtx import losses
 from mmtx import sharding
 from mmtx.tasks import common
 
@@ -34,16 +33,7 @@ class VqaTask(common.Task):
   def loss_fn(self, model, params, batch, rng, train):
     out, _ = model.apply({"params": params}, batch["image"], batch["question"],
                          deterministic=not train, rngs={"dropout": rng})
-    logits, answer, valid = out["vqa_logits"], batch["answer"], None
-    if logits.ndim == 3:  # [B, Q, answers]: data.questions_per_image > 0
-      logits = logits.reshape(-1, logits.shape[-1])
-      answer = answer.reshape(-1)
-      valid = batch["question_valid"].reshape(-1)
-    loss = losses.classification_loss(logits, answer, weights=valid)
-    hit = jnp.argmax(logits, -1) == answer
-    acc = jnp.mean(hit) if valid is None else (
-        (hit & valid).sum() / jnp.maximum(valid.sum(), 1))
-    return loss, {"accuracy": acc}
+    return common.answer_loss(out["vqa_logits"], batch["answer"], batch)
 
   def evaluate(self, model, params, config, mesh):
     metrics, lines = {}, []
