@@ -62,7 +62,8 @@ def run_row(name, args):
     runlib.shrink_for_quick(cfg)
   r = runlib.train_run(cfg, os.path.join(args.out, name))
   return {"name": name, "config": f"configs/{module}.py" + (f":{arg}" if arg
-                                                           else ""), **r}
+                                                           else ""),
+          "steps": args.steps, **r}
 
 
 def chance_recall(direction: str, images: int, per_image: int, k: int):
@@ -83,8 +84,8 @@ def floors(dataset: str) -> dict:
   from mmtx.tasks import contrastive
   source = data_lib.ensure_built(dataset, verbose=False).as_data_source("test")
   records = [source[i] for i in range(len(source))]
-  text = lambda x: x.decode() if isinstance(x, bytes) else str(x)  # noqa: E731
-  refs = {i: [text(c) for c in r["caption"]] for i, r in enumerate(records)}
+  refs = {i: [data_lib.as_text(c) for c in r["caption"]]
+          for i, r in enumerate(records)}
   n = len(records)
   wrong = {i: [refs[(i + 1) % n][0]] for i in range(n)}
   cap = metrics_lib.caption_scores(refs, wrong, tokenize=True)
@@ -110,7 +111,8 @@ def tables(results, fl, args) -> str:
   out = []
 
   def info(r):
-    return (f"{r['params'] / 1e6:.2f}M", f"{r['wall_s'] / 60:.1f} min")
+    return (f"{r['params'] / 1e6:.2f}M", f"{r.get('steps', args.steps):,}",
+            f"{r['wall_s'] / 60:.1f} min")
 
   if "caption" in by:
     r = by["caption"]
@@ -118,10 +120,10 @@ def tables(results, fl, args) -> str:
     keys = [f"bleu_{k}" for k in range(1, 5)] + ["cider"]
     out.append("### Captioning (greedy decoding, x100)\n\n" +
                runlib.markdown_table(
-                   ["model", "params", "wall"] + ["BLEU-1", "BLEU-2", "BLEU-3",
+                   ["model", "params", "steps", "wall"] + ["BLEU-1", "BLEU-2", "BLEU-3",
                                                   "BLEU-4", "CIDEr-D"],
                    [[r["config"], *info(r)] + [_pct(m.get(k)) for k in keys],
-                    ["floor: another image's caption", "", ""] +
+                    ["floor: another image's caption", "", "", ""] +
                     [_pct(fl["caption"][k]) for k in keys]]))
   rec_rows = []
   keys = [f"{d}_r{k}" for d in ("i2t", "t2i") for k in (1, 5, 10)]
@@ -132,13 +134,13 @@ def tables(results, fl, args) -> str:
       rec_rows.append([r["config"], *info(r)] + [_pct(m.get(k)) for k in keys]
                       + [_pct(m.get("zero_shot/top1"))])
   if rec_rows:
-    rec_rows.append(["floor: chance / majority class", "", ""] +
+    rec_rows.append(["floor: chance / majority class", "", "", ""] +
                     [_pct(fl["retrieval"][k]) for k in keys] +
                     [_pct(fl["zero_shot_majority"])])
     out.append(
         f"### Retrieval ({fl['images']} images, {fl['captions']} captions) "
         f"and zero-shot 'how many circles' (%)\n\n" + runlib.markdown_table(
-            ["model", "params", "wall", "i2t R@1", "i2t R@5", "i2t R@10",
+            ["model", "params", "steps", "wall", "i2t R@1", "i2t R@5", "i2t R@10",
              "t2i R@1", "t2i R@5", "t2i R@10", "zero-shot top-1"], rec_rows))
   dia = [by[n] for n in ("dialogue_full", "dialogue_last") if n in by]
   if dia:
@@ -152,9 +154,9 @@ def tables(results, fl, args) -> str:
                   [_pct(m.get(f"accuracy/turn_{t}")) for t in turns])
     out.append("### Visual dialogue (answer accuracy %, MRR over the answer "
                "vocabulary)\n\n" + runlib.markdown_table(
-                   ["model", "params", "wall", "accuracy", "MRR"] +
+                   ["model", "params", "steps", "wall", "accuracy", "MRR"] +
                    [f"turn {t}" for t in turns], rows))
-  meta = (f"{args.steps} steps per row, seed {args.seed}, test split of "
+  meta = (f"Seed {args.seed}, test split of "
           f"{args.dataset}; machine: {platform.machine()}, {os.cpu_count()} "
           f"CPU cores; {time.strftime('%Y-%m-%d')}.")
   return "\n\n".join(out + [meta]) + "\n"
