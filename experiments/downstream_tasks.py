@@ -4,6 +4,8 @@ a floor in the same table.
 
   ./run.sh python experiments/downstream_tasks.py --steps=3000 --out=runs/downstream
   ./run.sh python experiments/downstream_tasks.py --rows=clip,siglip   # a subset
+  (rows already in OUT/results.json with the same --steps and --seed are
+  reused, so subsets run at different budgets add up to one table)
   ./run.sh python experiments/downstream_tasks.py --quick              # smoke run
 
 Rows (each the one trainer on a config file, same --steps and seed):
@@ -15,13 +17,18 @@ Rows (each the one trainer on a config file, same --steps and seed):
                   zero-shot "how many circles" classification from prompts;
   dialogue_full   configs/dialogue.py: accuracy and MRR of the answer (ranked
                   among the whole answer vocabulary) per turn;
-  dialogue_last   the same with only the current question (no history).
+  dialogue_last   the same with only the current question (no history);
+  dialogue_full_tested_last
+                  dialogue_full's trained model (no training: its checkpoint)
+                  evaluated with only the current question - the same
+                  weights with the history removed at test time.
 Floors, computed from the test records (no model): captioning - each test
 image "captioned" with the first reference of another test image (same
 templates, wrong scene); retrieval - chance recall@K; zero-shot - the
-majority class; dialogue - the no-history row (turn 1 needs no history, so
-its gap to dialogue_full should be ~0 and later turns' gap is the history's
-worth). Tables go to OUT/results.md (+ results.json).
+majority class; dialogue - the no-history rows (turn 1 names the object and
+needs no history; the later turns say "it", so without the history they
+fall to guessing, which dialogue_full_tested_last shows on one set of
+weights). Tables go to OUT/results.md (+ results.json).
 """
 from __future__ import annotations
 
@@ -44,7 +51,10 @@ ROWS = {
     "siglip": ("clip", "loss=sigmoid"),
     "dialogue_full": ("dialogue", "history=full"),
     "dialogue_last": ("dialogue", "history=last"),
+    "dialogue_full_tested_last": ("dialogue", "history=last"),
 }
+# Rows that train nothing: they evaluate another row's checkpoint.
+EVAL_OF = {"dialogue_full_tested_last": "dialogue_full"}
 
 
 def run_row(name, args):
@@ -60,10 +70,26 @@ def run_row(name, args):
     cfg.mesh.cpu_devices = args.cpu_devices
   if args.quick:
     runlib.shrink_for_quick(cfg)
-  r = runlib.train_run(cfg, os.path.join(args.out, name))
-  return {"name": name, "config": f"configs/{module}.py" + (f":{arg}" if arg
-                                                           else ""),
-          "steps": args.steps, **r}
+  workdir = os.path.join(args.out, name)
+  config = f"configs/{module}.py" + (f":{arg}" if arg else "")
+  source = EVAL_OF.get(name)
+  if source:
+    trained = os.path.abspath(os.path.join(args.out, source, "checkpoints"))
+    if not (os.path.isdir(trained) and any(d.isdigit()
+                                           for d in os.listdir(trained))):
+      raise SystemExit(f"downstream_tasks: row {name} evaluates the "
+                       f"checkpoint of row {source}, but {trained} does not "
+                       f"exist; run --rows={source},{name}.")
+    os.makedirs(workdir, exist_ok=True)
+    link = os.path.join(workdir, "checkpoints")
+    if not os.path.islink(link):
+      os.symlink(trained, link)
+    r = runlib.train_run(cfg, workdir, mode="eval")
+    config = f"configs/{module}.py:{ROWS[source][1]} model, tested with {arg}"
+  else:
+    r = runlib.train_run(cfg, workdir)
+  return {"name": name, "config": config, "steps": args.steps,
+          "seed": args.seed, **r}
 
 
 def chance_recall(direction: str, images: int, per_image: int, k: int):
@@ -111,8 +137,8 @@ def tables(results, fl, args) -> str:
   out = []
 
   def info(r):
-    return (f"{r['params'] / 1e6:.2f}M", f"{r.get('steps', args.steps):,}",
-            f"{r['wall_s'] / 60:.1f} min")
+    steps = f"{r['steps']:,}" if "steps" in r else "?"
+    return (f"{r['params'] / 1e6:.2f}M", steps, f"{r['wall_s'] / 60:.1f} min")
 
   if "caption" in by:
     r = by["caption"]
@@ -142,7 +168,8 @@ def tables(results, fl, args) -> str:
         f"and zero-shot 'how many circles' (%)\n\n" + runlib.markdown_table(
             ["model", "params", "steps", "wall", "i2t R@1", "i2t R@5", "i2t R@10",
              "t2i R@1", "t2i R@5", "t2i R@10", "zero-shot top-1"], rec_rows))
-  dia = [by[n] for n in ("dialogue_full", "dialogue_last") if n in by]
+  dia = [by[n] for n in ("dialogue_full", "dialogue_last",
+                         "dialogue_full_tested_last") if n in by]
   if dia:
     turns = sorted({int(k.split("_")[-1]) for r in dia for k in r["metrics"]
                     if k.startswith("accuracy/turn_")})
@@ -179,13 +206,25 @@ def main(argv=None):
   args.dataset = "sort_of_clevr/tiny" if args.quick else "sort_of_clevr"
   os.makedirs(args.out, exist_ok=True)
   fl = floors(args.dataset)
-  results = []
+  # Rows of an earlier run into the same --out stay in the table; a row
+  # asked for again with the same steps and seed is reused, not retrained.
+  path = os.path.join(args.out, "results.json")
+  done = {}
+  if os.path.exists(path):
+    with open(path) as f:
+      done = {r["name"]: r for r in json.load(f)["rows"]}
   for name in names:
-    results.append(run_row(name, args))
+    old = done.get(name)
+    if old and old.get("steps") == args.steps and old.get(
+        "seed", args.seed) == args.seed:
+      print(f"{name}: reusing the row in {path}", flush=True)
+      continue
+    done[name] = run_row(name, args)
     print(f"{name}: " + " ".join(f"{k}={v:.4f}" for k, v in
-                                 sorted(results[-1]["metrics"].items())
+                                 sorted(done[name]["metrics"].items())
                                  if "/" not in k or k.startswith("zero")),
           flush=True)
+  results = [done[n] for n in ROWS if n in done]
   md = "# Downstream tasks (Sort-of-CLEVR)\n\n" + tables(results, fl, args)
   with open(os.path.join(args.out, "results.md"), "w") as f:
     f.write(md)

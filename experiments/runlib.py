@@ -7,8 +7,9 @@ import os
 import time
 
 
-def train_run(cfg, workdir: str) -> dict:
-  """Trains `cfg` in `workdir` (resuming if it has checkpoints) and returns
+def train_run(cfg, workdir: str, mode: str = "train") -> dict:
+  """Trains `cfg` in `workdir` (resuming if it has checkpoints; mode='eval'
+  only evaluates its latest checkpoint) and returns
   {'metrics': final eval metrics, 'wall_s', 'examples_per_sec' (median of
   the logged windows after the first, which holds the compile; examples are
   the batch's rows: images when data.questions_per_image > 0),
@@ -23,9 +24,11 @@ def train_run(cfg, workdir: str) -> dict:
   logging.set_verbosity(logging.WARNING)
   task = tasks.get_task(cfg.task)
   start = time.time()
-  metrics = train.train_and_evaluate(cfg, workdir, task, progress=False)
+  metrics = train.train_and_evaluate(cfg, workdir, task, mode=mode,
+                                     progress=False)
   wall = time.time() - start
-  rows = [json.loads(l) for l in open(os.path.join(workdir, "metrics.jsonl"))]
+  with open(os.path.join(workdir, "metrics.jsonl")) as f:
+    rows = [json.loads(line) for line in f]
   speeds = [r["train/examples_per_sec"] for r in rows
             if "train/examples_per_sec" in r][1:]
   model = task.build_model(cfg)

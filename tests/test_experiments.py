@@ -138,9 +138,22 @@ def test_downstream_script_writes_its_tables(tmp_path):
   assert 0 <= rows["caption"]["cider"] and "bleu_4" in rows["caption"]
   assert "zero_shot/top1" in rows["clip"] and "i2t_r10" in rows["siglip"]
   assert "mrr/turn_1" in rows["dialogue_last"]
+  # The history-removed row evaluates dialogue_full's checkpoint: no
+  # training of its own, the same weights.
+  assert "mrr/turn_1" in rows["dialogue_full_tested_last"]
+  assert os.path.realpath(out_dir / "dialogue_full_tested_last" / "checkpoints"
+                          ) == os.path.realpath(out_dir / "dialogue_full" /
+                                                "checkpoints")
+  assert "| configs/dialogue.py:history=full model, tested with history=last |" in md
   fl = res["floors"]
   assert 0 < fl["zero_shot_majority"] <= 1
   assert 0 < fl["caption"]["bleu_1"] < 1
+  # Asked again with the same steps and seed, finished rows are reused and
+  # the table still holds every row.
+  again = _script(tmp_path, "downstream_tasks.py", "--quick",
+                  f"--out={out_dir}", "--rows=clip", timeout=300)
+  assert "clip: reusing the row" in again
+  assert (out_dir / "results.md").read_text() == md
 
 
 def test_chance_recall_matches_random_rankings():
