@@ -59,9 +59,7 @@ def table(results, args):
     rs = [r for r in results if r["fusion"] == n]
     cells = [n, f"{rs[0]['params'] / 1e3:.0f}k",
              f"{np.median([r['questions_per_sec'] or 0 for r in rs]):.0f}"]
-    for k in TYPES:
-      v = 100 * np.array([r["metrics"][k] for r in rs], float)
-      cells.append(f"{v.mean():.1f} ± {v.std():.1f}")
+    cells += [runlib.pct_cell([r["metrics"][k] for r in rs]) for k in TYPES]
     rows.append(cells)
   seeds = sorted({r["seed"] for r in results})
   meta = (f"Sort-of-CLEVR test split (200 images, 6,000 questions); "

@@ -71,21 +71,13 @@ def finetune(args, labels, seed, pretrained):
           "pretrained": pretrained, **r}
 
 
-def _mean_std(values):
-  import numpy as np
-  v = 100 * np.asarray(values, float)
-  return float(v.mean()), float(v.std(ddof=1)) if len(v) > 1 else 0.0
-
-
 def mean_accuracy(runs):
   """Mean overall test accuracy of `runs`, in percent."""
-  return _mean_std([r["metrics"]["accuracy"] for r in runs])[0]
+  return runlib.mean_std([r["metrics"]["accuracy"] for r in runs])[0]
 
 
 def table(pre, runs, args):
-  def cell(values):
-    m, s = _mean_std(values)
-    return f"{m:.1f}" + (f" +- {s:.1f}" if len(values) > 1 else "") + "%"
+  cell = runlib.pct_cell
 
   head = ["labels", "train images", "init"] + [
       k.split("/")[-1] if "/" in k else "all" for k in KEYS] + ["gain (all)",
@@ -115,7 +107,7 @@ def table(pre, runs, args):
               + ".")
   meta = (f"Fine-tuning: configs/finetune_vqa.py, {args.finetune_steps} steps "
           f"x 64 questions, {runs[0]['params'] / 1e6:.2f}M params, seeds "
-          f"{','.join(map(str, args.seeds))} (mean +- std over seeds); test = "
+          f"{','.join(map(str, args.seeds))} (mean ± std over seeds); test = "
           f"the paper's 200-image test split (6,000 questions). Machine: "
           f"{platform.machine()}, {os.cpu_count()} CPU cores; "
           f"{time.strftime('%Y-%m-%d')}.")
@@ -136,7 +128,7 @@ def plot(runs, args, path):
       rs = [r["metrics"]["accuracy"] for r in runs
             if r["labels"] == labels and r["pretrained"] == p]
       if rs:
-        m, s = _mean_std(rs)
+        m, s = runlib.mean_std(rs)
         xs.append(100 * labels)
         ms.append(m)
         ss.append(s)

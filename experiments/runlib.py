@@ -42,6 +42,23 @@ def train_run(cfg, workdir: str, mode: str = "train") -> dict:
           "params": int(sum(x.size for x in jax.tree_util.tree_leaves(shapes)))}
 
 
+def mean_std(values) -> tuple[float, float]:
+  """Fractions -> (mean, sample std) in percent; std 0 for one value."""
+  import numpy as np
+  v = 100 * np.asarray(values, float)
+  return float(v.mean()), float(v.std(ddof=1)) if len(v) > 1 else 0.0
+
+
+def pct_cell(values) -> str:
+  """A table cell for fractions over seeds: 'm%' for one value, 'm ± s%'
+  (sample std) for several; '-' when there are none (Nones are dropped)."""
+  values = [v for v in values if v is not None]
+  if not values:
+    return "-"
+  m, s = mean_std(values)
+  return f"{m:.1f}" + (f" ± {s:.1f}" if len(values) > 1 else "") + "%"
+
+
 def markdown_table(header, rows) -> str:
   """A markdown table: `header` cells, then one line per row of cells."""
   line = lambda cells: "| " + " | ".join(str(c) for c in cells) + " |"  # noqa: E731

@@ -2,7 +2,13 @@
 a CNN+MLP-style late-fusion baseline and a question-only model, one table.
 
   ./run.sh python experiments/sort_of_clevr.py --steps=20000 --out=runs/soc
+  ./run.sh python experiments/sort_of_clevr.py --models=cross_attention --seeds=0,1,2 --steps=36000
   ./run.sh python experiments/sort_of_clevr.py --quick        # smoke run
+
+With several --seeds each cell is the mean ± std over seeds, and a second
+table lists every run. Run folders: OUT/MODEL for seed 0, OUT/MODEL_seedN
+otherwise; a finished run (its last checkpoint at --steps) is only
+evaluated again, so seeds can be added to an existing OUT later.
 
 Each model is trained by the one trainer (mmtx.train) from configs/default.py
 with overrides, evaluated on the paper's 200-image test split and on the
@@ -48,7 +54,11 @@ def _set(cfg, dotted, value):
   node[leaf] = value
 
 
-def run_one(name, overrides, args):
+def workdir_of(out, name, seed):
+  return os.path.join(out, name if seed == 0 else f"{name}_seed{seed}")
+
+
+def run_one(name, overrides, args, seed):
   from configs import default
   cfg = default.get_config(f"steps={args.steps}")
   with cfg.unlocked():
@@ -56,15 +66,16 @@ def run_one(name, overrides, args):
     cfg.eval_every = args.eval_every or args.steps
     cfg.checkpoint_every = min(args.steps, 5000)
     cfg.log_every = max(args.steps // 20, 1)
-    cfg.seed = args.seed
+    cfg.seed = seed
     cfg.mesh.cpu_devices = args.cpu_devices
     for k, v in overrides.items():
       _set(cfg, k, v)
   if args.quick:
     runlib.shrink_for_quick(cfg)
-  workdir = os.path.join(args.out, name)
+  workdir = workdir_of(args.out, name, seed)
   r = runlib.train_run(cfg, workdir)
-  return {"name": name, "metrics": r["metrics"], "wall_s": r["wall_s"],
+  return {"name": name, "seed": seed, "metrics": r["metrics"],
+          "wall_s": r["wall_s"],
           "examples_per_sec": r["questions_per_sec"], "params": r["params"],
           "history": runlib.eval_history(workdir, TYPES)}
 
@@ -72,10 +83,14 @@ def run_one(name, overrides, args):
 TYPES = ("accuracy", "accuracy/nonrel", "accuracy/rel", "accuracy/ternary")
 
 
-def history_table(results) -> str:
-  """Test accuracy at every evaluation of each model (--eval_every)."""
-  rows = [[r["name"], f"{step:,}"] + [f"{100 * v.get(k, float('nan')):.1f}%"
-                                      for k in TYPES]
+def _label(r, args):
+  return r["name"] + (f" (seed {r['seed']})" if len(args.seeds) > 1 else "")
+
+
+def history_table(results, args) -> str:
+  """Test accuracy at every evaluation of each run (--eval_every)."""
+  rows = [[_label(r, args), f"{step:,}"] + [
+      f"{100 * v.get(k, float('nan')):.1f}%" for k in TYPES]
           for r in results for step, v in r["history"]]
   return runlib.markdown_table(["model", "step", "all", "nonrel", "rel",
                                 "ternary"], rows)
@@ -86,34 +101,48 @@ def table(results, args):
           ("test", "accuracy/rel"), ("test", "accuracy/ternary"),
           ("test_large", "accuracy/nonrel"), ("test_large", "accuracy/rel"),
           ("test_large", "accuracy/ternary")]
-  floor = next((r for r in results if r["name"] == "question_only"), None)
+  names = list(dict.fromkeys(r["name"] for r in results))
+  runs = {n: [r for r in results if r["name"] == n] for n in names}
 
-  def get(r, split, key):
+  def values(rs, split, key):
     k = key if split == "test" else f"{split}/{key}"
-    return r["metrics"].get(k)
+    return [r["metrics"][k] for r in rs if k in r["metrics"]]
 
   head = ["model", "params", "questions/s", "wall"] + [f"{s} {k.split('/')[-1]}"
                                                   for s, k in cols]
   rows = []
-  for r in results:
-    cells = [r["name"], f"{r['params'] / 1e6:.2f}M",
-             f"{r['examples_per_sec']:.0f}" if r["examples_per_sec"] else "-",
-             f"{r['wall_s'] / 60:.1f} min"]
+  for n in names:
+    rs = runs[n]
+    speeds = [r["examples_per_sec"] for r in rs if r["examples_per_sec"]]
+    cells = [n, f"{rs[0]['params'] / 1e6:.2f}M",
+             f"{sum(speeds) / len(speeds):.0f}" if speeds else "-",
+             f"{sum(r['wall_s'] for r in rs) / len(rs) / 60:.1f} min"]
     for s, k in cols:
-      v = get(r, s, k)
-      f = get(floor, s, k) if floor and r is not floor else None
-      cells.append("-" if v is None else f"{100 * v:.1f}%" + (
-          f" (floor {100 * f:.1f})" if f is not None else ""))
+      v = values(rs, s, k)
+      floor = (values(runs["question_only"], s, k)
+               if "question_only" in runs and n != "question_only" else [])
+      cells.append(runlib.pct_cell(v) + (
+          f" (floor {runlib.mean_std(floor)[0]:.1f})" if v and floor else ""))
     rows.append(cells)
   from configs import default
   d = default.get_config()
   images = 8 if args.quick else d.batch_size
+  seeds = ",".join(map(str, args.seeds))
   meta = (f"{args.steps} steps x {images} images x "
-          f"{d.data.questions_per_image} questions per image, seed "
-          f"{args.seed}; machine: {platform.machine()} {os.cpu_count()} CPU "
+          f"{d.data.questions_per_image} questions per image, seed"
+          f"{'s' if len(args.seeds) > 1 else ''} {seeds}"
+          f"{' (mean ± std over seeds)' if len(args.seeds) > 1 else ''}; "
+          f"machine: {platform.machine()} {os.cpu_count()} CPU "
           f"cores ({platform.processor() or 'cpu'}); "
           f"{time.strftime('%Y-%m-%d')}")
-  return runlib.markdown_table(head, rows) + "\n\n" + meta + "\n"
+  out = runlib.markdown_table(head, rows) + "\n\n" + meta + "\n"
+  if len(args.seeds) > 1:
+    out += "\nEvery run:\n\n" + runlib.markdown_table(
+        ["model", "seed", "wall"] + [f"{s} {k.split('/')[-1]}" for s, k in cols],
+        [[r["name"], r["seed"], f"{r['wall_s'] / 60:.1f} min"] +
+         [runlib.pct_cell(values([r], s, k)) for s, k in cols]
+         for r in results]) + "\n"
+  return out
 
 
 def plot(results, path):
@@ -124,12 +153,15 @@ def plot(results, path):
   except ImportError:
     return False
   types = ["nonrel", "rel", "ternary"]
+  import numpy as np
   fig, ax = plt.subplots(figsize=(6, 3.5))
-  w = 0.8 / len(results)
-  for i, r in enumerate(results):
-    vals = [100 * r["metrics"].get(f"accuracy/{t}", 0) for t in types]
-    ax.bar([j + i * w for j in range(3)], vals, w, label=r["name"])
-  ax.set_xticks([j + w * (len(results) - 1) / 2 for j in range(3)], types)
+  names = list(dict.fromkeys(r["name"] for r in results))
+  w = 0.8 / len(names)
+  for i, n in enumerate(names):
+    vals = [100 * np.mean([r["metrics"].get(f"accuracy/{t}", 0)
+                           for r in results if r["name"] == n]) for t in types]
+    ax.bar([j + i * w for j in range(3)], vals, w, label=n)
+  ax.set_xticks([j + w * (len(names) - 1) / 2 for j in range(3)], types)
   ax.set_ylabel("test accuracy (%)")
   ax.legend(fontsize=7)
   fig.tight_layout()
@@ -144,10 +176,12 @@ def main():
   p.add_argument("--eval_every", type=int, default=0,
                  help="intermediate evaluations (in OUT/MODEL/metrics.jsonl); "
                       "0 = only at the end")
-  p.add_argument("--seed", type=int, default=0)
+  p.add_argument("--seeds", default="0",
+                 help="comma-separated seeds; several give mean ± std")
   p.add_argument("--models", default=",".join(MODELS))
   runlib.add_common_args(p, out="runs/sort_of_clevr")
   args = p.parse_args()
+  args.seeds = [int(x) for x in args.seeds.split(",") if x]
   if args.quick:
     args.steps = min(args.steps, 4)
   names = args.models.split(",")
@@ -155,12 +189,14 @@ def main():
   if unknown:
     p.error(f"unknown model(s) {unknown}; known: {list(MODELS)}")
   os.makedirs(args.out, exist_ok=True)
-  results = [run_one(n, MODELS[n][1], args) for n in names]
+  results = [run_one(n, MODELS[n][1], args, seed) for n in names
+             for seed in args.seeds]
   md = "# Sort-of-CLEVR\n\n" + "\n".join(
       f"- **{n}**: {MODELS[n][0]}" for n in names) + "\n\n" + table(
           results, args)
   if any(len(r["history"]) > 1 for r in results):
-    md += "\nTest split during training:\n\n" + history_table(results) + "\n"
+    md += ("\nTest split during training:\n\n" + history_table(results, args)
+           + "\n")
   with open(os.path.join(args.out, "results.md"), "w") as f:
     f.write(md)
   with open(os.path.join(args.out, "results.json"), "w") as f:

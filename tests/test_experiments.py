@@ -4,6 +4,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -30,6 +32,16 @@ def test_sort_of_clevr_script_writes_its_table(tmp_path):
   assert {r["name"] for r in res} == {"cross_attention", "film",
                                       "cnn_mlp_late", "question_only"}
   assert all(0.0 <= r["metrics"]["accuracy"] <= 1.0 for r in res)
+  # Several seeds: the finished seed-0 run is only evaluated again, seed 1
+  # trains in its own folder, cells become mean ± std, every run is listed.
+  _script(tmp_path, "sort_of_clevr.py", "--quick", "--models=question_only",
+          "--seeds=0,1", f"--out={tmp_path / 'soc'}")
+  md = (tmp_path / "soc" / "results.md").read_text()
+  res = json.loads((tmp_path / "soc" / "results.json").read_text())
+  assert sorted(r["seed"] for r in res) == [0, 1]
+  assert (tmp_path / "soc" / "question_only_seed1" / "checkpoints").is_dir()
+  assert "Every run:" in md and "| question_only | 1 |" in md
+  assert "seeds 0,1 (mean ± std over seeds)" in md
 
 
 def test_fusion_ablation_writes_rows_and_resumes(tmp_path):
@@ -179,3 +191,14 @@ def test_chance_recall_matches_random_rankings():
       mc = np.mean([x[f"{d}_r{k}"] for x in draws])
       assert abs(mc - downstream_tasks.chance_recall(d, images, per_image,
                                                      k)) < 0.02, (d, k, mc)
+
+
+def test_seed_cells_are_mean_and_sample_std():
+  sys.path.insert(0, os.path.join(REPO, "experiments"))
+  import runlib
+  # Hand-computed: 50 and 70 % -> mean 60, sample std sqrt(200) = 14.14.
+  assert runlib.pct_cell([0.5, 0.7]) == "60.0 ± 14.1%"
+  assert runlib.pct_cell([0.905]) == "90.5%"
+  assert runlib.pct_cell([None, 0.25]) == "25.0%"
+  assert runlib.pct_cell([]) == "-"
+  assert runlib.mean_std([0.9, 0.8, 0.7]) == pytest.approx((80.0, 10.0))
