@@ -5,10 +5,11 @@ a CNN+MLP-style late-fusion baseline and a question-only model, one table.
   ./run.sh python experiments/sort_of_clevr.py --models=cross_attention --seeds=0,1,2 --steps=36000
   ./run.sh python experiments/sort_of_clevr.py --quick        # smoke run
 
-With several --seeds each cell is the mean ± std over seeds, and a second
-table lists every run. Run folders: OUT/MODEL for seed 0, OUT/MODEL_seedN
-otherwise; a finished run (its last checkpoint at --steps) is only
-evaluated again, so seeds can be added to an existing OUT later.
+With several seeds a model's cells are the mean ± std over its seeds, and a
+second table lists every run. Run folders: OUT/MODEL for seed 0,
+OUT/MODEL_seedN otherwise. Runs already in OUT/results.json with the same
+--steps are reused (not retrained), and the table holds every run there at
+--steps, so models and seeds run at different times add up to one table.
 
 Each model is trained by the one trainer (mmtx.train) from configs/default.py
 with overrides, evaluated on the paper's 200-image test split and on the
@@ -74,7 +75,8 @@ def run_one(name, overrides, args, seed):
     runlib.shrink_for_quick(cfg)
   workdir = workdir_of(args.out, name, seed)
   r = runlib.train_run(cfg, workdir)
-  return {"name": name, "seed": seed, "metrics": r["metrics"],
+  return {"name": name, "seed": seed, "steps": args.steps,
+          "metrics": r["metrics"],
           "wall_s": r["wall_s"],
           "examples_per_sec": r["questions_per_sec"], "params": r["params"],
           "history": runlib.eval_history(workdir, TYPES)}
@@ -83,13 +85,16 @@ def run_one(name, overrides, args, seed):
 TYPES = ("accuracy", "accuracy/nonrel", "accuracy/rel", "accuracy/ternary")
 
 
-def _label(r, args):
-  return r["name"] + (f" (seed {r['seed']})" if len(args.seeds) > 1 else "")
+def _seeds(results, name):
+  return [r["seed"] for r in results if r["name"] == name]
 
 
-def history_table(results, args) -> str:
+def history_table(results) -> str:
   """Test accuracy at every evaluation of each run (--eval_every)."""
-  rows = [[_label(r, args), f"{step:,}"] + [
+  def label(r):
+    several = len(_seeds(results, r["name"])) > 1
+    return r["name"] + (f" (seed {r['seed']})" if several else "")
+  rows = [[label(r), f"{step:,}"] + [
       f"{100 * v.get(k, float('nan')):.1f}%" for k in TYPES]
           for r in results for step, v in r["history"]]
   return runlib.markdown_table(["model", "step", "all", "nonrel", "rel",
@@ -97,6 +102,8 @@ def history_table(results, args) -> str:
 
 
 def table(results, args):
+  """Per model (mean ± std over its seeds), then every run if any model has
+  several seeds."""
   cols = [("test", "accuracy"), ("test", "accuracy/nonrel"),
           ("test", "accuracy/rel"), ("test", "accuracy/ternary"),
           ("test_large", "accuracy/nonrel"), ("test_large", "accuracy/rel"),
@@ -108,13 +115,14 @@ def table(results, args):
     k = key if split == "test" else f"{split}/{key}"
     return [r["metrics"][k] for r in rs if k in r["metrics"]]
 
-  head = ["model", "params", "questions/s", "wall"] + [f"{s} {k.split('/')[-1]}"
-                                                  for s, k in cols]
+  head = ["model", "seeds", "params", "questions/s", "wall / run"] + [
+      f"{s} {k.split('/')[-1]}" for s, k in cols]
   rows = []
   for n in names:
     rs = runs[n]
     speeds = [r["examples_per_sec"] for r in rs if r["examples_per_sec"]]
-    cells = [n, f"{rs[0]['params'] / 1e6:.2f}M",
+    cells = [n, ",".join(str(r["seed"]) for r in rs),
+             f"{rs[0]['params'] / 1e6:.2f}M",
              f"{sum(speeds) / len(speeds):.0f}" if speeds else "-",
              f"{sum(r['wall_s'] for r in rs) / len(rs) / 60:.1f} min"]
     for s, k in cols:
@@ -127,16 +135,15 @@ def table(results, args):
   from configs import default
   d = default.get_config()
   images = 8 if args.quick else d.batch_size
-  seeds = ",".join(map(str, args.seeds))
+  several = any(len(rs) > 1 for rs in runs.values())
   meta = (f"{args.steps} steps x {images} images x "
-          f"{d.data.questions_per_image} questions per image, seed"
-          f"{'s' if len(args.seeds) > 1 else ''} {seeds}"
-          f"{' (mean ± std over seeds)' if len(args.seeds) > 1 else ''}; "
+          f"{d.data.questions_per_image} questions per image"
+          f"{'; mean ± std over seeds' if several else ''}; "
           f"machine: {platform.machine()} {os.cpu_count()} CPU "
           f"cores ({platform.processor() or 'cpu'}); "
           f"{time.strftime('%Y-%m-%d')}")
   out = runlib.markdown_table(head, rows) + "\n\n" + meta + "\n"
-  if len(args.seeds) > 1:
+  if several:
     out += "\nEvery run:\n\n" + runlib.markdown_table(
         ["model", "seed", "wall"] + [f"{s} {k.split('/')[-1]}" for s, k in cols],
         [[r["name"], r["seed"], f"{r['wall_s'] / 60:.1f} min"] +
@@ -189,18 +196,32 @@ def main():
   if unknown:
     p.error(f"unknown model(s) {unknown}; known: {list(MODELS)}")
   os.makedirs(args.out, exist_ok=True)
-  results = [run_one(n, MODELS[n][1], args, seed) for n in names
-             for seed in args.seeds]
+  path = os.path.join(args.out, "results.json")
+  stored = []
+  if os.path.exists(path):
+    with open(path) as f:
+      stored = json.load(f)
+  key = lambda r: (r["name"], r.get("seed", 0), r.get("steps"))  # noqa: E731
+  done = {key(r): r for r in stored}
+  for n in names:
+    for seed in args.seeds:
+      if (n, seed, args.steps) in done:
+        print(f"{n} seed {seed}: reusing the run in {path}", flush=True)
+        continue
+      done[(n, seed, args.steps)] = run_one(n, MODELS[n][1], args, seed)
+  with open(path, "w") as f:
+    json.dump(list(done.values()), f, indent=1)
+  order = {n: i for i, n in enumerate(MODELS)}
+  results = sorted((r for k, r in done.items() if k[2] == args.steps),
+                   key=lambda r: (order[r["name"]], r["seed"]))
+  shown = list(dict.fromkeys(r["name"] for r in results))
   md = "# Sort-of-CLEVR\n\n" + "\n".join(
-      f"- **{n}**: {MODELS[n][0]}" for n in names) + "\n\n" + table(
+      f"- **{n}**: {MODELS[n][0]}" for n in shown) + "\n\n" + table(
           results, args)
   if any(len(r["history"]) > 1 for r in results):
-    md += ("\nTest split during training:\n\n" + history_table(results, args)
-           + "\n")
+    md += "\nTest split during training:\n\n" + history_table(results) + "\n"
   with open(os.path.join(args.out, "results.md"), "w") as f:
     f.write(md)
-  with open(os.path.join(args.out, "results.json"), "w") as f:
-    json.dump(results, f, indent=1)
   plot(results, os.path.join(args.out, "accuracy.png"))
   print(md)
 

@@ -32,16 +32,23 @@ def test_sort_of_clevr_script_writes_its_table(tmp_path):
   assert {r["name"] for r in res} == {"cross_attention", "film",
                                       "cnn_mlp_late", "question_only"}
   assert all(0.0 <= r["metrics"]["accuracy"] <= 1.0 for r in res)
-  # Several seeds: the finished seed-0 run is only evaluated again, seed 1
-  # trains in its own folder, cells become mean ± std, every run is listed.
-  _script(tmp_path, "sort_of_clevr.py", "--quick", "--models=question_only",
-          "--seeds=0,1", f"--out={tmp_path / 'soc'}")
+  # Another seed later: the stored seed-0 run is reused, seed 1 trains in
+  # its own folder, the table keeps every model, the cells of the model
+  # with two seeds become mean ± std, and every run is listed.
+  again = _script(tmp_path, "sort_of_clevr.py", "--quick",
+                  "--models=question_only", "--seeds=0,1",
+                  f"--out={tmp_path / 'soc'}")
+  assert "question_only seed 0: reusing" in again
+  assert "cross_attention seed" not in again
   md = (tmp_path / "soc" / "results.md").read_text()
   res = json.loads((tmp_path / "soc" / "results.json").read_text())
-  assert sorted(r["seed"] for r in res) == [0, 1]
+  assert sorted((r["name"], r["seed"]) for r in res) == [
+      ("cnn_mlp_late", 0), ("cross_attention", 0), ("film", 0),
+      ("question_only", 0), ("question_only", 1)]
   assert (tmp_path / "soc" / "question_only_seed1" / "checkpoints").is_dir()
+  assert "| question_only | 0,1 |" in md and "| cross_attention | 0 |" in md
   assert "Every run:" in md and "| question_only | 1 |" in md
-  assert "seeds 0,1 (mean ± std over seeds)" in md
+  assert "mean ± std over seeds" in md and " ± " in md
 
 
 def test_fusion_ablation_writes_rows_and_resumes(tmp_path):
