@@ -122,15 +122,20 @@ def _answer(spec: ViewSpec, record, value) -> np.int32:
   return np.int32(value)
 
 
+def _pick(spec: ViewSpec, n: int, rng) -> np.ndarray:
+  """Which of a record's n questions (turns) go into its group of Q: Q
+  distinct ones at random when training (`random_text`), else the first."""
+  q = spec.questions_per_image
+  if spec.random_text and rng is not None:
+    return rng.permutation(n)[:q]
+  return np.arange(min(n, q))
+
+
 def _question_group(spec: ViewSpec, record, rng) -> dict:
   """Q = spec.questions_per_image of the record's questions, stacked, padded
   with 'question_valid' False rows when it has fewer."""
   q = spec.questions_per_image
-  n = len(record["question"])
-  if spec.random_text and rng is not None:
-    pick = rng.permutation(n)[:q]
-  else:
-    pick = np.arange(min(n, q))
+  pick = _pick(spec, len(record["question"]), rng)
   k = len(pick)
   ids = np.zeros((q, spec.max_len), np.int32)
   mask = np.zeros((q, spec.max_len), bool)
@@ -178,11 +183,7 @@ def _turn_group(spec: ViewSpec, record, rng) -> dict:
   (`random_text`); otherwise they are the first Q in (dialogue, turn) order."""
   q = spec.questions_per_image
   turns = np.asarray(record["dialogue_answer"]).shape[1]
-  n = int(np.asarray(record["dialogue_answer"]).size)
-  if spec.random_text and rng is not None:
-    pick = rng.permutation(n)[:q]
-  else:
-    pick = np.arange(min(n, q))
+  pick = _pick(spec, int(np.asarray(record["dialogue_answer"]).size), rng)
   out = {"history": np.zeros((q, spec.max_len), np.int32),
          "history_mask": np.zeros((q, spec.max_len), bool),
          "answer": np.zeros(q, np.int32), "turn": np.zeros(q, np.int32),
