@@ -27,6 +27,13 @@ def train_run(cfg, workdir: str, mode: str = "train") -> dict:
   metrics = train.train_and_evaluate(cfg, workdir, task, mode=mode,
                                      progress=False)
   wall = time.time() - start
+  ckdir = os.path.join(workdir, "checkpoints")
+  last = max((int(d) for d in os.listdir(ckdir) if d.isdigit()), default=0)
+  if mode == "train" and last < cfg.total_steps:
+    # Stopped early (SIGTERM): do not report a row for an unfinished run;
+    # the same command resumes it from the checkpoint.
+    raise SystemExit(f"{workdir}: training stopped at step {last} of "
+                     f"{cfg.total_steps}; rerun the same command to resume.")
   with open(os.path.join(workdir, "metrics.jsonl")) as f:
     rows = [json.loads(line) for line in f]
   speeds = [r["train/examples_per_sec"] for r in rows
