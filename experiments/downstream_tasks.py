@@ -33,7 +33,6 @@ weights). Tables go to OUT/results.md (+ results.json).
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import platform
@@ -75,8 +74,7 @@ def run_row(name, args):
   source = EVAL_OF.get(name)
   if source:
     trained = os.path.abspath(os.path.join(args.out, source, "checkpoints"))
-    if not (os.path.isdir(trained) and any(d.isdigit()
-                                           for d in os.listdir(trained))):
+    if not runlib.checkpoint_steps(os.path.join(args.out, source)):
       raise SystemExit(f"downstream_tasks: row {name} evaluates the "
                        f"checkpoint of row {source}, but {trained} does not "
                        f"exist; run --rows={source},{name}.")
@@ -209,27 +207,25 @@ def main(argv=None):
   # Rows of an earlier run into the same --out stay in the table; a row
   # asked for again with the same steps and seed is reused, not retrained.
   path = os.path.join(args.out, "results.json")
-  done = {}
-  if os.path.exists(path):
-    with open(path) as f:
-      done = {r["name"]: r for r in json.load(f)["rows"]}
+  done = runlib.load_rows(path)
   for name in names:
-    old = done.get(name)
-    if old and old.get("steps") == args.steps and old.get(
-        "seed", args.seed) == args.seed:
+    key = (name, args.seed, args.steps)
+    if key in done:
       print(f"{name}: reusing the row in {path}", flush=True)
       continue
-    done[name] = run_row(name, args)
+    done[key] = run_row(name, args)
+    runlib.save_rows(path, done.values(), floors=fl)
     print(f"{name}: " + " ".join(f"{k}={v:.4f}" for k, v in
-                                 sorted(done[name]["metrics"].items())
+                                 sorted(done[key]["metrics"].items())
                                  if "/" not in k or k.startswith("zero")),
           flush=True)
-  results = [done[n] for n in ROWS if n in done]
+  # One row per name in the table: this command's, else the newest stored.
+  latest = {r["name"]: r for r in done.values()}
+  latest.update({n: done[(n, args.seed, args.steps)] for n in names})
+  results = [latest[n] for n in ROWS if n in latest]
   md = "# Downstream tasks (Sort-of-CLEVR)\n\n" + tables(results, fl, args)
   with open(os.path.join(args.out, "results.md"), "w") as f:
     f.write(md)
-  with open(os.path.join(args.out, "results.json"), "w") as f:
-    json.dump({"floors": fl, "rows": results}, f, indent=1, default=float)
   print(md)
   return results, fl
 

@@ -1,6 +1,6 @@
 """Fusion ablation on Sort-of-CLEVR: every strategy in mmtx.fusion.FUSIONS in
 the default job's model (configs/default.py), same budget, several seeds;
-mean +- std test accuracy per question type, parameters, questions/s.
+mean ± std test accuracy per question type, parameters, questions/s.
 
   ./run.sh python experiments/fusion_ablation.py --steps=8000 --seeds=0,1,2 \
       --out=runs/fusion_ablation
@@ -14,7 +14,6 @@ results.md / results.json go to OUT, one workdir per run under OUT/runs.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import sys
@@ -43,20 +42,21 @@ def run_one(fusion, seed, args):
       cfg.data.eval_batch_size = 32
   workdir = os.path.join(args.out, "runs", f"{fusion}_seed{seed}")
   r = runlib.train_run(cfg, workdir)
-  return {"fusion": fusion, "seed": seed, "wall_s": r["wall_s"],
+  return {"name": fusion, "seed": seed, "steps": args.steps,
+          "wall_s": r["wall_s"],
           "params": r["params"], "questions_per_sec": r["questions_per_sec"],
           "metrics": {k: r["metrics"].get(k) for k in TYPES}}
 
 
 def table(results, args):
   import numpy as np
-  names = sorted({r["fusion"] for r in results},
+  names = sorted({r["name"] for r in results},
                  key=lambda n: -np.mean([r["metrics"]["accuracy"] for r in
-                                         results if r["fusion"] == n]))
+                                         results if r["name"] == n]))
   head = ["fusion", "params", "questions/s", "all", "nonrel", "rel", "ternary"]
   rows = []
   for n in names:
-    rs = [r for r in results if r["fusion"] == n]
+    rs = [r for r in results if r["name"] == n]
     cells = [n, f"{rs[0]['params'] / 1e3:.0f}k",
              f"{np.median([r['questions_per_sec'] or 0 for r in rs]):.0f}"]
     cells += [runlib.pct_cell([r["metrics"][k] for r in rs]) for k in TYPES]
@@ -89,21 +89,18 @@ def main(argv=None):
                      f"{sorted(FUSIONS)}")
   os.makedirs(args.out, exist_ok=True)
   path = os.path.join(args.out, "results.json")
-  results = json.load(open(path)) if os.path.exists(path) else []
-  done = {(r["fusion"], r["seed"], r.get("steps")) for r in results}
+  done = runlib.load_rows(path)   # rerunning the command resumes
   for seed in [int(s) for s in args.seeds.split(",")]:
     for f in fusions:
-      if (f, seed, args.steps) in done:   # rerunning the command resumes
+      if (f, seed, args.steps) in done:
         continue
-      r = run_one(f, seed, args)
-      r["steps"] = args.steps
-      results.append(r)
-      json.dump(results, open(path, "w"), indent=1)
+      r = done[(f, seed, args.steps)] = run_one(f, seed, args)
+      runlib.save_rows(path, done.values())
       print(f"{f} seed {seed}: " + " ".join(
           f"{k.split('/')[-1]}={100 * v:.1f}" for k, v in r["metrics"].items()
           if v is not None), flush=True)
-  mine = [r for r in results if r.get("steps") == args.steps
-          and r["fusion"] in fusions]
+  mine = [r for r in done.values() if r["steps"] == args.steps
+          and r["name"] in fusions]
   md = table(mine, args)
   open(os.path.join(args.out, "results.md"), "w").write(md)
   print(md)

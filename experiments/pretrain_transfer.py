@@ -13,7 +13,7 @@ run is OUT/pretrain; each fine-tuning run (OUT/{scratch,pretrained}_L{labels}
 _s{seed}) starts from its latest checkpoint (towers + fusion; the VQA head
 starts fresh) or from scratch, same steps, same seed. Rerunning with the same
 --out resumes finished / interrupted runs instead of retraining them. The
-table (test accuracy overall and per question type, mean +- std over
+table (test accuracy overall and per question type, mean ± std over
 --seeds, the gain from pretraining, the pretraining run's own retrieval / ITM
 / MLM numbers, wall times, machine) goes to OUT/results.md (+ results.json,
 transfer.png).

@@ -27,8 +27,7 @@ def train_run(cfg, workdir: str, mode: str = "train") -> dict:
   metrics = train.train_and_evaluate(cfg, workdir, task, mode=mode,
                                      progress=False)
   wall = time.time() - start
-  ckdir = os.path.join(workdir, "checkpoints")
-  last = max((int(d) for d in os.listdir(ckdir) if d.isdigit()), default=0)
+  last = max(checkpoint_steps(workdir), default=0)
   if mode == "train" and last < cfg.total_steps:
     # Stopped early (SIGTERM): do not report a row for an unfinished run;
     # the same command resumes it from the checkpoint.
@@ -47,6 +46,42 @@ def train_run(cfg, workdir: str, mode: str = "train") -> dict:
   return {"metrics": metrics, "wall_s": wall, "examples_per_sec": per_sec,
           "questions_per_sec": per_sec * q if per_sec else None,
           "params": int(sum(x.size for x in jax.tree_util.tree_leaves(shapes)))}
+
+
+def checkpoint_steps(workdir: str) -> list[int]:
+  """Steps of the finished checkpoints in WORKDIR/checkpoints, ascending
+  (orbax names each folder by its step; a save in progress carries a tmp
+  suffix and is not listed). [] when there are none."""
+  ckdir = os.path.join(workdir, "checkpoints")
+  if not os.path.isdir(ckdir):
+    return []
+  return sorted(int(d) for d in os.listdir(ckdir) if d.isdigit())
+
+
+def row_key(row: dict) -> tuple:
+  """What makes two result rows the same run: (name, seed, steps)."""
+  return (row["name"], row.get("seed", 0), row.get("steps"))
+
+
+def load_rows(path: str) -> dict:
+  """The rows an earlier run of a script stored in `path` (its
+  OUT/results.json), by `row_key`, in stored order; {} if there is no file.
+  Scripts skip a row already there, so rerunning a stopped command resumes
+  and rows run at different times make one table."""
+  if not os.path.exists(path):
+    return {}
+  with open(path) as f:
+    data = json.load(f)
+  return {row_key(r): r for r in data["rows"]}
+
+
+def save_rows(path: str, rows, **extra) -> None:
+  """Writes {'rows': rows, **extra} to `path` (replaced atomically, so a
+  script stopped mid-write keeps the previous file)."""
+  tmp = path + ".tmp"
+  with open(tmp, "w") as f:
+    json.dump({"rows": list(rows), **extra}, f, indent=1, default=float)
+  os.replace(tmp, path)
 
 
 def mean_std(values) -> tuple[float, float]:

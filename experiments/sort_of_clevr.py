@@ -20,7 +20,6 @@ machine) is written to OUT/results.md (+ results.json, accuracy.png).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import sys
@@ -197,20 +196,14 @@ def main():
     p.error(f"unknown model(s) {unknown}; known: {list(MODELS)}")
   os.makedirs(args.out, exist_ok=True)
   path = os.path.join(args.out, "results.json")
-  stored = []
-  if os.path.exists(path):
-    with open(path) as f:
-      stored = json.load(f)
-  key = lambda r: (r["name"], r.get("seed", 0), r.get("steps"))  # noqa: E731
-  done = {key(r): r for r in stored}
+  done = runlib.load_rows(path)
   for n in names:
     for seed in args.seeds:
       if (n, seed, args.steps) in done:
         print(f"{n} seed {seed}: reusing the run in {path}", flush=True)
         continue
       done[(n, seed, args.steps)] = run_one(n, MODELS[n][1], args, seed)
-  with open(path, "w") as f:
-    json.dump(list(done.values()), f, indent=1)
+      runlib.save_rows(path, done.values())
   order = {n: i for i, n in enumerate(MODELS)}
   results = sorted((r for k, r in done.items() if k[2] == args.steps),
                    key=lambda r: (order[r["name"]], r["seed"]))

@@ -28,7 +28,7 @@ def test_sort_of_clevr_script_writes_its_table(tmp_path):
   for name in ("cross_attention", "film", "cnn_mlp_late", "question_only"):
     assert f"| {name} |" in md
   assert "(floor" in md and "machine:" in md
-  res = json.loads((tmp_path / "soc" / "results.json").read_text())
+  res = json.loads((tmp_path / "soc" / "results.json").read_text())["rows"]
   assert {r["name"] for r in res} == {"cross_attention", "film",
                                       "cnn_mlp_late", "question_only"}
   assert all(0.0 <= r["metrics"]["accuracy"] <= 1.0 for r in res)
@@ -41,7 +41,7 @@ def test_sort_of_clevr_script_writes_its_table(tmp_path):
   assert "question_only seed 0: reusing" in again
   assert "cross_attention seed" not in again
   md = (tmp_path / "soc" / "results.md").read_text()
-  res = json.loads((tmp_path / "soc" / "results.json").read_text())
+  res = json.loads((tmp_path / "soc" / "results.json").read_text())["rows"]
   assert sorted((r["name"], r["seed"]) for r in res) == [
       ("cnn_mlp_late", 0), ("cross_attention", 0), ("film", 0),
       ("question_only", 0), ("question_only", 1)]
@@ -58,8 +58,8 @@ def test_fusion_ablation_writes_rows_and_resumes(tmp_path):
   names = ["concat", "film", "late"]
   args = ["--quick", f"--fusions={','.join(names)}", f"--out={tmp_path / 'abl'}"]
   _script(tmp_path, "fusion_ablation.py", *args, timeout=900)
-  res = json.loads((tmp_path / "abl" / "results.json").read_text())
-  assert sorted(r["fusion"] for r in res) == names
+  res = json.loads((tmp_path / "abl" / "results.json").read_text())["rows"]
+  assert sorted(r["name"] for r in res) == names
   md = (tmp_path / "abl" / "results.md").read_text()
   for name in names:
     assert f"| {name} |" in md
@@ -209,3 +209,48 @@ def test_seed_cells_are_mean_and_sample_std():
   assert runlib.pct_cell([None, 0.25]) == "25.0%"
   assert runlib.pct_cell([]) == "-"
   assert runlib.mean_std([0.9, 0.8, 0.7]) == pytest.approx((80.0, 10.0))
+
+
+_STOPPABLE = """
+import sys
+sys.path.insert(0, {experiments!r})
+import runlib
+from configs import default
+cfg = default.get_config("steps=100000")
+runlib.shrink_for_quick(cfg)
+with cfg.unlocked():
+  cfg.log_every = 1
+  cfg.checkpoint_every = 100000
+  cfg.mesh.cpu_devices = 0
+runlib.train_run(cfg, {workdir!r})
+print("ROW", flush=True)
+"""
+
+
+def test_a_run_stopped_by_sigterm_is_not_a_row(tmp_path):
+  """SIGTERM makes the trainer save and return early; train_run must then
+  stop the script (no row for an unfinished run) and say how to resume."""
+  import signal
+  import time
+  sys.path.insert(0, os.path.join(REPO, "experiments"))
+  import runlib
+  workdir = tmp_path / "run"
+  env = dict(os.environ, MMTX_DATA_DIR=str(tmp_path / "data"))
+  proc = subprocess.Popen(
+      [sys.executable, "-c", _STOPPABLE.format(
+          experiments=os.path.join(REPO, "experiments"), workdir=str(workdir))],
+      cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+      text=True)
+  log = workdir / "metrics.jsonl"
+  deadline = time.time() + 300
+  while not (log.exists() and log.read_text().count("train/loss") >= 2):
+    assert proc.poll() is None and time.time() < deadline, proc.communicate()
+    time.sleep(0.2)
+  proc.send_signal(signal.SIGTERM)
+  out, err = proc.communicate(timeout=300)
+  steps = runlib.checkpoint_steps(str(workdir))
+  assert proc.returncode != 0 and "ROW" not in out, (out, err[-2000:])
+  assert len(steps) == 1 and 2 <= steps[0] < 100000, steps
+  assert (f"training stopped at step {steps[0]} of 100000; rerun the same "
+          "command to resume") in err, err[-2000:]
+  assert runlib.checkpoint_steps(str(tmp_path / "nothing")) == []
