@@ -1,5 +1,6 @@
 """Sort-of-CLEVR (Santoro et al. 2017): the mmtx cross-attention model against
-a CNN+MLP-style late-fusion baseline and a question-only model, one table.
+the paper's CNN+MLP baseline (flattened CNN map + question -> MLP), a
+late-fusion variant of it, FiLM and a question-only model, one table.
 
   ./run.sh python experiments/sort_of_clevr.py --steps=20000 --out=runs/soc
   ./run.sh python experiments/sort_of_clevr.py --models=cross_attention --seeds=0,1,2 --steps=36000
@@ -41,6 +42,15 @@ MODELS = {
                       "model.image.stem_channels": (24, 24, 24, 24),
                       "model.image.patch_size": 1,
                       "model.image.depth": 0}),
+    "cnn_mlp": ("CNN+MLP (Santoro et al. 2017): the flattened 5x5 map of "
+                "a 4-layer CNN and the question vector into one MLP "
+                "(fusion 'flatten', 2 x 256 hidden)",
+                {"model.fusion.name": "flatten",
+                 "model.fusion.num_layers": 2,
+                 "model.fusion.mlp_dim": 256,
+                 "model.image.stem_channels": (24, 24, 24, 24),
+                 "model.image.patch_size": 1,
+                 "model.image.depth": 0}),
     "question_only": ("question only (image replaced by zeros): the floor",
                       {"model.zero_image": True}),
 }

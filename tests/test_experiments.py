@@ -25,11 +25,12 @@ def test_sort_of_clevr_script_writes_its_table(tmp_path):
           f"--out={tmp_path / 'soc'}")
   md = (tmp_path / "soc" / "results.md").read_text()
   assert "Test split during training" in md and "| question_only | 4 |" in md
-  for name in ("cross_attention", "film", "cnn_mlp_late", "question_only"):
+  for name in ("cross_attention", "film", "cnn_mlp", "cnn_mlp_late",
+               "question_only"):
     assert f"| {name} |" in md
   assert "(floor" in md and "machine:" in md
   res = json.loads((tmp_path / "soc" / "results.json").read_text())["rows"]
-  assert {r["name"] for r in res} == {"cross_attention", "film",
+  assert {r["name"] for r in res} == {"cross_attention", "film", "cnn_mlp",
                                       "cnn_mlp_late", "question_only"}
   assert all(0.0 <= r["metrics"]["accuracy"] <= 1.0 for r in res)
   # Another seed later: the stored seed-0 run is reused, seed 1 trains in
@@ -43,7 +44,7 @@ def test_sort_of_clevr_script_writes_its_table(tmp_path):
   md = (tmp_path / "soc" / "results.md").read_text()
   res = json.loads((tmp_path / "soc" / "results.json").read_text())["rows"]
   assert sorted((r["name"], r["seed"]) for r in res) == [
-      ("cnn_mlp_late", 0), ("cross_attention", 0), ("film", 0),
+      ("cnn_mlp", 0), ("cnn_mlp_late", 0), ("cross_attention", 0), ("film", 0),
       ("question_only", 0), ("question_only", 1)]
   assert (tmp_path / "soc" / "question_only_seed1" / "checkpoints").is_dir()
   assert "| question_only | 0,1 |" in md and "| cross_attention | 0 |" in md

@@ -150,6 +150,15 @@ def test_padding_tokens_change_no_output(name):
               for k in COUNTS}
   padded_m = {k: jnp.concatenate([masks[k], jnp.zeros((B, extra[k]), bool)],
                                  axis=1) for k in COUNTS}
+  if name == "flatten":   # its input size fixes the token counts
+    with pytest.raises(ValueError, match="needs the token counts it was"):
+      module.apply({"params": params}, padded_t, padded_m)
+    # Same counts, padded positions (MASKS has some) filled with noise.
+    noisy = {k: jnp.where(masks[k][..., None], tokens[k], jnp.asarray(
+        5 * rng.normal(size=tokens[k].shape), jnp.float32)) for k in tokens}
+    out_n, _ = jit(module.apply)({"params": params}, noisy, masks)
+    np.testing.assert_allclose(out_n, out, rtol=1e-5, atol=1e-5)
+    return
   out_p, mask_p = jit(module.apply)({"params": params}, padded_t, padded_m)
   assert mask_p.shape[1] == mask.shape[1] + (
       sum(extra.values()) if name in {"concat", "co_attention", "bottleneck"}
@@ -489,6 +498,8 @@ def _np_gelu(x):
 @pytest.mark.parametrize("name,fields", [
     ("sum", {}), ("weighted_sum", {}), ("gated", {}),
     ("late", dict(combine="mean")), ("late", dict(combine="weighted")),
+    ("flatten", {}), ("flatten", dict(num_layers=2, activation="relu")),
+    ("flatten", dict(num_layers=0)),
 ])
 def test_pooled_strategies_match_float64_numpy(name, fields):
   tokens, masks = make_inputs(10)
@@ -512,6 +523,14 @@ def test_pooled_strategies_match_float64_numpy(name, fields):
     z = np.exp(z - z.max(1, keepdims=True)) * present[..., None]
     z = z / z.sum(1, keepdims=True)
     want = (z * h).sum(1)
+  elif name == "flatten":   # padding zeroed, flattened, sorted keys, MLP
+    h = np.concatenate([(x[k] * m[k][..., None]).reshape(B, -1)
+                        for k in keys], -1)
+    act = (lambda a: np.maximum(a, 0)) if fields.get("activation") == \
+        "relu" else _np_gelu
+    for i in range(fields.get("num_layers", BASE["num_layers"])):
+      h = act(dense(p[f"hidden_{i}"], h))
+    want = dense(p["out"], h)
   else:
     pooled = np.stack([
         dense(p[f"head_{k}"]["wo"], _np_gelu(dense(

@@ -31,6 +31,7 @@ to all but late/gated and left out):
 | `sum` | feature-level fusion (Baltrusaitis et al. 2019, survey) | O(N d) pooling, no layers |
 | `weighted_sum` | same, learned softmax modality weights | O(N d) pooling, no layers |
 | `gated` | Gated Multimodal Unit (Arevalo et al. 2017) | O(sum_m N_m d_m + M d sum_m d_m), no layers |
+| `flatten` | CNN+MLP baseline of Santoro et al. 2017 (flattened feature map + question -> MLP), feature-level fusion (Baltrusaitis et al. 2019) | O(sum_m N_m d_m f + L f^2 + f d), no attention |
 | `late` | decision-level fusion (Baltrusaitis et al. 2019, survey) | O(sum_m N_m d_m + sum_m d_m f + M f d), no layers |
 | `cross_attention` | ALBEF (Li et al. 2021), BLIP (Li et al. 2022) | O((N_t^2 + N_t N_c) d + N_t d (d + f) + N_c d^2) |
 | `co_attention` | ViLBERT (Lu et al. 2019), LXMERT (Tan & Bansal 2019) | O(sum_m N_m (N - N_m) d + sum_m N_m^2 d + N d (d + f)); two streams: O((2 N_a N_b + N_a^2 + N_b^2) d + ...) |
@@ -43,7 +44,9 @@ to all but late/gated and left out):
 So concat and co_attention both pay O(N^2 d) attention per layer (co_attention
 with separate weights per stream); the target-queries-context strategies drop
 the context's own N_c^2 term; bottleneck replaces the cross terms N_a N_b by
-(N_m + B)^2 per modality; the pooled strategies have no attention at all.
+(N_m + B)^2 per modality; the pooled strategies and flatten have no attention
+at all (flatten's first layer has sum_m N_m d_m inputs, so it fixes the token
+counts; L = num_layers).
 """
 from __future__ import annotations
 
@@ -58,8 +61,8 @@ from mmtx.fusion.base import (AdditiveAttention, CrossAttentionBlock,
                               masked_mean)
 from mmtx.fusion.film import FiLMFusion
 from mmtx.fusion.m_modal import MModalFusion, resolve_m_modal
-from mmtx.fusion.pooled import (GatedFusion, LateFusion, SumFusion,
-                                WeightedSumFusion)
+from mmtx.fusion.pooled import (FlattenFusion, GatedFusion, LateFusion,
+                                SumFusion, WeightedSumFusion)
 from mmtx.fusion.streams import (AdditiveFusion, BottleneckFusion,
                                  CoAttentionFusion, ConcatFusion,
                                  CrossAttentionFusion,
@@ -79,6 +82,7 @@ FUSIONS = {
     "bottleneck": BottleneckFusion,
     "late": LateFusion,
     "film": FiLMFusion,
+    "flatten": FlattenFusion,
 }
 
 _DTYPE_FIELDS = ("dtype", "param_dtype")
@@ -164,8 +168,9 @@ def default_config(name: str = "concat") -> ml_collections.ConfigDict:
 __all__ = [
     "FUSIONS", "build_fusion", "default_config", "fusion_fields", "Fusion",
     "DirectionalFusion", "ConcatFusion", "SumFusion", "WeightedSumFusion",
-    "GatedFusion", "LateFusion", "CrossAttentionFusion", "AdditiveFusion",
-    "CoAttentionFusion", "MModalFusion", "GatedCrossAttentionFusion",
-    "BottleneckFusion", "FiLMFusion", "CrossAttentionBlock", "GatedCrossAttentionBlock",
-    "AdditiveAttention", "check_inputs", "masked_mean", "resolve_m_modal",
+    "GatedFusion", "LateFusion", "FlattenFusion", "CrossAttentionFusion",
+    "AdditiveFusion", "CoAttentionFusion", "MModalFusion",
+    "GatedCrossAttentionFusion", "BottleneckFusion", "FiLMFusion",
+    "CrossAttentionBlock", "GatedCrossAttentionBlock", "AdditiveAttention",
+    "check_inputs", "masked_mean", "resolve_m_modal",
 ]

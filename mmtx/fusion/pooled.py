@@ -1,6 +1,7 @@
-"""Fusion of pooled modality vectors: sum, learned weighted sum, gated
-(GMU) and decision-level (late). Each returns one token: `[batch, 1, dim]`,
-mask all True.
+"""Fusion into one vector: sum, learned weighted sum, gated (GMU) and
+decision-level (late) of pooled modality vectors, and an MLP over the
+flattened token sequences. Each returns one token: `[batch, 1, dim]`, mask
+all True.
 
 Every modality is first pooled by a masked mean over its real tokens. A
 modality with no real token in an example (it is missing there) contributes
@@ -14,6 +15,7 @@ import flax.linen as nn
 from mmtx.fusion.base import (Fusion, check_inputs, dense, masked_mean,
                               presence_weights, project)
 from mmtx.layers import Mlp
+from mmtx.layers.transformer import ACTIVATIONS
 
 COMBINES = ("mean", "weighted")
 
@@ -130,3 +132,53 @@ class LateFusion(Fusion):
     w = presence_weights(logits, _present(keys, masks))
     return _pooled_output(jnp.einsum("bm,bmd->bd", w, ys.astype(jnp.float32)),
                           self.dtype)
+
+
+_FLATTEN_ACTIVATIONS = {"relu": nn.relu,
+                        "gelu": lambda x: nn.gelu(x, approximate=False),
+                        "quick_gelu": lambda x: x * nn.sigmoid(1.702 * x)}
+
+
+class FlattenFusion(Fusion):
+  """Feature-level fusion of whole token sequences: every modality's tokens
+  (padding zeroed) are flattened and concatenated in sorted key order,
+  v = [vec(x_1); ...; vec(x_M)], and an MLP maps v to `dim`: `num_layers`
+  hidden layers of `mlp_dim` (`hidden_{i}`, activation, dropout), then
+  `out`. Unlike the pooled strategies it keeps which token sits where: with
+  a CNN feature map and a question vector this is the CNN+MLP baseline of
+  the Relation Network paper (Santoro et al. 2017). The token counts fix
+  the first layer's input size, so they must be the same at every call.
+  Reads dim, mlp_dim, num_layers, activation (relu, gelu, quick_gelu),
+  dropout_rate, dtype, param_dtype. Returns `[batch, 1, dim]`.
+  """
+
+  @nn.compact
+  def __call__(self, tokens, masks, *, deterministic: bool = True):
+    self._check_fields("dim", "mlp_dim", "num_layers", "dropout_rate")
+    if self.activation not in _FLATTEN_ACTIVATIONS:
+      raise ValueError(f"FlattenFusion: field activation must be one of "
+                       f"{sorted(_FLATTEN_ACTIVATIONS)}, got "
+                       f"{self.activation!r}.")
+    keys, tokens, masks = check_inputs(tokens, masks, "FlattenFusion")
+    h = jnp.concatenate([
+        (tokens[k] * masks[k][..., None]).reshape(tokens[k].shape[0], -1)
+        for k in keys], axis=-1).astype(self.dtype)
+    first = "hidden_0" if self.num_layers else "out"
+    if not self.is_initializing() and "params" in self.variables:
+      want = nn.meta.unbox(self.variables["params"][first]["kernel"]).shape[0]
+      if h.shape[-1] != want:
+        counts = {k: tuple(tokens[k].shape[1:]) for k in keys}
+        raise ValueError(
+            f"FlattenFusion: the flattened tokens have {h.shape[-1]} "
+            f"features ([tokens, width] per modality: {counts}), the "
+            f"parameters expect {want}: flatten needs the token counts it "
+            f"was initialised with (pad every sequence to the same length).")
+    for i in range(self.num_layers):
+      h = dense(self.mlp_dim, (None, "mlp"), self.dtype, self.param_dtype,
+                f"hidden_{i}")(h)
+      h = nn.Dropout(self.dropout_rate)(
+          _FLATTEN_ACTIVATIONS[self.activation](h),
+          deterministic=deterministic)
+    out = dense(self.dim, ("mlp" if self.num_layers else None, "embed"),
+                self.dtype, self.param_dtype, "out")(h)
+    return _pooled_output(out, self.dtype)
