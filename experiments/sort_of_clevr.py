@@ -215,7 +215,8 @@ def main():
       done[(n, seed, args.steps)] = run_one(n, MODELS[n][1], args, seed)
       runlib.save_rows(path, done.values())
   order = {n: i for i, n in enumerate(MODELS)}
-  results = sorted((r for k, r in done.items() if k[2] == args.steps),
+  results = sorted((r for k, r in done.items()
+                    if k[2] == args.steps and k[0] in MODELS),
                    key=lambda r: (order[r["name"]], r["seed"]))
   shown = list(dict.fromkeys(r["name"] for r in results))
   md = "# Sort-of-CLEVR\n\n" + "\n".join(
