@@ -16,7 +16,8 @@ Finished rows are kept in OUT/results.json: rerunning resumes.
 
 Only model.fusion.name changes between rows (FiLM modulates the image, so
 its target is 'image'; every other directional strategy has the question
-query the image, target 'text'). Each run is the one trainer (mmtx.train);
+query the image, target 'text'). A floor row (--floor, on by default)
+trains the cross-attention model with the image replaced by zeros. Each run is the one trainer (mmtx.train);
 results.md / results.json go to OUT, one workdir per run under OUT/runs.
 """
 from __future__ import annotations
@@ -33,12 +34,18 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import runlib  # noqa: E402
 
 TYPES = ("accuracy", "accuracy/nonrel", "accuracy/rel", "accuracy/ternary")
+# The floor row: the default (cross_attention) model with the image replaced
+# by zeros, same budget - what a strategy gets without using the image.
+FLOOR = "question_only"
 
 
 def run_one(fusion, seed, args):
   from configs import default
-  cfg = default.get_config(f"steps={args.steps},fusion={fusion}")
+  floor = fusion == FLOOR
+  cfg = default.get_config(
+      f"steps={args.steps},fusion={'cross_attention' if floor else fusion}")
   with cfg.unlocked():
+    cfg.model.zero_image = floor
     cfg.seed = seed
     cfg.eval_every = args.steps
     cfg.checkpoint_every = args.steps
@@ -59,13 +66,15 @@ def run_one(fusion, seed, args):
 def table(results, args):
   import numpy as np
   names = sorted({r["name"] for r in results},
-                 key=lambda n: -np.mean([r["metrics"]["accuracy"] for r in
-                                         results if r["name"] == n]))
+                 key=lambda n: (n == FLOOR, -np.mean([
+                     r["metrics"]["accuracy"] for r in results
+                     if r["name"] == n])))
   head = ["fusion", "params", "questions/s", "all", "nonrel", "rel", "ternary"]
   rows = []
   for n in names:
     rs = [r for r in results if r["name"] == n]
-    cells = [n, f"{rs[0]['params'] / 1e3:.0f}k",
+    label = "floor: question only (image zeroed)" if n == FLOOR else n
+    cells = [label, f"{rs[0]['params'] / 1e3:.0f}k",
              f"{np.median([r['questions_per_sec'] or 0 for r in rs]):.0f}"]
     cells += [runlib.pct_cell([r["metrics"][k] for r in rs]) for k in TYPES]
     rows.append(cells)
@@ -84,6 +93,9 @@ def main(argv=None):
   p.add_argument("--steps", type=int, default=4000)
   p.add_argument("--seeds", default="0,1,2")
   p.add_argument("--fusions", default=",".join(sorted(FUSIONS)))
+  p.add_argument("--floor", action=argparse.BooleanOptionalAction,
+                 default=True, help="also train the question-only floor "
+                 "(image replaced by zeros), same budget")
   p.add_argument("--out", default="runs/fusion_ablation")
   p.add_argument("--quick", action="store_true",
                  help="tiny data, 2 steps, seed 0: checks every row runs")
@@ -95,6 +107,8 @@ def main(argv=None):
   if unknown:
     raise SystemExit(f"fusion_ablation: unknown fusion(s) {unknown}; known: "
                      f"{sorted(FUSIONS)}")
+  if args.floor:
+    fusions.append(FLOOR)
   os.makedirs(args.out, exist_ok=True)
   path = os.path.join(args.out, "results.json")
   done = runlib.load_rows(path)   # rerunning the command resumes

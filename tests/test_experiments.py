@@ -55,15 +55,17 @@ def test_sort_of_clevr_script_writes_its_table(tmp_path):
 def test_fusion_ablation_writes_rows_and_resumes(tmp_path):
   """--quick on three strategies (token-level, pooled, FiLM): each trains 2
   steps in the default model and gets a row; a second call finds them done
-  and only rewrites the table."""
+  and only rewrites the table. The question-only floor row comes last."""
   names = ["concat", "film", "late"]
   args = ["--quick", f"--fusions={','.join(names)}", f"--out={tmp_path / 'abl'}"]
   _script(tmp_path, "fusion_ablation.py", *args, timeout=900)
   res = json.loads((tmp_path / "abl" / "results.json").read_text())["rows"]
-  assert sorted(r["name"] for r in res) == names
+  assert sorted(r["name"] for r in res) == names + ["question_only"]
   md = (tmp_path / "abl" / "results.md").read_text()
   for name in names:
     assert f"| {name} |" in md
+  assert md.strip().splitlines()[-3].startswith(
+      "| floor: question only (image zeroed) |")
   assert "±" in md and "machine:" in md
   again = _script(tmp_path, "fusion_ablation.py", *args, timeout=300)
   assert " seed 0:" not in again
