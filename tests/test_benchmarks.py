@@ -210,6 +210,19 @@ def test_cpu_step_quick_all_frameworks():
   _check_cpu_table(out, list(cpu_step.FRAMEWORKS))
 
 
+def test_op_profile_quick_accounts_for_the_step():
+  """The per-op table of the mmtx step: the traced ops are found in the
+  compiled HLO, the forward and backward GEMMs are both there, and the
+  ops add up to a positive share of the step."""
+  out = _run("op_profile.py", "--quick", "--top", "3")
+  step = float(re.search(r"step ([\d.]+) ms", out).group(1))
+  ops = float(re.search(r"ops in the trace ([\d.]+) ms", out).group(1))
+  assert step > 0 and ops > 0, out
+  assert "| fwd | gemm | mlp |" in out and "| bwd | gemm | mlp |" in out, out
+  assert "| update |" in out, out
+  assert len(re.findall(r"^\| \S+ \| [\d.]+ \| ", out, re.M)) == 3, out
+
+
 # ----------------------------------------------------------------------------
 # scaling
 # ----------------------------------------------------------------------------

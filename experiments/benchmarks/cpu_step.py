@@ -124,6 +124,9 @@ def mmtx_worker(a):
   def step():
     box["state"], metrics = step_fn(box["state"], batch)
     return float(metrics["loss"])
+  # The compiled step's HLO text, for op_profile.py (compiles once more).
+  step.hlo_text = lambda: step_fn.lower(box["state"], batch).compile(
+      ).as_text()
   return step, n
 
 
