@@ -10,8 +10,9 @@ Budget: 4,000 steps (16 images x 10 questions each) by default. It is a
 third of the default job's, so the table ranks how fast each strategy
 learns to ground the question (at 4k only cross-attention has, 97 %
 non-relational), not where it ends; on the 2-core CPU box one seed of
-every strategy is ~2 h (the token-level strategies that cannot share the
-image pass run 2.5-5x slower per question), 8,000 steps twice that.
+every strategy is ~3 h (3-7 min for most; concat, co_attention, m_modal
+and bottleneck, which cannot share the image pass, ~25-30 min each),
+8,000 steps twice that.
 Finished rows are kept in OUT/results.json: rerunning resumes.
 
 Only model.fusion.name changes between rows (FiLM modulates the image, so
