@@ -18,8 +18,9 @@ Finished rows are kept in OUT/results.json: rerunning resumes.
 Only model.fusion.name changes between rows (FiLM modulates the image, so
 its target is 'image'; every other directional strategy has the question
 query the image, target 'text'). A floor row (--floor, on by default)
-trains the cross-attention model with the image replaced by zeros. Each run is the one trainer (mmtx.train);
-results.md / results.json go to OUT, one workdir per run under OUT/runs.
+trains the cross-attention model with the image replaced by zeros. Each run
+is the one trainer (mmtx.train); results.md / results.json go to OUT, one
+workdir per run under OUT/runs.
 """
 from __future__ import annotations
 

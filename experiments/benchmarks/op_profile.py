@@ -31,8 +31,9 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(os.path.dirname(HERE)))
 sys.path.insert(0, HERE)
 
-GEMM = re.compile(r"^(ynn_fusion|xnn_fusion|dot|dot_general|convolution|"
-                  r"conv_general|cublas|gemm|.*gemm.*|.*matmul.*)", re.I)
+# Library GEMM fusions and dots / convolutions (CPU), GEMM kernels (GPU).
+GEMM = re.compile(r"^(ynn_fusion|xnn_fusion|dot|convolution|conv_general|"
+                  r"cublas)|gemm|matmul", re.I)
 
 
 def hlo_ops(hlo_text: str) -> dict:
@@ -50,7 +51,7 @@ def hlo_ops(hlo_text: str) -> dict:
 def classify(name: str, op_name: str) -> tuple[str, str, str]:
   phase = ("bwd" if "transpose(jvp(" in op_name else
            "fwd" if "jvp(" in op_name else "update")
-  kind = "gemm" if GEMM.match(name) or "conv_general" in op_name else "other"
+  kind = "gemm" if GEMM.search(name) or "conv_general" in op_name else "other"
   part = ("mlp" if "/mlp/" in op_name else
           "attention" if "/attention/" in op_name else
           "norm" if re.search(r"/(ln|norm)[\w]*/", op_name) else

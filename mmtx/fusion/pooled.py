@@ -15,7 +15,7 @@ import flax.linen as nn
 from mmtx.fusion.base import (Fusion, check_inputs, dense, masked_mean,
                               presence_weights, project)
 from mmtx.layers import Mlp
-from mmtx.layers.transformer import ACTIVATIONS
+from mmtx.layers.transformer import ACTIVATIONS, elementwise_activation
 
 COMBINES = ("mean", "weighted")
 
@@ -134,9 +134,8 @@ class LateFusion(Fusion):
                           self.dtype)
 
 
-_FLATTEN_ACTIVATIONS = {"relu": nn.relu,
-                        "gelu": lambda x: nn.gelu(x, approximate=False),
-                        "quick_gelu": lambda x: x * nn.sigmoid(1.702 * x)}
+# swiglu gates one projection by another: not a single hidden layer.
+_FLATTEN_ACTIVATIONS = tuple(a for a in ACTIVATIONS if a != "swiglu")
 
 
 class FlattenFusion(Fusion):
@@ -157,7 +156,7 @@ class FlattenFusion(Fusion):
     self._check_fields("dim", "mlp_dim", "num_layers", "dropout_rate")
     if self.activation not in _FLATTEN_ACTIVATIONS:
       raise ValueError(f"FlattenFusion: field activation must be one of "
-                       f"{sorted(_FLATTEN_ACTIVATIONS)}, got "
+                       f"{list(_FLATTEN_ACTIVATIONS)}, got "
                        f"{self.activation!r}.")
     keys, tokens, masks = check_inputs(tokens, masks, "FlattenFusion")
     h = jnp.concatenate([
@@ -173,11 +172,12 @@ class FlattenFusion(Fusion):
             f"features ([tokens, width] per modality: {counts}), the "
             f"parameters expect {want}: flatten needs the token counts it "
             f"was initialised with (pad every sequence to the same length).")
+    act = elementwise_activation(self.activation)
     for i in range(self.num_layers):
       h = dense(self.mlp_dim, (None, "mlp"), self.dtype, self.param_dtype,
                 f"hidden_{i}")(h)
       h = nn.Dropout(self.dropout_rate)(
-          _FLATTEN_ACTIVATIONS[self.activation](h),
+          act(h),
           deterministic=deterministic)
     out = dense(self.dim, ("mlp" if self.num_layers else None, "embed"),
                 self.dtype, self.param_dtype, "out")(h)

@@ -29,6 +29,20 @@ REMAT_POLICIES = {
 }
 
 
+def elementwise_activation(name: str):
+  """The one-input activations of `Mlp` by name: relu, gelu (exact, erf),
+  quick_gelu (x * sigmoid(1.702 x), CLIP). swiglu is not one: it gates one
+  projection by another, so it lives in `Mlp` itself."""
+  if name == "relu":
+    return nn.relu
+  if name == "quick_gelu":
+    return lambda h: h * nn.sigmoid(1.702 * h)
+  if name == "gelu":
+    return lambda h: nn.gelu(h, approximate=False)
+  raise ValueError(f"activation {name!r} is not an elementwise one; expected "
+                   f"relu, gelu or quick_gelu.")
+
+
 def _kernel(names):
   return nn.with_logical_partitioning(nn.initializers.xavier_uniform(), names)
 
@@ -74,13 +88,8 @@ class Mlp(nn.Module):
       h = nn.swish(dense(self.hidden_dim, ("embed", "mlp"), "wi_0")(x)) * dense(
           self.hidden_dim, ("embed", "mlp"), "wi_1")(x)
     else:
-      h = dense(self.hidden_dim, ("embed", "mlp"), "wi")(x)
-      if self.activation == "relu":
-        h = nn.relu(h)
-      elif self.activation == "quick_gelu":
-        h = h * nn.sigmoid(1.702 * h)
-      else:
-        h = nn.gelu(h, approximate=False)
+      h = elementwise_activation(self.activation)(
+          dense(self.hidden_dim, ("embed", "mlp"), "wi")(x))
     h = nn.Dropout(self.dropout_rate)(h, deterministic=deterministic)
     return dense(out_dim, ("mlp", "embed"), "wo")(h).reshape(lead + (out_dim,))
 
