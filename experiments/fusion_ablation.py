@@ -13,7 +13,14 @@ non-relational), not where it ends; on the 2-core CPU box one seed of
 every strategy is ~3 h (3-7 min for most; concat, co_attention, m_modal
 and bottleneck, which cannot share the image pass, ~25-30 min each),
 8,000 steps twice that.
-Finished rows are kept in OUT/results.json: rerunning resumes.
+Finished rows are kept in OUT/results.json: rerunning resumes. Measured
+rows are committed in experiments/results/ (runs/ is not kept between
+machines); `--resume_from` merges such a file in, `--table_only` writes the
+table from the rows at hand without training:
+
+  ./run.sh python experiments/fusion_ablation.py --table_only \
+      --resume_from=experiments/results/fusion_ablation_4k.json \
+      --out=runs/fusion_ablation_4k
 
 Only model.fusion.name changes between rows (FiLM modulates the image, so
 its target is 'image'; every other directional strategy has the question
@@ -39,6 +46,7 @@ TYPES = ("accuracy", "accuracy/nonrel", "accuracy/rel", "accuracy/ternary")
 # The floor row: the default (cross_attention) model with the image replaced
 # by zeros, same budget - what a strategy gets without using the image.
 FLOOR = "question_only"
+MACHINE = f"{platform.machine()}, {os.cpu_count()} CPU cores"
 
 
 def run_one(fusion, seed, args):
@@ -62,7 +70,8 @@ def run_one(fusion, seed, args):
   return {"name": fusion, "seed": seed, "steps": args.steps,
           "wall_s": r["wall_s"],
           "params": r["params"], "questions_per_sec": r["questions_per_sec"],
-          "metrics": {k: r["metrics"].get(k) for k in TYPES}}
+          "metrics": {k: r["metrics"].get(k) for k in TYPES},
+          "date": time.strftime("%Y-%m-%d"), "machine": MACHINE}
 
 
 def table(results, args):
@@ -71,21 +80,23 @@ def table(results, args):
                  key=lambda n: (n == FLOOR, -np.mean([
                      r["metrics"]["accuracy"] for r in results
                      if r["name"] == n])))
-  head = ["fusion", "params", "questions/s", "all", "nonrel", "rel", "ternary"]
+  head = ["fusion", "params", "questions/s", "seeds", "all", "nonrel", "rel",
+          "ternary"]
   rows = []
   for n in names:
     rs = [r for r in results if r["name"] == n]
     label = "floor: question only (image zeroed)" if n == FLOOR else n
     cells = [label, f"{rs[0]['params'] / 1e3:.0f}k",
-             f"{np.median([r['questions_per_sec'] or 0 for r in rs]):.0f}"]
+             f"{np.median([r['questions_per_sec'] or 0 for r in rs]):.0f}",
+             ",".join(str(r["seed"]) for r in sorted(rs, key=lambda r: r["seed"]))]
     cells += [runlib.pct_cell([r["metrics"][k] for r in rs]) for k in TYPES]
     rows.append(cells)
-  seeds = sorted({r["seed"] for r in results})
+  dates = sorted({r.get("date", "undated") for r in results})
+  machines = sorted({r.get("machine", "unrecorded") for r in results})
   meta = (f"Sort-of-CLEVR test split (200 images, 6,000 questions); "
           f"{args.steps} steps x {'4' if args.quick else '16'} images x 10 "
-          f"questions, seeds {seeds} (mean ± std over seeds); machine: "
-          f"{platform.machine()}, {os.cpu_count()} CPU cores; "
-          f"{time.strftime('%Y-%m-%d')}.")
+          f"questions; mean ± std over a row's seeds; machine: "
+          f"{'; '.join(machines)}; measured {' to '.join(dates[::max(len(dates) - 1, 1)])}.")
   return runlib.markdown_table(head, rows) + "\n\n" + meta + "\n"
 
 
@@ -99,6 +110,13 @@ def main(argv=None):
                  default=True, help="also train the question-only floor "
                  "(image replaced by zeros), same budget")
   p.add_argument("--out", default="runs/fusion_ablation")
+  p.add_argument("--resume_from", default="",
+                 help="comma-separated results.json files (e.g. experiments/"
+                 "results/fusion_ablation_4k.json) whose rows count as done; "
+                 "OUT's own rows win on the same (name, seed, steps)")
+  p.add_argument("--table_only", action="store_true",
+                 help="train nothing: write OUT/results.md from the rows at "
+                 "hand (OUT/results.json and --resume_from)")
   p.add_argument("--quick", action="store_true",
                  help="tiny data, 2 steps, seed 0: checks every row runs")
   args = p.parse_args(argv)
@@ -113,10 +131,17 @@ def main(argv=None):
     fusions.append(FLOOR)
   os.makedirs(args.out, exist_ok=True)
   path = os.path.join(args.out, "results.json")
-  done = runlib.load_rows(path)   # rerunning the command resumes
+  done = {}
+  for src in [s for s in args.resume_from.split(",") if s]:
+    if not os.path.exists(src):
+      raise SystemExit(f"fusion_ablation: --resume_from {src} does not exist.")
+    done.update(runlib.load_rows(src))
+  done.update(runlib.load_rows(path))   # rerunning the command resumes
+  if done:
+    runlib.save_rows(path, done.values())
   for seed in [int(s) for s in args.seeds.split(",")]:
     for f in fusions:
-      if (f, seed, args.steps) in done:
+      if (f, seed, args.steps) in done or args.table_only:
         continue
       r = done[(f, seed, args.steps)] = run_one(f, seed, args)
       runlib.save_rows(path, done.values())

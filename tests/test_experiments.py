@@ -69,6 +69,19 @@ def test_fusion_ablation_writes_rows_and_resumes(tmp_path):
   assert "±" in md and "machine:" in md
   again = _script(tmp_path, "fusion_ablation.py", *args, timeout=300)
   assert " seed 0:" not in again
+  # Committed rows (experiments/results/) seed a fresh OUT; --table_only
+  # trains nothing, even for rows that are missing (seed 1 here).
+  fresh = tmp_path / "fresh"
+  table_only = _script(
+      tmp_path, "fusion_ablation.py", "--quick", "--table_only",
+      "--fusions=concat,film,late,gated", "--seeds=0",
+      f"--resume_from={tmp_path / 'abl' / 'results.json'}", f"--out={fresh}",
+      timeout=300)
+  assert " seed 0:" not in table_only
+  md2 = (fresh / "results.md").read_text()
+  assert md2.splitlines()[:6] == md.splitlines()[:6]
+  assert "| gated |" not in md2
+  assert len(json.loads((fresh / "results.json").read_text())["rows"]) == 4
 
 
 def test_every_fusion_builds_in_the_default_model():
