@@ -18,6 +18,9 @@ INSTALL_REQUIRES = [
     "tqdm>=4.66",
     "sentencepiece>=0.2",
     "easy-vqa==1.0",
+    # The experiments' figures: matplotlib charts, PIL attention sheets.
+    "matplotlib>=3.8,<4",
+    "pillow>=10",
 ]
 
 # References the tests compare against: open_clip's losses, pycocoevalcap's

@@ -28,7 +28,9 @@ templates, wrong scene); retrieval - chance recall@K; zero-shot - the
 majority class; dialogue - the no-history rows (turn 1 names the object and
 needs no history; the later turns say "it", so without the history they
 fall to guessing, which dialogue_full_tested_last shows on one set of
-weights). Tables go to OUT/results.md (+ results.json).
+weights). Tables go to OUT/results.md (+ results.json), bars with the
+floors to OUT/captioning.png, retrieval.png and dialogue.png (those with
+rows).
 """
 from __future__ import annotations
 
@@ -187,6 +189,50 @@ def tables(results, fl, args) -> str:
   return "\n\n".join(out + [meta]) + "\n"
 
 
+def plots(results, fl, out: str) -> list[str]:
+  """The tables' headline numbers as bar charts beside their floors:
+  captioning (BLEU-1..4, CIDEr-D), retrieval (R@1/5/10 both ways, zero-shot
+  top-1), dialogue (accuracy per turn). Returns the PNG paths written."""
+  by = {r["name"]: r for r in results}
+  nan = float("nan")
+  get = lambda m, k: 100 * m[k] if m.get(k) is not None else nan  # noqa: E731
+  paths = []
+  if "caption" in by:
+    keys = [f"bleu_{k}" for k in range(1, 5)] + ["cider"]
+    paths.append(runlib.bar_chart(
+        os.path.join(out, "captioning.png"),
+        ["BLEU-1", "BLEU-2", "BLEU-3", "BLEU-4", "CIDEr-D"],
+        [("CoCa (configs/caption.py)",
+          [get(by["caption"]["metrics"], k) for k in keys], None),
+         ("floor: another image's caption",
+          [get(fl["caption"], k) for k in keys], None)],
+        ylabel="score (x100)", title="Captioning, greedy"))
+  keys = [f"{d}_r{k}" for d in ("i2t", "t2i") for k in (1, 5, 10)]
+  rec = [(by[n]["config"], [get(by[n]["metrics"], k) for k in keys] +
+          [get(by[n]["metrics"], "zero_shot/top1")], None)
+         for n in ("clip", "siglip", "caption") if n in by]
+  if rec:
+    floor = ([get(fl["retrieval"], k) for k in keys] +
+             [100 * fl["zero_shot_majority"]])
+    paths.append(runlib.bar_chart(
+        os.path.join(out, "retrieval.png"),
+        ["i2t R@1", "R@5", "R@10", "t2i R@1", "R@5", "R@10", "zero-shot"],
+        rec + [("floor: chance / majority", floor, None)],
+        ylabel="%", title="Retrieval and zero-shot"))
+  dia = [by[n] for n in ("dialogue_full", "dialogue_last",
+                         "dialogue_full_tested_last") if n in by]
+  if dia:
+    turns = sorted({int(k.split("_")[-1]) for r in dia for k in r["metrics"]
+                    if k.startswith("accuracy/turn_")})
+    paths.append(runlib.bar_chart(
+        os.path.join(out, "dialogue.png"),
+        ["all"] + [f"turn {t}" for t in turns],
+        [(r["name"], [get(r["metrics"], "accuracy")] +
+          [get(r["metrics"], f"accuracy/turn_{t}") for t in turns], None)
+         for r in dia], title="Visual dialogue, answer accuracy"))
+  return paths
+
+
 def main(argv=None):
   p = argparse.ArgumentParser(description=__doc__,
                               formatter_class=argparse.RawTextHelpFormatter)
@@ -226,6 +272,7 @@ def main(argv=None):
   md = "# Downstream tasks (Sort-of-CLEVR)\n\n" + tables(results, fl, args)
   with open(os.path.join(args.out, "results.md"), "w") as f:
     f.write(md)
+  plots(results, fl, args.out)
   print(md)
   return results, fl
 

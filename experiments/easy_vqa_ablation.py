@@ -8,7 +8,7 @@ Published references: the dataset author's CNN + bag-of-words model reports
 99.5 % test accuracy; a question-only model gets about 67 %. Both rows use
 configs/easy_vqa.py and the one trainer; the table (test accuracy overall and
 per question type, parameters, questions/s, wall time, machine) goes to
-OUT/results.md and OUT/results.json.
+OUT/results.md and OUT/results.json, the bars to OUT/accuracy.png.
 """
 from __future__ import annotations
 
@@ -71,6 +71,12 @@ def main(argv=None):
       f"{time.strftime('%Y-%m-%d')}.\n")
   os.makedirs(args.out, exist_ok=True)
   open(os.path.join(args.out, "results.md"), "w").write(md)
+  runlib.bar_chart(
+      os.path.join(args.out, "accuracy.png"), ["test", "shape", "color",
+                                               "yes/no"],
+      [(ROWS[r["name"]], [100 * r["metrics"].get(k, float("nan"))
+                          for k in KEYS], None) for r in results],
+      title=f"easy-VQA test, {args.steps} steps")
   json.dump(results, open(os.path.join(args.out, "results.json"), "w"),
             indent=1)
   print(md)

@@ -26,8 +26,8 @@ Only model.fusion.name changes between rows (FiLM modulates the image, so
 its target is 'image'; every other directional strategy has the question
 query the image, target 'text'). A floor row (--floor, on by default)
 trains the cross-attention model with the image replaced by zeros. Each run
-is the one trainer (mmtx.train); results.md / results.json go to OUT, one
-workdir per run under OUT/runs.
+is the one trainer (mmtx.train); results.md / results.json / accuracy.png
+go to OUT, one workdir per run under OUT/runs.
 """
 from __future__ import annotations
 
@@ -74,12 +74,32 @@ def run_one(fusion, seed, args):
           "date": time.strftime("%Y-%m-%d"), "machine": MACHINE}
 
 
+def ordered(results):
+  """The strategies of `results`, best mean accuracy first, the floor last."""
+  import numpy as np
+  return sorted({r["name"] for r in results},
+                key=lambda n: (n == FLOOR, -np.mean([
+                    r["metrics"]["accuracy"] for r in results
+                    if r["name"] == n])))
+
+
+def plot(results, path):
+  """accuracy.png: a bar per strategy (table order) for each question type,
+  the mean over seeds with the std as an error bar."""
+  series = []
+  for n in ordered(results):
+    stats = [runlib.mean_std([r["metrics"][k] for r in results
+                              if r["name"] == n and r["metrics"][k] is not None]
+                             or [float("nan")]) for k in TYPES]
+    series.append(("question only" if n == FLOOR else n,
+                   [m for m, _ in stats], [s for _, s in stats]))
+  return runlib.bar_chart(path, ["all", "nonrel", "rel", "ternary"], series,
+                          title="Fusion ablation, Sort-of-CLEVR test")
+
+
 def table(results, args):
   import numpy as np
-  names = sorted({r["name"] for r in results},
-                 key=lambda n: (n == FLOOR, -np.mean([
-                     r["metrics"]["accuracy"] for r in results
-                     if r["name"] == n])))
+  names = ordered(results)
   head = ["fusion", "params", "questions/s", "seeds", "all", "nonrel", "rel",
           "ternary"]
   rows = []
@@ -152,6 +172,8 @@ def main(argv=None):
           and r["name"] in fusions]
   md = table(mine, args)
   open(os.path.join(args.out, "results.md"), "w").write(md)
+  if mine:
+    plot(mine, os.path.join(args.out, "accuracy.png"))
   print(md)
   return mine
 

@@ -115,12 +115,9 @@ def table(pre, runs, args):
 
 
 def plot(runs, args, path):
-  try:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-  except ImportError:
-    return False
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
   fig, ax = plt.subplots(figsize=(5, 3.5))
   for p, style in ((False, "o--"), (True, "s-")):
     xs, ms, ss = [], [], []
@@ -140,7 +137,8 @@ def plot(runs, args, path):
   ax.legend()
   fig.tight_layout()
   fig.savefig(path, dpi=120)
-  return True
+  plt.close(fig)
+  return path
 
 
 def main(argv=None):

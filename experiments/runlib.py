@@ -108,6 +108,39 @@ def markdown_table(header, rows) -> str:
                    + [line(r) for r in rows])
 
 
+def bar_chart(path: str, categories, series, ylabel: str = "test accuracy (%)",
+              title: str = "") -> str:
+  """Writes a grouped bar chart to the PNG `path`: one group per category,
+  one bar per series `(label, values, errors)` (errors None, or error-bar
+  half-lengths such as the std over seeds; a NaN value draws no bar).
+  Returns `path`."""
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+  import numpy as np
+  series = list(series)
+  x = np.arange(len(categories))
+  width = 0.8 / max(len(series), 1)
+  fig, ax = plt.subplots(figsize=(4 + 0.3 * len(series) * len(categories),
+                                  3.6))
+  cmap = plt.get_cmap("tab10" if len(series) <= 10 else "tab20")
+  for i, (label, values, errors) in enumerate(series):
+    ax.bar(x + (i - (len(series) - 1) / 2) * width,
+           np.asarray(values, float), width, label=label, color=cmap(i),
+           yerr=None if errors is None else np.asarray(errors, float),
+           capsize=2, error_kw={"elinewidth": 0.8})
+  ax.set_xticks(x, list(categories))
+  ax.set_ylabel(ylabel)
+  if title:
+    ax.set_title(title, fontsize=9)
+  ax.grid(axis="y", alpha=0.3)
+  ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+  fig.tight_layout()
+  fig.savefig(path, dpi=120)
+  plt.close(fig)
+  return path
+
+
 def add_common_args(parser, out: str) -> None:
   """--out, --cpu_devices and --quick, as every Sort-of-CLEVR script has."""
   parser.add_argument("--out", default=out)

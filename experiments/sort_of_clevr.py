@@ -162,27 +162,16 @@ def table(results, args):
 
 
 def plot(results, path):
-  try:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-  except ImportError:
-    return False
+  """accuracy.png: test accuracy per question type, a bar per model (mean
+  over seeds, the std as an error bar)."""
   types = ["nonrel", "rel", "ternary"]
-  import numpy as np
-  fig, ax = plt.subplots(figsize=(6, 3.5))
-  names = list(dict.fromkeys(r["name"] for r in results))
-  w = 0.8 / len(names)
-  for i, n in enumerate(names):
-    vals = [100 * np.mean([r["metrics"].get(f"accuracy/{t}", 0)
-                           for r in results if r["name"] == n]) for t in types]
-    ax.bar([j + i * w for j in range(3)], vals, w, label=n)
-  ax.set_xticks([j + w * (len(names) - 1) / 2 for j in range(3)], types)
-  ax.set_ylabel("test accuracy (%)")
-  ax.legend(fontsize=7)
-  fig.tight_layout()
-  fig.savefig(path, dpi=120)
-  return True
+  series = []
+  for n in dict.fromkeys(r["name"] for r in results):
+    stats = [runlib.mean_std([r["metrics"].get(f"accuracy/{t}", float("nan"))
+                              for r in results if r["name"] == n])
+             for t in types]
+    series.append((n, [m for m, _ in stats], [s for _, s in stats]))
+  return runlib.bar_chart(path, types, series, title="Sort-of-CLEVR test")
 
 
 def main():

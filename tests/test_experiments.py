@@ -20,6 +20,16 @@ def _script(tmp_path, script, *args, timeout=600):
   return out.stdout
 
 
+def _chart(path):
+  """A chart the script drew: a readable PNG with more than a blank page."""
+  from PIL import Image
+  import numpy as np
+  img = Image.open(path)
+  assert img.format == "PNG" and img.size[0] > 300 and img.size[1] > 200
+  px = np.asarray(img.convert("RGB"))
+  assert len(np.unique(px.reshape(-1, 3), axis=0)) > 8, path
+
+
 def test_sort_of_clevr_script_writes_its_table(tmp_path):
   _script(tmp_path, "sort_of_clevr.py", "--quick", "--eval_every=2",
           f"--out={tmp_path / 'soc'}")
@@ -50,6 +60,7 @@ def test_sort_of_clevr_script_writes_its_table(tmp_path):
   assert "| question_only | 0,1 |" in md and "| cross_attention | 0 |" in md
   assert "Every run:" in md and "| question_only | 1 |" in md
   assert "mean ± std over seeds" in md and " ± " in md
+  _chart(tmp_path / "soc" / "accuracy.png")
 
 
 def test_fusion_ablation_writes_rows_and_resumes(tmp_path):
@@ -67,6 +78,7 @@ def test_fusion_ablation_writes_rows_and_resumes(tmp_path):
   assert md.strip().splitlines()[-3].startswith(
       "| floor: question only (image zeroed) |")
   assert "±" in md and "machine:" in md
+  _chart(tmp_path / "abl" / "accuracy.png")
   again = _script(tmp_path, "fusion_ablation.py", *args, timeout=300)
   assert " seed 0:" not in again
   # Committed rows (experiments/results/) seed a fresh OUT; --table_only
@@ -138,6 +150,7 @@ def test_easy_vqa_script_writes_its_table(tmp_path):
   for r in res.values():
     assert 0.0 <= r["metrics"]["accuracy"] <= 1.0
     assert "accuracy/yes/no" in r["metrics"]
+  _chart(tmp_path / "evq" / "accuracy.png")
 
 
 def test_pretrain_transfer_script_writes_its_table(tmp_path):
@@ -154,6 +167,7 @@ def test_pretrain_transfer_script_writes_its_table(tmp_path):
   md = (tmp_path / "tr" / "results.md").read_text()
   assert "| 10% |" in md and "| pretrained |" in md and "| scratch |" in md
   assert "points" in md and "Pretraining run" in md
+  _chart(tmp_path / "tr" / "transfer.png")
 
 
 def test_downstream_script_writes_its_tables(tmp_path):
@@ -183,6 +197,8 @@ def test_downstream_script_writes_its_tables(tmp_path):
   fl = res["floors"]
   assert 0 < fl["zero_shot_majority"] <= 1
   assert 0 < fl["caption"]["bleu_1"] < 1
+  for name in ("captioning", "retrieval", "dialogue"):
+    _chart(out_dir / f"{name}.png")
   # Asked again with the same steps and seed, finished rows are reused and
   # the table still holds every row.
   again = _script(tmp_path, "downstream_tasks.py", "--quick",
