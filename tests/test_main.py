@@ -79,3 +79,45 @@ def test_two_cpu_devices_survive_a_long_log_interval(tmp_path):
   assert out.returncode == 0, out.stderr[-3000:]
   assert "devices=2 cpu" in out.stdout
   assert "rendezvous" not in out.stderr
+
+
+
+_FAULTS = r"""
+import resource
+import jax
+import jax.numpy as jnp
+
+@jax.jit
+def f(x):   # x @ x.T is a 64 MiB temporary between two GEMMs
+  return (x @ x.T) @ x
+
+x = jnp.ones((4096, 64), jnp.float32) / 64
+for _ in range(2):
+  f(x).block_until_ready()
+before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+for _ in range(4):
+  f(x).block_until_ready()
+print((resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / 4)
+"""
+
+
+def test_run_sh_stops_xla_cpu_refaulting_its_temporaries_every_call():
+  """XLA:CPU allocates a call's temporaries afresh and glibc maps / unmaps
+  blocks that large per call, so each call faults the 64 MiB temporary
+  back in, 4 KiB at a time (16k faults). run.sh's GLIBC_TUNABLES
+  (transparent huge pages for malloc) cut that by far more than 10x: the
+  training-step time it saves is in experiments/benchmarks/NOTES.md."""
+  thp = "/sys/kernel/mm/transparent_hugepage/enabled"
+  if not os.path.exists(thp) or "[never]" in open(thp).read():
+    pytest.skip("transparent huge pages are off on this machine")
+  env = {k: v for k, v in os.environ.items() if k != "GLIBC_TUNABLES"}
+  faults = {}
+  for name, prefix in (("plain", []), ("run.sh", ["bash", "run.sh"])):
+    out = subprocess.run(prefix + [sys.executable, "-c", _FAULTS], cwd=REPO,
+                         env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    faults[name] = float(out.stdout.split()[-1])
+  if faults["plain"] < 4096:
+    pytest.skip(f"this allocator already reuses XLA's temporaries "
+                f"({faults['plain']:.0f} faults per call)")
+  assert faults["run.sh"] < faults["plain"] / 10, faults

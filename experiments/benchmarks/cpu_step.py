@@ -44,6 +44,7 @@ import argparse
 import json
 import os
 import platform
+import resource
 import statistics
 import subprocess
 import sys
@@ -259,11 +260,15 @@ def worker_main(a):
   for line in sys.stdin:
     if line.strip() != "run":
       break
+    faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
     start = time.perf_counter()
     for _ in range(a.steps):
       loss = step()
     sec = (time.perf_counter() - start) / a.steps
-    print("TIME " + json.dumps(dict(sec=sec, loss=loss)), flush=True)
+    faults = (resource.getrusage(resource.RUSAGE_SELF).ru_minflt -
+              faults) / a.steps
+    print("TIME " + json.dumps(dict(sec=sec, loss=loss, faults=faults)),
+          flush=True)
 
 
 def _threads(worker) -> str:
@@ -330,13 +335,16 @@ def parent_main(a):
           f"{info[n]['params'] / 1e6:.2f} M params, first loss "
           f"{info[n]['loss0']:.4f}", file=sys.stderr, flush=True)
   times = {n: [] for n in names}
+  faults = {n: [] for n in names}
   for r in range(a.rounds):
     order = names[r % len(names):] + names[:r % len(names)]
     for n in order:
       time.sleep(a.pause)
       procs[n].stdin.write("run\n")
       procs[n].stdin.flush()
-      times[n].append(read_tagged(procs[n], "TIME")["sec"])
+      got = read_tagged(procs[n], "TIME")
+      times[n].append(got["sec"])
+      faults[n].append(got["faults"])
   for p in procs.values():
     p.stdin.write("quit\n")
     p.stdin.flush()
@@ -344,7 +352,8 @@ def parent_main(a):
   load1 = os.getloadavg()
   med = {n: statistics.median(t) for n, t in times.items()}
   print(f"\ncpu_step, {time.strftime('%Y-%m-%d %H:%M')}, {machine()}, load "
-        f"average {load0[0]:.1f} -> {load1[0]:.1f}; {versions()}")
+        f"average {load0[0]:.1f} -> {load1[0]:.1f}; {versions()}; "
+        f"GLIBC_TUNABLES={os.environ.get('GLIBC_TUNABLES', '(unset)')}")
   print(f"CLIP: image {a.image_size}px patch {a.patch} "
         f"({(a.image_size // a.patch) ** 2 + 1} tokens), text {a.text_len} "
         f"tokens, vocab {a.vocab}, width {a.width}, depth {a.depth}, heads "
@@ -353,18 +362,20 @@ def parent_main(a):
         f"{a.rounds} rounds x {a.steps} steps, total "
         f"{time.perf_counter() - t0:.0f} s\n")
   print("| framework | params (M) | threads | ms/step (median) | min-max | "
-        "samples/s | mmtx speed-up (x) |")
-  print("|---|---|---|---|---|---|---|")
+        "samples/s | page faults/step | mmtx speed-up (x) |")
+  print("|---|---|---|---|---|---|---|---|")
   for n in names:
     ratio = statistics.median(t / m for t, m in zip(times[n], times["mmtx"]))
     print(f"| {n} | {info[n]['params'] / 1e6:.2f} | {info[n]['threads']} | "
           f"{med[n] * 1e3:.1f} | {min(times[n]) * 1e3:.0f}-"
           f"{max(times[n]) * 1e3:.0f} | {a.batch / med[n]:.1f} | "
-          f"{ratio:.2f} |")
+          f"{statistics.median(faults[n]):,.0f} | {ratio:.2f} |")
   if a.json:
     with open(a.json, "w") as f:
       json.dump(dict(args={k: v for k, v in vars(a).items() if k != "argv"},
-                     info=info, times=times), f, indent=1)
+                     info=info, times=times, faults=faults,
+                     glibc_tunables=os.environ.get("GLIBC_TUNABLES", "")),
+                f, indent=1)
 
 
 def parse_args(argv=None):
