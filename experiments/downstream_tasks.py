@@ -37,7 +37,6 @@ from __future__ import annotations
 import argparse
 import math
 import os
-import platform
 import sys
 import time
 
@@ -184,8 +183,8 @@ def tables(results, fl, args) -> str:
                    ["model", "params", "steps", "wall", "accuracy", "MRR"] +
                    [f"turn {t}" for t in turns], rows))
   meta = (f"Seed {args.seed}, test split of "
-          f"{args.dataset}; machine: {platform.machine()}, {os.cpu_count()} "
-          f"CPU cores; {time.strftime('%Y-%m-%d')}.")
+          f"{args.dataset}; machine: {runlib.machine()}; "
+          f"{time.strftime('%Y-%m-%d')}.")
   return "\n\n".join(out + [meta]) + "\n"
 
 

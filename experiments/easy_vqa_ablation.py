@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import sys
 import time
 
@@ -67,7 +66,7 @@ def main(argv=None):
   md = runlib.markdown_table(head, rows) + (
       f"\n\n{args.steps} steps x 16 images x 8 questions per image, seed "
       f"{args.seed}; easy-VQA test split (1,000 images, 9,673 questions); "
-      f"machine: {platform.machine()}, {os.cpu_count()} CPU cores; "
+      f"machine: {runlib.machine()}; "
       f"{time.strftime('%Y-%m-%d')}.\n")
   os.makedirs(args.out, exist_ok=True)
   open(os.path.join(args.out, "results.md"), "w").write(md)

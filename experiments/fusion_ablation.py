@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import sys
 import time
 
@@ -46,7 +45,6 @@ TYPES = ("accuracy", "accuracy/nonrel", "accuracy/rel", "accuracy/ternary")
 # The floor row: the default (cross_attention) model with the image replaced
 # by zeros, same budget - what a strategy gets without using the image.
 FLOOR = "question_only"
-MACHINE = f"{platform.machine()}, {os.cpu_count()} CPU cores"
 
 
 def run_one(fusion, seed, args):
@@ -71,7 +69,7 @@ def run_one(fusion, seed, args):
           "wall_s": r["wall_s"],
           "params": r["params"], "questions_per_sec": r["questions_per_sec"],
           "metrics": {k: r["metrics"].get(k) for k in TYPES},
-          "date": time.strftime("%Y-%m-%d"), "machine": MACHINE}
+          "date": time.strftime("%Y-%m-%d"), "machine": runlib.machine()}
 
 
 def ordered(results):

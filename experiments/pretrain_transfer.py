@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import sys
 import time
 
@@ -109,7 +108,7 @@ def table(pre, runs, args):
           f"x 64 questions, {runs[0]['params'] / 1e6:.2f}M params, seeds "
           f"{','.join(map(str, args.seeds))} (mean ± std over seeds); test = "
           f"the paper's 200-image test split (6,000 questions). Machine: "
-          f"{platform.machine()}, {os.cpu_count()} CPU cores; "
+          f"{runlib.machine()}; "
           f"{time.strftime('%Y-%m-%d')}.")
   return "\n\n".join([runlib.markdown_table(head, rows), pre_line, meta]) + "\n"
 

@@ -141,6 +141,28 @@ def bar_chart(path: str, categories, series, ylabel: str = "test accuracy (%)",
   return path
 
 
+def machine() -> str:
+  """'<CPU model>, N CPU cores' (the model from /proc/cpuinfo where there is
+  one), plus the accelerator when JAX has one: the machine a table's
+  numbers were measured on."""
+  import platform
+  model = platform.processor() or platform.machine()
+  try:
+    with open("/proc/cpuinfo") as f:
+      model = next((line.split(":", 1)[1].strip() for line in f
+                    if line.startswith("model name")), model)
+  except OSError:
+    pass
+  out = f"{model}, {os.cpu_count()} CPU cores"
+  try:
+    import jax
+    if jax.default_backend() != "cpu":
+      out += f", {jax.device_count()} x {jax.devices()[0].device_kind}"
+  except Exception:  # noqa: BLE001 - no JAX backend: the CPU is the machine
+    pass
+  return out
+
+
 def add_common_args(parser, out: str) -> None:
   """--out, --cpu_devices and --quick, as every Sort-of-CLEVR script has."""
   parser.add_argument("--out", default=out)

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import sys
 import time
 
@@ -148,8 +147,7 @@ def table(results, args):
   meta = (f"{args.steps} steps x {images} images x "
           f"{d.data.questions_per_image} questions per image"
           f"{'; mean ± std over seeds' if several else ''}; "
-          f"machine: {platform.machine()} {os.cpu_count()} CPU "
-          f"cores ({platform.processor() or 'cpu'}); "
+          f"machine: {runlib.machine()}; "
           f"{time.strftime('%Y-%m-%d')}")
   out = runlib.markdown_table(head, rows) + "\n\n" + meta + "\n"
   if several:
