@@ -164,7 +164,7 @@ def main(argv=None):
   args.train_images = len(data_lib.ensure_built(name).as_data_source("train"))
   os.makedirs(args.out, exist_ok=True)
   pre = pretrain(args)
-  print(f"pretrain: " + " ".join(f"{k}={100 * pre['metrics'].get(k, 0):.1f}"
+  print("pretrain: " + " ".join(f"{k}={100 * pre['metrics'].get(k, 0):.1f}"
                                  for k in PRETRAIN_KEYS), flush=True)
   runs = []
   for labels in args.labels:

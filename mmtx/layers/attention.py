@@ -11,7 +11,6 @@ from typing import Any, Callable, Optional
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import flax.linen as nn
 
 Array = jax.Array
