@@ -32,16 +32,18 @@ if [ ! -x "$VENV/bin/python" ] || [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; 
 fi
 export PATH="$PWD/$VENV/bin:$PATH"
 # XLA:CPU allocates a compiled step's temporaries afresh on every call, and
-# glibc serves blocks that large from fresh mappings that it unmaps on free,
-# so every training step faulted its whole working set back in, 4 KiB at a
+# glibc served blocks that large from fresh mappings that it unmapped on
+# free, so every training step faulted its working set back in, 4 KiB at a
 # time (cpu_step's CLIP: 256 MiB, 66k faults, ~100 ms of a 210 ms step).
-# One arena, no mappings for large blocks and no trimming let each step
-# reuse the last one's memory; transparent huge pages cover what is still
-# mapped. cpu_step: 214 -> 166 ms, 0 faults; Sort-of-CLEVR concat fusion:
-# 599 -> 888 questions/s (experiments/benchmarks/NOTES.md). glibc < 2.35
-# ignores hugetlb; malloc settings of the caller's own win.
+# No mappings for large blocks and no trimming let a step reuse the last
+# one's memory (where glibc can: the main arena, i.e. mmtx's synchronous
+# single-device CPU dispatch, sharding.set_cpu_sync_dispatch); transparent
+# huge pages cover what is still mapped. One arena would cover every
+# thread but slows the two-device default job by ~15 %. Measurements:
+# experiments/benchmarks/NOTES.md. glibc < 2.35 ignores hugetlb; malloc
+# settings of the caller's own win.
 case "${GLIBC_TUNABLES:-}" in
   *glibc.malloc.*) ;;
-  *) export GLIBC_TUNABLES="${GLIBC_TUNABLES:+$GLIBC_TUNABLES:}glibc.malloc.hugetlb=1:glibc.malloc.arena_max=1:glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=68719476736" ;;
+  *) export GLIBC_TUNABLES="${GLIBC_TUNABLES:+$GLIBC_TUNABLES:}glibc.malloc.hugetlb=1:glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=68719476736" ;;
 esac
 exec "$@"

@@ -20,6 +20,7 @@ def train_run(cfg, workdir: str, mode: str = "train") -> dict:
   from mmtx import sharding, tasks, train
   # As mmtx.main does; only takes effect if JAX has not started yet (the
   # first row of a script run), otherwise make_mesh warns.
+  sharding.set_cpu_sync_dispatch()
   sharding.set_cpu_devices(cfg.mesh.get("cpu_devices", 0))
   logging.set_verbosity(logging.WARNING)
   task = tasks.get_task(cfg.task)

@@ -87,7 +87,8 @@ def main(argv):
   # Imports after flag parsing keep `--help` fast.
   import jax
   from mmtx import sharding
-  # Both before anything starts JAX's backends.
+  # All before anything starts JAX's backends.
+  sharding.set_cpu_sync_dispatch()
   sharding.set_cpu_devices(config.mesh.get("cpu_devices", 0))
   sharding.maybe_initialize_distributed()
   from mmtx import tasks

@@ -61,6 +61,34 @@ def maybe_initialize_distributed():
     jax.distributed.initialize()
 
 
+def set_cpu_sync_dispatch() -> bool:
+  """Runs single-device CPU programs on the calling thread (JAX's
+  jax_cpu_enable_async_dispatch=False; multi-device programs are not
+  affected).
+
+  XLA:CPU allocates a program's temporaries afresh on every call. On
+  JAX's dispatch thread, glibc serves blocks over 64 MiB from new mappings
+  and unmaps them on free, so each training step faulted its whole working
+  set back in (experiments/benchmarks/cpu_step.py's CLIP: 66k page faults,
+  ~100 ms of a 210 ms step); on the calling thread, with run.sh's
+  GLIBC_TUNABLES (no mappings, no trimming), a step reuses the previous
+  step's memory: 16 faults, 151 ms. The Python loop then waits for each
+  step, which the input pipeline's own threads make up for. Must run before
+  JAX starts its backends; returns whether it took effect (False after,
+  with a warning).
+  """
+  if not jax.config.read("jax_cpu_enable_async_dispatch"):
+    return True   # already set (e.g. by the first of several runs)
+  from jax._src import xla_bridge  # no public way to ask (JAX 0.10-0.11)
+  started = getattr(xla_bridge, "backends_are_initialized", lambda: False)()
+  if started:
+    warnings.warn("set_cpu_sync_dispatch: not applied, JAX's backends are "
+                  "already running; call it before any JAX operation.")
+    return False
+  jax.config.update("jax_cpu_enable_async_dispatch", False)
+  return True
+
+
 def set_cpu_devices(n: int) -> bool:
   """Splits this host's CPU into `n` XLA devices (0 = JAX's default, one).
 

@@ -59,3 +59,38 @@ def test_cpu_devices_is_applied_before_jax_starts_and_warns_after():
   out = subprocess.run([sys.executable, "-c", code], capture_output=True,
                        text=True, timeout=300, env=env)
   assert out.stdout.split()[-2:] == ["False", "3"], out.stdout + out.stderr
+
+
+def test_cpu_sync_dispatch_is_applied_before_jax_starts_and_warns_after():
+  """sharding.set_cpu_sync_dispatch (mmtx.main's first step) makes
+  single-device CPU programs run on the calling thread - a call returns
+  with its result computed - and, once JAX has started without it, changes
+  nothing and says so."""
+  code = textwrap.dedent("""
+      import sys, warnings
+      import jax, jax.numpy as jnp
+      from mmtx import sharding
+      if sys.argv[1] == "before":
+        assert sharding.set_cpu_sync_dispatch()
+        assert sharding.set_cpu_sync_dispatch()   # again: a no-op
+        assert not jax.config.read("jax_cpu_enable_async_dispatch")
+      else:
+        jnp.ones(1).block_until_ready()
+        with warnings.catch_warnings(record=True) as w:
+          warnings.simplefilter("always")
+          assert not sharding.set_cpu_sync_dispatch()
+        assert "already running" in str(w[0].message)
+        assert jax.config.read("jax_cpu_enable_async_dispatch")
+      # A dispatched call is done on return only when synchronous.
+      f = jax.jit(lambda x: (x @ x.T).sum())
+      x = jnp.ones((2048, 2048))
+      f(x).block_until_ready()
+      print("READY", f(x).is_ready())
+  """)
+  got = {}
+  for when in ("before", "after"):
+    out = subprocess.run([sys.executable, "-c", code, when],
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    got[when] = out.stdout.split()[-1]
+  assert got == {"before": "True", "after": "False"}, got

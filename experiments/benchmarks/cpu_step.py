@@ -105,6 +105,7 @@ def mmtx_worker(a):
   sys.path.insert(0, HERE)
   import clip_step
   from mmtx import optimizers, sharding, train
+  sharding.set_cpu_sync_dispatch()   # as mmtx.main does, before JAX starts
   images, texts, _ = batch_arrays(a)
   config = ml_collections.ConfigDict(dict(batch_size=a.batch,
                                           model=mmtx_model_config(a)))

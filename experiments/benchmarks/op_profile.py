@@ -17,11 +17,10 @@ part mlp / attention / norm / embedding / other by the Flax module path;
 then the `--top` most expensive ops with their HLO shapes. Per-op times
 can sum to more than the step when the runtime runs ops side by side.
 
-Under run.sh's malloc settings (one glibc arena) the profiler's own
-allocations from many threads contend with XLA's, which inflates the traced
-op times (one core: 790 ms of ops for a 291 ms step); the script says so and
-`GLIBC_TUNABLES=glibc.malloc.hugetlb=1 ./run.sh python ...` (huge pages,
-the default arenas) gives a faithful breakdown (299 ms of ops, 298 ms step).
+With one glibc malloc arena (GLIBC_TUNABLES=glibc.malloc.arena_max=1, not
+run.sh's setting) the profiler's allocations contend with XLA's and the
+traced op times inflate (one core: 790 ms of ops for a 291 ms step); the
+script says so when that is set.
 """
 from __future__ import annotations
 
@@ -114,9 +113,9 @@ def main(argv=None):
         f"{step_ms:.1f} ms (untraced, mean of {n}); ops in the trace "
         f"{sum(known.values()):.1f} ms per step\n")
   if "glibc.malloc.arena_max=1" in os.environ.get("GLIBC_TUNABLES", ""):
-    print("Note: GLIBC_TUNABLES has glibc.malloc.arena_max=1 (run.sh's "
-          "default), under which tracing inflates op times; rerun with "
-          "GLIBC_TUNABLES=glibc.malloc.hugetlb=1 for a faithful breakdown.\n")
+    print("Note: GLIBC_TUNABLES has glibc.malloc.arena_max=1, under which "
+          "tracing inflates op times; run without it (run.sh's default) for "
+          "a faithful breakdown.\n")
   print("| phase | kind | part | ms / step | share |")
   print("|---|---|---|---|---|")
   total = sum(groups.values()) or 1.0
