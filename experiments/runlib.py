@@ -122,7 +122,7 @@ def bar_chart(path: str, categories, series, ylabel: str = "test accuracy (%)",
   series = list(series)
   x = np.arange(len(categories))
   width = 0.8 / max(len(series), 1)
-  fig, ax = plt.subplots(figsize=(4 + 0.3 * len(series) * len(categories),
+  fig, ax = plt.subplots(figsize=(min(4 + 0.3 * len(series) * len(categories), 13),
                                   3.6))
   cmap = plt.get_cmap("tab10" if len(series) <= 10 else "tab20")
   for i, (label, values, errors) in enumerate(series):
