@@ -142,10 +142,10 @@ def bar_chart(path: str, categories, series, ylabel: str = "test accuracy (%)",
   return path
 
 
-def machine() -> str:
+def machine(accelerator: bool = True) -> str:
   """'<CPU model>, N CPU cores' (the model from /proc/cpuinfo where there is
-  one), plus the accelerator when JAX has one: the machine a table's
-  numbers were measured on."""
+  one), plus, with `accelerator`, JAX's accelerator if it has one: the
+  machine a table's numbers were measured on."""
   import platform
   model = platform.processor() or platform.machine()
   try:
@@ -155,6 +155,8 @@ def machine() -> str:
   except OSError:
     pass
   out = f"{model}, {os.cpu_count()} CPU cores"
+  if not accelerator:
+    return out
   try:
     import jax
     if jax.default_backend() != "cpu":

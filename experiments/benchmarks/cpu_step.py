@@ -43,7 +43,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import resource
 import statistics
 import subprocess
@@ -303,14 +302,9 @@ def read_tagged(proc, tag):
 
 
 def machine() -> str:
-  model = platform.processor() or ""
-  try:
-    with open("/proc/cpuinfo") as f:
-      model = next((l.split(":", 1)[1].strip() for l in f
-                    if l.startswith("model name")), model)
-  except OSError:
-    pass
-  return f"{model}, {os.cpu_count()} cores"
+  sys.path.insert(0, os.path.dirname(HERE))
+  import runlib   # experiments/runlib.py: the same name every table uses
+  return runlib.machine(accelerator=False)
 
 
 def versions() -> str:
