@@ -114,7 +114,8 @@ def table(results, args):
   meta = (f"Sort-of-CLEVR test split (200 images, 6,000 questions); "
           f"{args.steps} steps x {'4' if args.quick else '16'} images x 10 "
           f"questions; mean ± std over a row's seeds; machine: "
-          f"{'; '.join(machines)}; measured {' to '.join(dates[::max(len(dates) - 1, 1)])}.")
+          f"{'; '.join(machines)}; measured {dates[0]}"
+          f"{f' to {dates[-1]}' if len(dates) > 1 else ''}.")
   return runlib.markdown_table(head, rows) + "\n\n" + meta + "\n"
 
 

@@ -81,7 +81,6 @@ def test_two_cpu_devices_survive_a_long_log_interval(tmp_path):
   assert "rendezvous" not in out.stderr
 
 
-
 _FAULTS = r"""
 import resource
 import sys
