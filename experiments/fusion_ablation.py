@@ -84,13 +84,9 @@ def ordered(results):
 def plot(results, path):
   """accuracy.png: a bar per strategy (table order) for each question type,
   the mean over seeds with the std as an error bar."""
-  series = []
-  for n in ordered(results):
-    stats = [runlib.mean_std([r["metrics"][k] for r in results
-                              if r["name"] == n and r["metrics"][k] is not None]
-                             or [float("nan")]) for k in TYPES]
-    series.append(("question only" if n == FLOOR else n,
-                   [m for m, _ in stats], [s for _, s in stats]))
+  series = runlib.seed_series(
+      results, ordered(results), TYPES,
+      label=lambda n: "question only" if n == FLOOR else n)
   return runlib.bar_chart(path, ["all", "nonrel", "rel", "ternary"], series,
                           title="Fusion ablation, Sort-of-CLEVR test")
 

@@ -102,6 +102,21 @@ def pct_cell(values) -> str:
   return f"{m:.1f}" + (f" ± {s:.1f}" if len(values) > 1 else "") + "%"
 
 
+def seed_series(results, names, keys, label=lambda name: name) -> list:
+  """Rows over seeds -> `bar_chart` series: for each name (in the given
+  order) `(label(name), means, stds)` over its rows' `metrics[key]` per key,
+  in percent; Nones are dropped and a key with no value gives NaN (no bar)."""
+  series = []
+  for n in names:
+    stats = []
+    for k in keys:
+      vals = [r["metrics"].get(k) for r in results if r["name"] == n]
+      vals = [v for v in vals if v is not None]
+      stats.append(mean_std(vals) if vals else (float("nan"), 0.0))
+    series.append((label(n), [m for m, _ in stats], [s for _, s in stats]))
+  return series
+
+
 def markdown_table(header, rows) -> str:
   """A markdown table: `header` cells, then one line per row of cells."""
   line = lambda cells: "| " + " | ".join(str(c) for c in cells) + " |"  # noqa: E731

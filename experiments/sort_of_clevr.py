@@ -163,12 +163,8 @@ def plot(results, path):
   """accuracy.png: test accuracy per question type, a bar per model (mean
   over seeds, the std as an error bar)."""
   types = ["nonrel", "rel", "ternary"]
-  series = []
-  for n in dict.fromkeys(r["name"] for r in results):
-    stats = [runlib.mean_std([r["metrics"].get(f"accuracy/{t}", float("nan"))
-                              for r in results if r["name"] == n])
-             for t in types]
-    series.append((n, [m for m, _ in stats], [s for _, s in stats]))
+  series = runlib.seed_series(results, dict.fromkeys(r["name"] for r in results),
+                              [f"accuracy/{t}" for t in types])
   return runlib.bar_chart(path, types, series, title="Sort-of-CLEVR test")
 
 

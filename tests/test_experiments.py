@@ -1,5 +1,6 @@
 """The reproduction scripts run end to end (tiny data, a few steps)."""
 import json
+import math
 import os
 import subprocess
 import sys
@@ -241,6 +242,23 @@ def test_seed_cells_are_mean_and_sample_std():
   assert runlib.pct_cell([None, 0.25]) == "25.0%"
   assert runlib.pct_cell([]) == "-"
   assert runlib.mean_std([0.9, 0.8, 0.7]) == pytest.approx((80.0, 10.0))
+
+
+def test_seed_series_groups_rows_by_name_in_the_given_order():
+  sys.path.insert(0, os.path.join(REPO, "experiments"))
+  import runlib
+  rows = [{"name": "a", "metrics": {"x": 0.9, "y": None}},
+          {"name": "b", "metrics": {"x": 0.4, "y": 0.2}},
+          {"name": "a", "metrics": {"x": 0.7, "y": 0.5}}]
+  (lb, mb, sb), (la, ma, sa) = runlib.seed_series(
+      rows, ["b", "a"], ["x", "y", "z"], label=str.upper)
+  assert (lb, la) == ("B", "A")
+  # Hand-computed: a's x over seeds 90, 70 -> 80 ± sqrt(200); its y has one
+  # value (the None is dropped); nobody has z -> NaN, which draws no bar.
+  assert ma[:2] == pytest.approx([80.0, 50.0])
+  assert sa[:2] == pytest.approx([200 ** 0.5, 0.0])
+  assert mb[:2] == pytest.approx([40.0, 20.0]) and sb[:2] == [0.0, 0.0]
+  assert math.isnan(ma[2]) and math.isnan(mb[2])
 
 
 _STOPPABLE = """
