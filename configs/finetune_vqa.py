@@ -7,7 +7,7 @@ label fraction for label-efficiency curves.
 
 Args: pretrained=WORKDIR of a pretraining run ('' = train from scratch),
 labels=fraction of the training images (and so of their questions) used,
-e.g. 0.01|0.1|1.0; width (must match the pretraining run), steps.
+e.g. 0.01|0.1|1.0; width and tower (must match the pretraining run), steps.
 
 The model is configs/pretrain.py's with the 'vqa' head instead of the
 pretraining heads: the towers and the fusion load from the checkpoint under
@@ -25,7 +25,8 @@ def get_config(arg: str = ""):
                   checkpoint_every=1000)
   c.data = common.data("sort_of_clevr", eval_splits=("test",), max_len=16,
                        train_fraction=float(args.get("labels", 1.0)))
-  c.model = pretrain.model(int(args.get("width", 128)), ("vqa",))
+  c.model = pretrain.model(int(args.get("width", 128)), ("vqa",),
+                           args.get("tower", "vit"))
   c.init_from.workdir = args.get("pretrained", "")
   c.optimizer.learning_rate = 3e-4
   c.optimizer.warmup_steps = 200

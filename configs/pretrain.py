@@ -4,7 +4,9 @@ VQA with configs/finetune_vqa.py:pretrained=WORKDIR.
 
   python -m mmtx.main --config=configs/pretrain.py --workdir=runs/pretrain
 
-Args: width (towers and fusion), steps.
+Args: width (towers and fusion), steps, tower=vit|conv (the image tower:
+'vit' a ViT on 15-pixel patches with learned positions; 'conv' the default
+VQA job's conv stem with sin-cos positions, `common.image_tower`).
 """
 import ml_collections
 
@@ -14,12 +16,19 @@ from configs import common
 MAX_LEN = 50
 
 
-def model(width: int, heads) -> ml_collections.ConfigDict:
+TOWERS = ("vit", "conv")
+
+
+def model(width: int, heads, tower: str = "vit") -> ml_collections.ConfigDict:
   """The FusionModel shared by pretraining and fine-tuning (same param
   paths and shapes, so the towers and the fusion transfer as they are)."""
+  if tower not in TOWERS:
+    raise ValueError(f"tower={tower!r}: expected one of {TOWERS}.")
+  image = (dict(patch_size=15, width=width, depth=2, mlp_dim=2 * width,
+                num_heads=4, posemb="learned", dtype="float32")
+           if tower == "vit" else common.image_tower(width))
   m = dict(
-      image=dict(patch_size=15, width=width, depth=2, mlp_dim=2 * width,
-                 num_heads=4, posemb="learned", dtype="float32"),
+      image=image,
       text=dict(vocab_size=-1, width=width, depth=2, mlp_dim=2 * width,
                 num_heads=4, max_len=MAX_LEN, causal=False, dtype="float32"),
       fusion=dict(name="cross_attention", target="text", dim=width,
@@ -40,7 +49,8 @@ def get_config(arg: str = ""):
                   checkpoint_every=1000, best_metric="t2i_r1")
   c.data = common.data("sort_of_clevr", eval_splits=("test",),
                        max_len=MAX_LEN, eval_batch_size=100)
-  c.model = model(int(args.get("width", 128)), ("contrastive", "itm", "mlm"))
+  c.model = model(int(args.get("width", 128)), ("contrastive", "itm", "mlm"),
+                  args.get("tower", "vit"))
   # ALBEF weighs the three objectives equally; BERT masks 15% of tokens.
   c.loss = ml_collections.ConfigDict(dict(weight_itc=1.0, weight_itm=1.0,
                                           weight_mlm=1.0, mask_prob=0.15))

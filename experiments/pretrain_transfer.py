@@ -38,7 +38,7 @@ PRETRAIN_KEYS = ("t2i_r1", "i2t_r1", "itm_accuracy", "mlm_accuracy")
 def pretrain(args):
   from configs import pretrain as pretrain_cfg
   cfg = pretrain_cfg.get_config(f"steps={args.pretrain_steps},"
-                                f"width={args.width}")
+                                f"width={args.width},tower={args.tower}")
   with cfg.unlocked():
     cfg.seed = 0
     cfg.eval_every = args.pretrain_steps
@@ -54,7 +54,8 @@ def finetune(args, labels, seed, pretrained):
   from configs import finetune_vqa
   init = os.path.join(args.out, "pretrain") if pretrained else ""
   cfg = finetune_vqa.get_config(f"steps={args.finetune_steps},labels={labels},"
-                                f"width={args.width},pretrained={init}")
+                                f"width={args.width},tower={args.tower},"
+                                f"pretrained={init}")
   with cfg.unlocked():
     cfg.seed = seed
     cfg.eval_every = args.finetune_steps
@@ -99,7 +100,8 @@ def table(pre, runs, args):
                    for k in KEYS] +
                   [gain, f"{sum(r['wall_s'] for r in rs) / len(rs) / 60:.1f} min"])
   pm = pre["metrics"]
-  pre_line = (f"Pretraining run (configs/pretrain.py, {args.pretrain_steps} "
+  pre_line = (f"Pretraining run (configs/pretrain.py:tower={args.tower}, "
+              f"{args.pretrain_steps} "
               f"steps x 64 captions, {pre['params'] / 1e6:.2f}M params, "
               f"{pre['wall_s'] / 60:.1f} min): test " + ", ".join(
                   f"{k} {100 * pm[k]:.1f}%" for k in PRETRAIN_KEYS if k in pm)
@@ -149,6 +151,10 @@ def main(argv=None):
                  help="comma-separated label fractions")
   p.add_argument("--seeds", default="0", help="fine-tuning seeds")
   p.add_argument("--width", type=int, default=128)
+  p.add_argument("--tower", default="vit", choices=["vit", "conv"],
+                 help="image tower (configs/pretrain.py): 'vit' (15-pixel "
+                 "patches, learned positions) or 'conv' (the default VQA "
+                 "job's conv stem + sin-cos positions)")
   runlib.add_common_args(p, out="runs/transfer")
   args = p.parse_args(argv)
   args.labels = [float(x) for x in args.labels.split(",")]

@@ -95,15 +95,17 @@ def test_dialogue_no_history_ablation_reports_accuracy_and_mrr_per_turn(
   assert "history=last" in out and "turn 4" in out
 
 
-@pytest.fixture(scope="module")
-def pretrained(tmp_path_factory, data_dir):
-  """(workdir, stdout) of a tiny pretraining run, shared by two tests."""
-  wd = tmp_path_factory.mktemp("pretrain")
-  return wd, _run("configs/pretrain.py:width=32", wd, data_dir)
+@pytest.fixture(scope="module", params=["vit", "conv"])
+def pretrained(request, tmp_path_factory, data_dir):
+  """(workdir, stdout, tower) of a tiny pretraining run with each image
+  tower of configs/pretrain.py, shared by two tests."""
+  wd = tmp_path_factory.mktemp(f"pretrain_{request.param}")
+  return wd, _run(f"configs/pretrain.py:width=32,tower={request.param}", wd,
+                  data_dir), request.param
 
 
 def test_pretrain_reports_itm_mlm_and_retrieval(pretrained):
-  wd, out = pretrained
+  wd, out, _ = pretrained
   row = _eval_row(wd)
   _in_unit(row, "eval/itm_accuracy", "eval/itm_accuracy/positive",
            "eval/itm_accuracy/negative", "eval/mlm_accuracy", "eval/i2t_r1",
@@ -114,7 +116,8 @@ def test_pretrain_reports_itm_mlm_and_retrieval(pretrained):
 
 def test_finetune_vqa_loads_the_pretrained_towers_and_fusion(
     pretrained, tmp_path, data_dir):
-  out = _run(f"configs/finetune_vqa.py:width=32,pretrained={pretrained[0]},"
+  wd, _, tower = pretrained
+  out = _run(f"configs/finetune_vqa.py:width=32,tower={tower},pretrained={wd},"
              "labels=0.1", tmp_path / "run", data_dir,
              "--config.model.head_hidden=32")
   m = re.search(r"initialised (\d+) params from .*; (\d+) not in the "
