@@ -12,14 +12,15 @@ from configs import common
 
 
 def get_config(arg: str = ""):
-  args = dict(a.split("=", 1) for a in arg.split(",") if a)
-  c = common.base(task="caption", total_steps=int(args.get("steps", 6000)),
+  args = common.parse_args(arg, "configs/caption.py", steps=6000,
+                           width=128, decode="greedy")
+  c = common.base(task="caption", total_steps=int(args["steps"]),
                   batch_size=64, log_every=50, eval_every=2000,
                   checkpoint_every=1000, best_metric="cider")
   # Captions of Sort-of-CLEVR are at most 48 words: 50 tokens keeps them all.
   c.data = common.data("sort_of_clevr", eval_splits=("test",), max_len=50,
                        eval_batch_size=100)
-  width = int(args.get("width", 128))
+  width = int(args["width"])
   c.model = ml_collections.ConfigDict(dict(
       image=dict(patch_size=15, width=width, depth=2, mlp_dim=2 * width,
                  num_heads=4, posemb="learned", dtype="float32"),
@@ -31,7 +32,7 @@ def get_config(arg: str = ""):
   c.loss = ml_collections.ConfigDict(dict(lambda_con=1.0, lambda_cap=2.0,
                                           label_smoothing=0.1))
   c.decode = ml_collections.ConfigDict(dict(
-      method=args.get("decode", "greedy"), beam_size=4, alpha=0.6))
+      method=args["decode"], beam_size=4, alpha=0.6))
   c.optimizer.learning_rate = 5e-4
   c.optimizer.warmup_steps = 200
   return c

@@ -13,17 +13,18 @@ from configs import common
 
 
 def get_config(arg: str = ""):
-  args = dict(a.split("=", 1) for a in arg.split(",") if a)
-  loss = args.get("loss", "softmax")
+  args = common.parse_args(arg, "configs/clip.py", steps=6000, width=128,
+                           loss="softmax")
+  loss = args["loss"]
   if loss not in ("softmax", "sigmoid"):
     raise ValueError(f"configs/clip.py: loss must be 'softmax' or 'sigmoid', "
                      f"got {loss!r}.")
-  c = common.base(task="contrastive", total_steps=int(args.get("steps", 6000)),
+  c = common.base(task="contrastive", total_steps=int(args["steps"]),
                   batch_size=128, log_every=50, eval_every=2000,
                   checkpoint_every=1000, best_metric="t2i_r1")
   # Captions of Sort-of-CLEVR are at most 48 words: 50 tokens keeps them all.
   c.data = common.data("sort_of_clevr", eval_splits=("test",), max_len=50)
-  width = int(args.get("width", 128))
+  width = int(args["width"])
   c.model = ml_collections.ConfigDict(dict(
       image=dict(patch_size=15, width=width, depth=2, mlp_dim=2 * width,
                  num_heads=4, posemb="learned", pool="gap", dtype="float32"),

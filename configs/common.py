@@ -1,5 +1,27 @@
 """Pieces every config shares: the trainer fields, mesh, optimizer, transfer."""
+import difflib
+
 import ml_collections
+
+
+def parse_args(arg: str, config: str, **defaults) -> dict:
+  """A config file's ARGS string ('k=v,k2=v2', after the ':' in
+  --config=configs/NAME.py:ARGS) -> {name: value} over `defaults`, which name
+  every arg `config` accepts with its default. A misspelt or malformed item is
+  an error naming the valid args (and the closest), not a silent default."""
+  args = dict(defaults)
+  for item in (a for a in arg.split(",") if a):
+    key, eq, value = item.partition("=")
+    if not eq:
+      raise ValueError(f"{config}: arg {item!r} is not key=value; args are "
+                       f"comma-separated k=v (valid: {sorted(defaults)}).")
+    if key not in defaults:
+      close = difflib.get_close_matches(key, list(defaults), n=3, cutoff=0.5)
+      raise ValueError(f"{config}: unknown arg {key!r}; valid: "
+                       f"{sorted(defaults)}" + (f" (closest: {close})" if close
+                                                else "") + ".")
+    args[key] = value
+  return args
 
 
 def base(**overrides) -> ml_collections.ConfigDict:

@@ -52,25 +52,27 @@ from configs import common
 
 
 def get_config(arg: str = ""):
-  args = dict(a.split("=", 1) for a in arg.split(",") if a)
-  c = common.base(task="vqa", total_steps=int(args.get("steps", 12000)),
-                  batch_size=int(args.get("images", 16)), log_every=100,
+  args = common.parse_args(arg, "configs/default.py", steps=12000, images=16,
+                           questions=10, width=64, image_depth=0,
+                           fusion_layers=3, fusion="cross_attention", lr=1e-3)
+  c = common.base(task="vqa", total_steps=int(args["steps"]),
+                  batch_size=int(args["images"]), log_every=100,
                   eval_every=4000, checkpoint_every=2000)
   c.data = common.data("sort_of_clevr", eval_splits=("test",), max_len=20,
-                       questions_per_image=int(args.get("questions", 10)))
-  width = int(args.get("width", 64))
-  fusion = args.get("fusion", "cross_attention")
+                       questions_per_image=int(args["questions"]))
+  width = int(args["width"])
+  fusion = args["fusion"]
   c.model = ml_collections.ConfigDict(dict(
-      image=common.image_tower(width, int(args.get("image_depth", 0))),
+      image=common.image_tower(width, int(args["image_depth"])),
       text=dict(vocab_size=-1, width=width, depth=1, mlp_dim=2 * width,
                 num_heads=4, max_len=20, causal=False, dtype="float32"),
       fusion=dict(name=fusion, target="image" if fusion == "film" else "text",
                   dim=width, num_heads=4,
-                  num_layers=int(args.get("fusion_layers", 3)),
+                  num_layers=int(args["fusion_layers"]),
                   mlp_dim=2 * width),
       heads=("vqa",), num_answers=-1, head_hidden=256, head_dropout=0.0,
       zero_image=False, text_query="mean"))
   c.mesh.cpu_devices = 2
-  c.optimizer.learning_rate = float(args.get("lr", 1e-3))
+  c.optimizer.learning_rate = float(args["lr"])
   c.optimizer.warmup_steps = 100
   return c

@@ -28,23 +28,25 @@ from configs import common
 
 
 def get_config(arg: str = ""):
-  args = dict(a.split("=", 1) for a in arg.split(",") if a)
-  c = common.base(task="dialogue", total_steps=int(args.get("steps", 6000)),
+  args = common.parse_args(arg, "configs/dialogue.py", steps=6000,
+                           history="full", turns=8, width=64,
+                           fusion="cross_attention", query="mean")
+  c = common.base(task="dialogue", total_steps=int(args["steps"]),
                   batch_size=16, log_every=50, eval_every=2000,
                   checkpoint_every=1000, best_metric="accuracy")
   # 4 turns of question + answer fit in 64 tokens; older turns are cut first.
   c.data = common.data("sort_of_clevr", eval_splits=("test",), max_len=64,
-                       history=args.get("history", "full"),
-                       questions_per_image=int(args.get("turns", 8)))
-  width = int(args.get("width", 64))
+                       history=args["history"],
+                       questions_per_image=int(args["turns"]))
+  width = int(args["width"])
   c.model = ml_collections.ConfigDict(dict(
       image=common.image_tower(width),
       text=dict(vocab_size=-1, width=width, depth=1, mlp_dim=2 * width,
                 num_heads=4, max_len=64, causal=False, dtype="float32"),
-      fusion=dict(name=args.get("fusion", "cross_attention"), target="text",
+      fusion=dict(name=args["fusion"], target="text",
                   dim=width, num_heads=4, num_layers=3, mlp_dim=2 * width),
       heads=("vqa",), num_answers=-1, head_hidden=256, head_dropout=0.0,
-      zero_image=False, text_query=args.get("query", "mean")))
+      zero_image=False, text_query=args["query"]))
   c.optimizer.learning_rate = 1e-3
   c.optimizer.warmup_steps = 200
   return c

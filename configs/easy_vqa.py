@@ -9,20 +9,20 @@ one shape each; 4,000 training images with ~10 questions each.
 Args: steps, fusion, lr, image_depth, fusion_layers, zero_image (1 = the
 image is replaced by zeros: the question-only floor).
 """
+from configs import common
 from configs import default
 
 
 def get_config(arg: str = ""):
-  args = dict(a.split("=", 1) for a in arg.split(",") if a)
-  args.setdefault("steps", "12000")
   # The model the README's 99.91 % was measured with (the default job's
   # model before it moved to a 10x10 grid): 4 stem convolutions, one image
   # self-attention layer, two fusion layers, sin-cos temperature 10^4.
-  args.setdefault("image_depth", "1")
-  args.setdefault("fusion_layers", "2")
+  args = common.parse_args(arg, "configs/easy_vqa.py", steps=12000,
+                           fusion="cross_attention", lr=1e-3, image_depth=1,
+                           fusion_layers=2, zero_image=0)
   c = default.get_config(",".join(
       f"{k}={args[k]}" for k in ("steps", "fusion", "lr", "image_depth",
-                                 "fusion_layers") if k in args))
+                                 "fusion_layers")))
   c.model.image.stem_channels = (32, 32, 32, 32)
   c.model.image.posemb_temperature = 10_000.0   # as measured (default: 30)
   c.data.name = "easy_vqa"
@@ -31,5 +31,5 @@ def get_config(arg: str = ""):
   c.model.text.max_len = 16
   c.eval_every = c.total_steps
   c.checkpoint_every = c.total_steps
-  c.model.zero_image = bool(int(args.get("zero_image", 0)))
+  c.model.zero_image = bool(int(args["zero_image"]))
   return c

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import difflib
 import os
+import re
 import sys
 
 from absl import app, flags
@@ -47,6 +48,13 @@ def _config_error(argv, e):
   # ml_collections' messages arrive as repr()s with escaped quotes/newlines.
   msg = " ".join(str(e).replace("\\n", " ").replace("\\'", "").split())
   msg = msg.replace("'", "").strip('"')
+  # An error raised inside a config file's get_config (e.g. an unknown ARGS
+  # name) arrives with its traceback flattened in: keep only its message.
+  head, tb, rest = msg.partition(" Traceback (most recent call last):")
+  if tb:
+    last = re.findall(r"\b\w*(?:Error|Exception): (.*?)(?= \w*(?:Error|"
+                      r"Exception): |$)", rest)
+    msg = f"{head} {last[-1]}" if last else msg
   bad = [a.split("=", 1)[0][len("--config."):] for a in argv[1:]
          if a.startswith("--config.")]
   hint = ""

@@ -52,6 +52,38 @@ def test_unknown_config_key_names_the_closest_valid_ones(tmp_path):
   assert "optimizer.learning_rate" in out.stderr
 
 
+def test_misspelt_config_file_arg_is_an_error_not_a_silent_default(
+    tmp_path):
+  # configs/default.py:fusoin=film used to train cross_attention silently.
+  out = _run([f"--workdir={tmp_path}", "--config=configs/default.py:fusoin=film"],
+             tmp_path, timeout=120)
+  assert out.returncode == 2
+  assert "unknown arg fusoin" in out.stderr and "closest: [fusion" in out.stderr
+  assert "Traceback" not in out.stderr, out.stderr
+
+
+@pytest.mark.parametrize("name", ["default", "easy_vqa", "caption", "clip",
+                                  "dialogue", "pretrain", "finetune_vqa"])
+def test_every_config_file_checks_its_args(name):
+  import importlib
+  mod = importlib.import_module(f"configs.{name}")
+  with pytest.raises(ValueError, match=f"configs/{name}.py: unknown arg "
+                     "'stpes'.*closest: \\['steps'\\]"):
+    mod.get_config("stpes=10")
+  with pytest.raises(ValueError, match="not key=value"):
+    mod.get_config("steps")
+  assert mod.get_config("steps=10").total_steps == 10
+  assert mod.get_config("").total_steps > 10      # the file's own default
+
+
+def test_config_file_args_override_only_what_is_named():
+  from configs import common
+  assert common.parse_args("", "c", a=1, b="x") == {"a": 1, "b": "x"}
+  # A value may itself hold '=' (a path); only the first one splits.
+  assert common.parse_args("b=y=z,a=2", "c", a=1, b="x") == {"a": "2",
+                                                             "b": "y=z"}
+
+
 def test_unknown_task_and_fusion_are_clear_errors():
   from mmtx import tasks
   with pytest.raises(ValueError, match="known tasks"):
