@@ -24,11 +24,17 @@ def train_run(cfg, workdir: str, mode: str = "train") -> dict:
   sharding.set_cpu_devices(cfg.mesh.get("cpu_devices", 0))
   logging.set_verbosity(logging.WARNING)
   task = tasks.get_task(cfg.task)
+  first = max(checkpoint_steps(workdir), default=0)
   start = time.time()
   metrics = train.train_and_evaluate(cfg, workdir, task, mode=mode,
                                      progress=False)
   wall = time.time() - start
   last = max(checkpoint_steps(workdir), default=0)
+  if mode == "train":
+    wall = _training_wall(workdir, wall, resumed=first > 0,
+                          trained=last > first)
+  if not metrics:   # finished before this call: nothing trained, no eval
+    metrics = _final_eval(workdir, last)
   if mode == "train" and last < cfg.total_steps:
     # Stopped early (SIGTERM): do not report a row for an unfinished run;
     # the same command resumes it from the checkpoint.
@@ -47,6 +53,40 @@ def train_run(cfg, workdir: str, mode: str = "train") -> dict:
   return {"metrics": metrics, "wall_s": wall, "examples_per_sec": per_sec,
           "questions_per_sec": per_sec * q if per_sec else None,
           "params": int(sum(x.size for x in jax.tree_util.tree_leaves(shapes)))}
+
+
+def _training_wall(workdir: str, wall: float, resumed: bool,
+                   trained: bool) -> float:
+  """The training wall time of the run in `workdir` over every call that
+  trained it (WORKDIR/wall_s.json), so a resumed or already finished run
+  reports the time it took, not the time of the last call."""
+  path = os.path.join(workdir, "wall_s.json")
+  prev = None
+  if resumed and os.path.exists(path):
+    with open(path) as f:
+      prev = float(json.load(f)["wall_s"])
+  if not trained and prev is not None:
+    return prev
+  total = wall + (prev or 0.0)
+  with open(path, "w") as f:
+    json.dump({"wall_s": total}, f)
+  return total
+
+
+def _final_eval(workdir: str, step: int) -> dict:
+  """The eval metrics logged at `step` in WORKDIR/metrics.jsonl (without
+  the 'eval/' prefix); {} if there are none."""
+  path = os.path.join(workdir, "metrics.jsonl")
+  if not os.path.exists(path):
+    return {}
+  out = {}
+  with open(path) as f:
+    for line in f:
+      row = json.loads(line)
+      if row.get("step") == step:
+        out.update({k[len("eval/"):]: v for k, v in row.items()
+                    if k.startswith("eval/")})
+  return out
 
 
 def checkpoint_steps(workdir: str) -> list[int]:

@@ -277,6 +277,40 @@ print("ROW", flush=True)
 """
 
 
+_TWICE = """
+import json, sys
+sys.path.insert(0, {experiments!r})
+import runlib
+from configs import default
+cfg = default.get_config("steps=3")
+runlib.shrink_for_quick(cfg)
+with cfg.unlocked():
+  cfg.mesh.cpu_devices = 0
+  cfg.eval_every = 3
+rows = [runlib.train_run(cfg, {workdir!r}) for _ in range(2)]
+print("ROWS" + json.dumps(rows), flush=True)
+"""
+
+
+def test_a_finished_run_reports_its_own_metrics_and_wall_again(tmp_path):
+  """Rerunning a script resumes its finished runs: the second train_run of
+  a finished workdir trains and evaluates nothing, and must still return
+  the run's final eval metrics and its training wall time (it returned {}
+  and ~0 s, so pretrain_transfer's rerun printed a pretraining row of 0 %)."""
+  env = dict(os.environ, MMTX_DATA_DIR=str(tmp_path / "data"))
+  out = subprocess.run(
+      [sys.executable, "-c", _TWICE.format(
+          experiments=os.path.join(REPO, "experiments"),
+          workdir=str(tmp_path / "run"))],
+      cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+  assert out.returncode == 0, out.stderr[-3000:]
+  first, again = json.loads(out.stdout.split("ROWS", 1)[1])
+  assert "accuracy" in first["metrics"] and "accuracy/rel" in first["metrics"]
+  assert again["metrics"] == first["metrics"]
+  assert again["wall_s"] == first["wall_s"] > 0
+  assert again["params"] == first["params"]
+
+
 def test_a_run_stopped_by_sigterm_is_not_a_row(tmp_path):
   """SIGTERM makes the trainer save and return early; train_run must then
   stop the script (no row for an unfinished run) and say how to resume."""
