@@ -215,7 +215,13 @@ def test_op_profile_quick_accounts_for_the_step():
   """The per-op table of the mmtx step: the traced ops are found in the
   compiled HLO, the forward and backward GEMMs are both there, and the
   ops add up to a positive share of the step."""
-  out = _run("op_profile.py", "--quick", "--top", "3")
+  # jax.profiler.trace of the 2-step quick run sometimes loses most of the
+  # CPU op events (seen 2026-11-30: 1 run in 3 traced 0.4 of 2.3 ms, only the
+  # embedding GEMM of the forward pass): up to 3 tries for a complete trace.
+  for _ in range(3):
+    out = _run("op_profile.py", "--quick", "--top", "3")
+    if "| fwd | gemm | mlp |" in out and "| bwd | gemm | mlp |" in out:
+      break
   step = float(re.search(r"step ([\d.]+) ms", out).group(1))
   ops = float(re.search(r"ops in the trace ([\d.]+) ms", out).group(1))
   assert step > 0 and ops > 0, out
