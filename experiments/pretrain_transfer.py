@@ -151,7 +151,8 @@ def main(argv=None):
                  help="comma-separated label fractions")
   p.add_argument("--seeds", default="0", help="fine-tuning seeds")
   p.add_argument("--width", type=int, default=128)
-  p.add_argument("--tower", default="vit", choices=["vit", "conv"],
+  from configs import pretrain as pretrain_cfg
+  p.add_argument("--tower", default="vit", choices=pretrain_cfg.TOWERS,
                  help="image tower (configs/pretrain.py): 'vit' (15-pixel "
                  "patches, learned positions) or 'conv' (the default VQA "
                  "job's conv stem + sin-cos positions)")

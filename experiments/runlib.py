@@ -33,8 +33,6 @@ def train_run(cfg, workdir: str, mode: str = "train") -> dict:
   if mode == "train":
     wall = _training_wall(workdir, wall, resumed=first > 0,
                           trained=last > first)
-  if not metrics:   # finished before this call: nothing trained, no eval
-    metrics = _final_eval(workdir, last)
   if mode == "train" and last < cfg.total_steps:
     # Stopped early (SIGTERM): do not report a row for an unfinished run;
     # the same command resumes it from the checkpoint.
@@ -42,6 +40,9 @@ def train_run(cfg, workdir: str, mode: str = "train") -> dict:
                      f"{cfg.total_steps}; rerun the same command to resume.")
   with open(os.path.join(workdir, "metrics.jsonl")) as f:
     rows = [json.loads(line) for line in f]
+  if not metrics:   # finished before this call: nothing trained, no eval
+    metrics = {k[len("eval/"):]: v for r in rows if r.get("step") == last
+               for k, v in r.items() if k.startswith("eval/")}
   speeds = [r["train/examples_per_sec"] for r in rows
             if "train/examples_per_sec" in r][1:]
   model = task.build_model(cfg)
@@ -71,22 +72,6 @@ def _training_wall(workdir: str, wall: float, resumed: bool,
   with open(path, "w") as f:
     json.dump({"wall_s": total}, f)
   return total
-
-
-def _final_eval(workdir: str, step: int) -> dict:
-  """The eval metrics logged at `step` in WORKDIR/metrics.jsonl (without
-  the 'eval/' prefix); {} if there are none."""
-  path = os.path.join(workdir, "metrics.jsonl")
-  if not os.path.exists(path):
-    return {}
-  out = {}
-  with open(path) as f:
-    for line in f:
-      row = json.loads(line)
-      if row.get("step") == step:
-        out.update({k[len("eval/"):]: v for k, v in row.items()
-                    if k.startswith("eval/")})
-  return out
 
 
 def checkpoint_steps(workdir: str) -> list[int]:
