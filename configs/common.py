@@ -7,7 +7,8 @@ import ml_collections
 def parse_args(arg: str, config: str, **defaults) -> dict:
   """A config file's ARGS string ('k=v,k2=v2', after the ':' in
   --config=configs/NAME.py:ARGS) -> {name: value} over `defaults`, which name
-  every arg `config` accepts with its default. A misspelt or malformed item is
+  every arg `config` accepts with its default. A value is converted to its
+  default's type when that is int or float. A misspelt or malformed item is
   an error naming the valid args (and the closest), not a silent default."""
   args = dict(defaults)
   for item in (a for a in arg.split(",") if a):
@@ -20,6 +21,14 @@ def parse_args(arg: str, config: str, **defaults) -> dict:
       raise ValueError(f"{config}: unknown arg {key!r}; valid: "
                        f"{sorted(defaults)}" + (f" (closest: {close})" if close
                                                 else "") + ".")
+    kind = type(defaults[key])
+    if kind in (int, float):
+      try:
+        value = kind(value)
+      except ValueError:
+        a = "an int" if kind is int else "a float"
+        raise ValueError(f"{config}: arg {key}={value!r} is not {a} "
+                         f"(default: {defaults[key]!r}).") from None
     args[key] = value
   return args
 

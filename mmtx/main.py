@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import difflib
 import os
-import re
 import sys
 
 from absl import app, flags
@@ -43,18 +42,31 @@ def _parse_flags(argv):
     _config_error(argv, e)
 
 
+def _raised_by_get_config(e):
+  """The exception a config file's get_config raised, if `e` wraps one.
+
+  config_flags re-raises it with the traceback pasted into the message and
+  absl wraps that again; the original is the end of the __context__ chain,
+  and its traceback passes through the config file's get_config.
+  """
+  while e is not None:
+    tb = e.__traceback__
+    while tb is not None:
+      if tb.tb_frame.f_code.co_name == "get_config":
+        return e
+      tb = tb.tb_next
+    e = e.__cause__ or e.__context__
+  return None
+
+
 def _config_error(argv, e):
   """Prints what was wrong (and the closest valid keys); exits with 2."""
+  own = _raised_by_get_config(e)
   # ml_collections' messages arrive as repr()s with escaped quotes/newlines.
-  msg = " ".join(str(e).replace("\\n", " ").replace("\\'", "").split())
-  msg = msg.replace("'", "").strip('"')
-  # An error raised inside a config file's get_config (e.g. an unknown ARGS
-  # name) arrives with its traceback flattened in: keep only its message.
-  head, tb, rest = msg.partition(" Traceback (most recent call last):")
-  if tb:
-    last = re.findall(r"\b\w*(?:Error|Exception): (.*?)(?= \w*(?:Error|"
-                      r"Exception): |$)", rest)
-    msg = f"{head} {last[-1]}" if last else msg
+  msg = " ".join(str(own or e).replace("\\n", " ").replace("\\'", "")
+                 .split())
+  if own is None:
+    msg = msg.replace("'", "").strip('"')
   bad = [a.split("=", 1)[0][len("--config."):] for a in argv[1:]
          if a.startswith("--config.")]
   hint = ""

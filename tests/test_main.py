@@ -58,8 +58,16 @@ def test_misspelt_config_file_arg_is_an_error_not_a_silent_default(
   out = _run([f"--workdir={tmp_path}", "--config=configs/default.py:fusoin=film"],
              tmp_path, timeout=120)
   assert out.returncode == 2
-  assert "unknown arg fusoin" in out.stderr and "closest: [fusion" in out.stderr
+  assert "unknown arg 'fusoin'" in out.stderr, out.stderr
+  assert "closest: ['fusion'" in out.stderr, out.stderr
   assert "Traceback" not in out.stderr, out.stderr
+  # A value of the wrong type names the arg (not int()'s bare message).
+  out = _run([f"--workdir={tmp_path}", "--config=configs/default.py:steps=1e4"],
+             tmp_path, timeout=120)
+  assert out.returncode == 2
+  assert out.stderr.strip().endswith(
+      "configs/default.py: arg steps='1e4' is not an int (default: 12000)."
+  ), out.stderr
 
 
 @pytest.mark.parametrize("name", ["default", "easy_vqa", "caption", "clip",
@@ -80,8 +88,15 @@ def test_config_file_args_override_only_what_is_named():
   from configs import common
   assert common.parse_args("", "c", a=1, b="x") == {"a": 1, "b": "x"}
   # A value may itself hold '=' (a path); only the first one splits.
-  assert common.parse_args("b=y=z,a=2", "c", a=1, b="x") == {"a": "2",
+  assert common.parse_args("b=y=z,a=2", "c", a=1, b="x") == {"a": 2,
                                                              "b": "y=z"}
+  # Values take their default's type when that is int or float.
+  got = common.parse_args("a=3,f=1,s=4", "c", a=1, f=0.5, s="x")
+  assert got == {"a": 3, "f": 1.0, "s": "4"}
+  assert type(got["a"]) is int and type(got["f"]) is float
+  with pytest.raises(ValueError, match=r"c: arg f='x' is not a float "
+                     r"\(default: 0.5\)"):
+    common.parse_args("f=x", "c", f=0.5)
 
 
 def test_unknown_task_and_fusion_are_clear_errors():
