@@ -324,6 +324,16 @@ def positive_mask_from_ids(ids: Array) -> Array:
   return ids[:, None] == ids[None, :]
 
 
+def positive_mask_from_texts(tokens: Array) -> Array:
+  """`[batch, len]` token ids -> `[batch, batch]`, True where two rows hold
+  the same text. A caption that is word for word another image's caption
+  (easy-VQA's "a red circle." under every red circle) is true of both
+  images, so it is no ITM negative for either."""
+  _check_rank(tokens, 2, "tokens", "[batch, len]")
+  tokens = jnp.asarray(tokens)
+  return jnp.all(tokens[:, None, :] == tokens[None, :, :], axis=-1)
+
+
 def _sample_excluding(rng: Array, logits: Array, excluded: Array):
   """One draw per row from softmax(logits) over ~excluded (Gumbel-max)."""
   candidates = ~excluded & (logits > -jnp.inf)   # drops -inf and NaN entries

@@ -222,6 +222,27 @@ def test_itm_never_samples_a_positive():
   np.testing.assert_allclose(freq, q, atol=0.04)
 
 
+def test_identical_captions_are_no_itm_negatives():
+  # Rows 1 and 3 hold the same words as row 0 (other images' captions);
+  # row 2 differs in one token, row 4 is another caption.
+  texts = np.array([[1, 5, 6, 2, 0], [1, 5, 6, 2, 0], [1, 5, 7, 2, 0],
+                    [1, 5, 6, 2, 0], [1, 8, 2, 0, 0]])
+  same = np.asarray(losses.positive_mask_from_texts(texts))
+  want = np.array([[(texts[i] == texts[j]).all() for j in range(5)]
+                   for i in range(5)])
+  np.testing.assert_array_equal(same, want)
+  assert same[0, 1] and same[0, 3] and not same[0, 2] and not same[0, 4]
+  # Even when ITC scores the duplicates highest, image 0 never draws one.
+  pos = np.asarray(losses.positive_mask_from_ids(np.arange(5))) | same
+  sim = jnp.asarray(np.where(same, 50.0, 0.0), jnp.float32)
+  keys = jax.random.split(jax.random.key(2), 500)
+  neg = jax.vmap(lambda k: losses.itm_hard_negatives(k, sim, pos))(keys)
+  assert set(np.asarray(neg.txt_idx)[:, 0]) <= {2, 4}
+  assert set(np.asarray(neg.img_idx)[:, 0]) <= {2, 4}
+  with pytest.raises(ValueError, match="tokens"):
+    losses.positive_mask_from_texts(np.zeros(5, np.int32))
+
+
 def test_itm_rows_without_candidates_are_safe():
   sim = jnp.asarray(np.random.default_rng(6).normal(size=(4, 4)) * 1e4,
                     jnp.float32)

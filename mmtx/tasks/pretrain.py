@@ -10,7 +10,7 @@ Batch (mmtx.data view 'contrastive'): 'image' [B, H, W, 3], 'text' [B, L],
      the first B rows; MLM = mlm_loss on the last B rows, the text masked by
      `losses.mlm_mask` (config.loss.mask_prob; bos/eos/sep/unk never masked).
   2. Hard negatives from the ITC similarities (`losses.itm_hard_negatives`,
-     rows of the same 'index' excluded): a second call on [image; image of
+     rows of the same 'index' and word-for-word equal captions excluded): a second call on [image; image of
      the negative] x [negative text; text] (2B rows) gives the negative ITM
      logits. ITM = 2-way cross-entropy over the B positives and the 2B
      negatives (a row without a candidate negative gets weight 0).
@@ -19,7 +19,8 @@ Batch (mmtx.data view 'contrastive'): 'image' [B, H, W, 3], 'text' [B, L],
 Evaluation, per split of config.data.eval_splits, over every (image,
 reference caption) pair (`retrieval.run_pairs`): retrieval recall@1/5/10;
 ITM accuracy on the positives and on one negative per pair (the next pair's
-caption, which shows another image); MLM accuracy on the masked tokens (the
+caption, which shows another image; not counted when the two captions are
+the same words); MLM accuracy on the masked tokens (the
 mask drawn with a fixed key, so every evaluation masks the same tokens).
 """
 from __future__ import annotations
@@ -78,7 +79,8 @@ class PretrainTask(common.Task):
 
     sim = scale * img_emb @ txt_emb.T
     neg = losses.itm_hard_negatives(
-        rng_neg, sim, losses.positive_mask_from_ids(batch["index"]))
+        rng_neg, sim, losses.positive_mask_from_ids(batch["index"]) |
+        losses.positive_mask_from_texts(texts))
     neg_out = apply(jnp.concatenate([images, images[neg.img_idx]]),
                     jnp.concatenate([texts[neg.txt_idx], texts]), rng_drop2)
     itm_logits = jnp.concatenate([out["itm_logits"][:b],
@@ -115,7 +117,9 @@ class PretrainTask(common.Task):
       return {"img_emb": out["img_emb"][:e], "txt_emb": out["txt_emb"][:e],
               "itm_pos_hit": itm_pred[:e] == 1,
               "itm_neg_hit": itm_pred[e:2 * e] == 0,
-              "itm_neg_valid": (neg_ids != ids) & (neg_ids >= 0),
+              "itm_neg_valid": ((neg_ids != ids) & (neg_ids >= 0) &
+                                jnp.any(jnp.roll(texts, -1, axis=0) != texts,
+                                        axis=-1)),
               "mlm_correct": (mlm_hit * weights).sum(1),
               "mlm_count": weights.sum(1)}
 
