@@ -14,13 +14,13 @@ from configs import common
 def get_config(arg: str = ""):
   args = common.parse_args(arg, "configs/caption.py", steps=6000,
                            width=128, decode="greedy")
-  c = common.base(task="caption", total_steps=int(args["steps"]),
+  c = common.base(task="caption", total_steps=args["steps"],
                   batch_size=64, log_every=50, eval_every=2000,
                   checkpoint_every=1000, best_metric="cider")
   # Captions of Sort-of-CLEVR are at most 48 words: 50 tokens keeps them all.
   c.data = common.data("sort_of_clevr", eval_splits=("test",), max_len=50,
                        eval_batch_size=100)
-  width = int(args["width"])
+  width = args["width"]
   c.model = ml_collections.ConfigDict(dict(
       image=dict(patch_size=15, width=width, depth=2, mlp_dim=2 * width,
                  num_heads=4, posemb="learned", dtype="float32"),

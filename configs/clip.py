@@ -19,12 +19,12 @@ def get_config(arg: str = ""):
   if loss not in ("softmax", "sigmoid"):
     raise ValueError(f"configs/clip.py: loss must be 'softmax' or 'sigmoid', "
                      f"got {loss!r}.")
-  c = common.base(task="contrastive", total_steps=int(args["steps"]),
+  c = common.base(task="contrastive", total_steps=args["steps"],
                   batch_size=128, log_every=50, eval_every=2000,
                   checkpoint_every=1000, best_metric="t2i_r1")
   # Captions of Sort-of-CLEVR are at most 48 words: 50 tokens keeps them all.
   c.data = common.data("sort_of_clevr", eval_splits=("test",), max_len=50)
-  width = int(args["width"])
+  width = args["width"]
   c.model = ml_collections.ConfigDict(dict(
       image=dict(patch_size=15, width=width, depth=2, mlp_dim=2 * width,
                  num_heads=4, posemb="learned", pool="gap", dtype="float32"),

@@ -55,24 +55,24 @@ def get_config(arg: str = ""):
   args = common.parse_args(arg, "configs/default.py", steps=12000, images=16,
                            questions=10, width=64, image_depth=0,
                            fusion_layers=3, fusion="cross_attention", lr=1e-3)
-  c = common.base(task="vqa", total_steps=int(args["steps"]),
-                  batch_size=int(args["images"]), log_every=100,
+  c = common.base(task="vqa", total_steps=args["steps"],
+                  batch_size=args["images"], log_every=100,
                   eval_every=4000, checkpoint_every=2000)
   c.data = common.data("sort_of_clevr", eval_splits=("test",), max_len=20,
-                       questions_per_image=int(args["questions"]))
-  width = int(args["width"])
+                       questions_per_image=args["questions"])
+  width = args["width"]
   fusion = args["fusion"]
   c.model = ml_collections.ConfigDict(dict(
-      image=common.image_tower(width, int(args["image_depth"])),
+      image=common.image_tower(width, args["image_depth"]),
       text=dict(vocab_size=-1, width=width, depth=1, mlp_dim=2 * width,
                 num_heads=4, max_len=20, causal=False, dtype="float32"),
       fusion=dict(name=fusion, target="image" if fusion == "film" else "text",
                   dim=width, num_heads=4,
-                  num_layers=int(args["fusion_layers"]),
+                  num_layers=args["fusion_layers"],
                   mlp_dim=2 * width),
       heads=("vqa",), num_answers=-1, head_hidden=256, head_dropout=0.0,
       zero_image=False, text_query="mean"))
   c.mesh.cpu_devices = 2
-  c.optimizer.learning_rate = float(args["lr"])
+  c.optimizer.learning_rate = args["lr"]
   c.optimizer.warmup_steps = 100
   return c

@@ -31,14 +31,14 @@ def get_config(arg: str = ""):
   args = common.parse_args(arg, "configs/dialogue.py", steps=6000,
                            history="full", turns=8, width=64,
                            fusion="cross_attention", query="mean")
-  c = common.base(task="dialogue", total_steps=int(args["steps"]),
+  c = common.base(task="dialogue", total_steps=args["steps"],
                   batch_size=16, log_every=50, eval_every=2000,
                   checkpoint_every=1000, best_metric="accuracy")
   # 4 turns of question + answer fit in 64 tokens; older turns are cut first.
   c.data = common.data("sort_of_clevr", eval_splits=("test",), max_len=64,
                        history=args["history"],
-                       questions_per_image=int(args["turns"]))
-  width = int(args["width"])
+                       questions_per_image=args["turns"])
+  width = args["width"]
   c.model = ml_collections.ConfigDict(dict(
       image=common.image_tower(width),
       text=dict(vocab_size=-1, width=width, depth=1, mlp_dim=2 * width,

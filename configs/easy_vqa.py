@@ -31,5 +31,5 @@ def get_config(arg: str = ""):
   c.model.text.max_len = 16
   c.eval_every = c.total_steps
   c.checkpoint_every = c.total_steps
-  c.model.zero_image = bool(int(args["zero_image"]))
+  c.model.zero_image = bool(args["zero_image"])
   return c

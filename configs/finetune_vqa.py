@@ -21,12 +21,12 @@ from configs import pretrain
 def get_config(arg: str = ""):
   args = common.parse_args(arg, "configs/finetune_vqa.py", steps=4000,
                            labels=1.0, width=128, tower="vit", pretrained="")
-  c = common.base(task="vqa", total_steps=int(args["steps"]),
+  c = common.base(task="vqa", total_steps=args["steps"],
                   batch_size=64, log_every=50, eval_every=1000,
                   checkpoint_every=1000)
   c.data = common.data("sort_of_clevr", eval_splits=("test",), max_len=16,
-                       train_fraction=float(args["labels"]))
-  c.model = pretrain.model(int(args["width"]), ("vqa",),
+                       train_fraction=args["labels"])
+  c.model = pretrain.model(args["width"], ("vqa",),
                            args["tower"])
   c.init_from.workdir = args["pretrained"]
   c.optimizer.learning_rate = 3e-4

@@ -45,12 +45,12 @@ def model(width: int, heads, tower: str = "vit") -> ml_collections.ConfigDict:
 def get_config(arg: str = ""):
   args = common.parse_args(arg, "configs/pretrain.py", steps=6000, width=128,
                            tower="vit")
-  c = common.base(task="pretrain", total_steps=int(args["steps"]),
+  c = common.base(task="pretrain", total_steps=args["steps"],
                   batch_size=64, log_every=50, eval_every=2000,
                   checkpoint_every=1000, best_metric="t2i_r1")
   c.data = common.data("sort_of_clevr", eval_splits=("test",),
                        max_len=MAX_LEN, eval_batch_size=100)
-  c.model = model(int(args["width"]), ("contrastive", "itm", "mlm"),
+  c.model = model(args["width"], ("contrastive", "itm", "mlm"),
                   args["tower"])
   # ALBEF weighs the three objectives equally; BERT masks 15% of tokens.
   c.loss = ml_collections.ConfigDict(dict(weight_itc=1.0, weight_itm=1.0,

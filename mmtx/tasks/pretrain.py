@@ -10,18 +10,19 @@ Batch (mmtx.data view 'contrastive'): 'image' [B, H, W, 3], 'text' [B, L],
      the first B rows; MLM = mlm_loss on the last B rows, the text masked by
      `losses.mlm_mask` (config.loss.mask_prob; bos/eos/sep/unk never masked).
   2. Hard negatives from the ITC similarities (`losses.itm_hard_negatives`,
-     rows of the same 'index' and word-for-word equal captions excluded): a second call on [image; image of
-     the negative] x [negative text; text] (2B rows) gives the negative ITM
-     logits. ITM = 2-way cross-entropy over the B positives and the 2B
-     negatives (a row without a candidate negative gets weight 0).
+     rows of the same 'index' and word-for-word equal captions excluded): a
+     second call on [image; image of the negative] x [negative text; text]
+     (2B rows) gives the negative ITM logits. ITM = 2-way cross-entropy
+     over the B positives and the 2B negatives (a row without a candidate
+     negative gets weight 0).
   loss = weight_itc * ITC + weight_itm * ITM + weight_mlm * MLM (config.loss).
 
 Evaluation, per split of config.data.eval_splits, over every (image,
 reference caption) pair (`retrieval.run_pairs`): retrieval recall@1/5/10;
 ITM accuracy on the positives and on one negative per pair (the next pair's
 caption, which shows another image; not counted when the two captions are
-the same words); MLM accuracy on the masked tokens (the
-mask drawn with a fixed key, so every evaluation masks the same tokens).
+the same words); MLM accuracy on the masked tokens (the mask drawn with a
+fixed key, so every evaluation masks the same tokens).
 """
 from __future__ import annotations
 
@@ -108,18 +109,17 @@ class PretrainTask(common.Task):
       masked, targets, weights = self.mask(jax.random.key(0), texts)
       # Row r's negative is row r + 1's caption (pairs go caption-slot-major,
       # so it shows another image unless the chunk ends there).
-      neg_ids = jnp.roll(ids, -1)
+      neg_ids, neg_texts = jnp.roll(ids, -1), jnp.roll(texts, -1, axis=0)
       out, _ = model.apply(
           {"params": params}, jnp.concatenate([images] * 3),
-          jnp.concatenate([texts, jnp.roll(texts, -1, axis=0), masked]))
+          jnp.concatenate([texts, neg_texts, masked]))
       itm_pred = jnp.argmax(out["itm_logits"], -1)
       mlm_hit = (jnp.argmax(out["mlm_logits"][2 * e:], -1) == targets)
       return {"img_emb": out["img_emb"][:e], "txt_emb": out["txt_emb"][:e],
               "itm_pos_hit": itm_pred[:e] == 1,
               "itm_neg_hit": itm_pred[e:2 * e] == 0,
               "itm_neg_valid": ((neg_ids != ids) & (neg_ids >= 0) &
-                                jnp.any(jnp.roll(texts, -1, axis=0) != texts,
-                                        axis=-1)),
+                                jnp.any(neg_texts != texts, axis=-1)),
               "mlm_correct": (mlm_hit * weights).sum(1),
               "mlm_count": weights.sum(1)}
 
