@@ -53,8 +53,11 @@ def get_config(arg: str = ""):
   c.model = model(args["width"], ("contrastive", "itm", "mlm"),
                   args["tower"])
   # ALBEF weighs the three objectives equally; BERT masks 15% of tokens.
+  # itm_random_negatives: the share of ITM negatives drawn uniformly instead
+  # of from the ITC similarities (ALBEF: 0, all hard; see README).
   c.loss = ml_collections.ConfigDict(dict(weight_itc=1.0, weight_itm=1.0,
-                                          weight_mlm=1.0, mask_prob=0.15))
+                                          weight_mlm=1.0, mask_prob=0.15,
+                                          itm_random_negatives=0.5))
   c.optimizer.learning_rate = 5e-4
   c.optimizer.warmup_steps = 200
   return c

@@ -324,14 +324,19 @@ def positive_mask_from_ids(ids: Array) -> Array:
   return ids[:, None] == ids[None, :]
 
 
-def positive_mask_from_texts(tokens: Array) -> Array:
-  """`[batch, len]` token ids -> `[batch, batch]`, True where two rows hold
-  the same text. A caption that is word for word another image's caption
-  (easy-VQA's "a red circle." under every red circle) is true of both
-  images, so it is no ITM negative for either."""
-  _check_rank(tokens, 2, "tokens", "[batch, len]")
-  tokens = jnp.asarray(tokens)
-  return jnp.all(tokens[:, None, :] == tokens[None, :, :], axis=-1)
+def positive_mask_from_caption_sets(caption_sets: Array) -> Array:
+  """`[batch, K]` caption fingerprints -> `[batch, batch]` `[image, text]`
+  mask, True where text j (row j's caption, `caption_sets[j, 0]`) is one of
+  image i's captions (any of `caption_sets[i]`; -1 = none). Another image's
+  caption that is word for word one of image i's ("a red circle." under
+  every red circle of easy-VQA, whichever caption row i drew) is true of
+  image i, so it is no ITM negative for it. Built by the 'contrastive' data
+  view ('caption_set', see `mmtx.data.views.caption_set`)."""
+  _check_rank(caption_sets, 2, "caption_sets", "[batch, K]")
+  sets = jnp.asarray(caption_sets)
+  texts = sets[:, 0]
+  return jnp.any((sets[:, :, None] == texts[None, None, :]) &
+                 (texts >= 0)[None, None, :], axis=1)
 
 
 def _sample_excluding(rng: Array, logits: Array, excluded: Array):
@@ -346,19 +351,28 @@ def _sample_excluding(rng: Array, logits: Array, excluded: Array):
 
 
 def itm_hard_negatives(rng: Array, sim: Array,
-                       positive_mask: Optional[Array] = None) -> HardNegatives:
+                       positive_mask: Optional[Array] = None,
+                       random_fraction: float = 0.0) -> HardNegatives:
   """Samples hard negatives for ITM from contrastive similarities.
 
   Image i draws a text j with probability softmax_j(sim[i]) over the texts
   that are not positive for it; text j draws an image from softmax_i(sim[:, j])
   likewise. Positives are the diagonal plus `positive_mask` (e.g. other
-  captions of the same image, see `positive_mask_from_ids`).
+  captions of the same image, see `positive_mask_from_ids`, and other
+  images' captions that are also this image's,
+  `positive_mask_from_caption_sets`); the mask is indexed [image, text].
+  With `random_fraction` = r, each draw is instead uniform over the same
+  candidates with probability r (ALBEF: r = 0). Pure hard negatives can
+  stall ITM where ITC learns one attribute before the fusion reads any:
+  every negative then differs from its image only in what neither sees yet.
 
   Args:
     rng: PRNG key.
     sim: `[batch, batch]` image-text logits (similarity / temperature); pair i
       is (image i, text i). No gradient flows through the sampling.
     positive_mask: optional `[batch, batch]` bool, True = also a positive.
+    random_fraction: a Python float in [0, 1], the chance that a draw
+      ignores `sim` (at 0 the draws are the pure hard ones).
   Returns:
     `HardNegatives`; rows without any candidate have `valid=False`.
   """
@@ -367,6 +381,9 @@ def itm_hard_negatives(rng: Array, sim: Array,
   if sim.shape[1] != n:
     raise ValueError(f"sim: expected a square [batch, batch] matrix (pair i is"
                      f" image i with text i), got {_shape(sim)}.")
+  if not 0.0 <= float(random_fraction) <= 1.0:
+    raise ValueError(f"random_fraction: expected a probability in [0, 1], "
+                     f"got {random_fraction!r}.")
   excluded = jnp.eye(n, dtype=bool)
   if positive_mask is not None:
     if _shape(positive_mask) != (n, n):
@@ -375,8 +392,16 @@ def itm_hard_negatives(rng: Array, sim: Array,
     excluded = excluded | jnp.asarray(positive_mask).astype(bool)
   logits = jax.lax.stop_gradient(_f32(sim))
   rng_txt, rng_img = jax.random.split(rng)
-  txt_idx, txt_valid = _sample_excluding(rng_txt, logits, excluded)
-  img_idx, img_valid = _sample_excluding(rng_img, logits.T, excluded.T)
+  if random_fraction:   # these draws see equal logits: uniform
+    uniform = jax.random.bernoulli(jax.random.fold_in(rng, 2),
+                                   float(random_fraction), (2, n))
+    finite = jnp.where(logits > -jnp.inf, 0.0, logits)  # keeps -inf / NaN out
+    txt_logits = jnp.where(uniform[0][:, None], finite, logits)
+    img_logits = jnp.where(uniform[1][:, None], finite.T, logits.T)
+  else:
+    txt_logits, img_logits = logits, logits.T
+  txt_idx, txt_valid = _sample_excluding(rng_txt, txt_logits, excluded)
+  img_idx, img_valid = _sample_excluding(rng_img, img_logits, excluded.T)
   return HardNegatives(txt_idx, txt_valid, img_idx, img_valid)
 
 

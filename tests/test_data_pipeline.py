@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import zlib
 
 import numpy as np
 import pytest
@@ -96,6 +97,20 @@ def test_caption_and_contrastive_views(data_dir):
   captions = {c.decode() for i in batch["index"] for c in info.record(int(i))["caption"]}
   assert texts <= captions
   assert len({t.split()[0] for t in texts}) > 1
+  # 'caption_set': the drawn caption's fingerprint first, then the record's
+  # other captions', -1 padding; fingerprints of equal token rows are equal
+  # and a CRC-32 (zlib's, of the little-endian int32 non-pad ids) otherwise.
+  sets = batch["caption_set"]
+  assert sets.shape == (32, views.CAPTION_SET) and sets.dtype == np.int32
+  for row, i in enumerate(batch["index"]):
+    caps = [c.decode() for c in info.record(int(i))["caption"]]
+    ids, _ = info.tokenizer.encode_batch(caps, 64)
+    want = [zlib.crc32(np.asarray([t for t in r if t], "<i4").tobytes())
+            & 0x7FFFFFFF for r in ids]
+    drawn = caps.index(info.tokenizer.decode(batch["text"][row]))
+    assert sets[row, 0] == want[drawn]
+    assert sorted(sets[row, :len(caps)]) == sorted(want)
+    assert (sets[row, len(caps):] == -1).all()
 
 
 # --------------------------------------------------------- determinism

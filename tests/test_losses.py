@@ -222,25 +222,68 @@ def test_itm_never_samples_a_positive():
   np.testing.assert_allclose(freq, q, atol=0.04)
 
 
-def test_identical_captions_are_no_itm_negatives():
-  # Rows 1 and 3 hold the same words as row 0 (other images' captions);
-  # row 2 differs in one token, row 4 is another caption.
-  texts = np.array([[1, 5, 6, 2, 0], [1, 5, 6, 2, 0], [1, 5, 7, 2, 0],
-                    [1, 5, 6, 2, 0], [1, 8, 2, 0, 0]])
-  same = np.asarray(losses.positive_mask_from_texts(texts))
-  want = np.array([[(texts[i] == texts[j]).all() for j in range(5)]
-                   for i in range(5)])
-  np.testing.assert_array_equal(same, want)
-  assert same[0, 1] and same[0, 3] and not same[0, 2] and not same[0, 4]
+def test_itm_random_fraction_mixes_uniform_draws():
+  # Draw law per row: r * uniform + (1 - r) * softmax, both over the
+  # non-positives (float64 reference), for r = 0, 0.5 and 1.
+  rng = np.random.default_rng(7)
+  sim = jnp.asarray(rng.normal(size=(8, 8)) * 3 + 5 * np.eye(8), jnp.float32)
+  pos = np.asarray(losses.positive_mask_from_ids(IDS))
+  keys = jax.random.split(jax.random.key(3), 6000)
+  s64 = np.asarray(sim, np.float64)
+  for r in (0.0, 0.5, 1.0):
+    neg = jax.jit(jax.vmap(lambda k, r=r: losses.itm_hard_negatives(
+        k, sim, pos, random_fraction=r)))(keys)
+    for i in (0, 6):
+      cand = ~pos[i]
+      soft = np.exp(s64[i] - s64[i].max()) * cand
+      want = r * cand / cand.sum() + (1 - r) * soft / soft.sum()
+      freq = np.bincount(np.asarray(neg.txt_idx)[:, i], minlength=8) / 6000
+      np.testing.assert_allclose(freq, want, atol=0.03)
+      assert not np.any(pos[i, np.asarray(neg.txt_idx)[:, i]])
+      cand = ~pos[:, i]   # text i draws an image
+      soft = np.exp(s64[:, i] - s64[:, i].max()) * cand
+      want = r * cand / cand.sum() + (1 - r) * soft / soft.sum()
+      freq = np.bincount(np.asarray(neg.img_idx)[:, i], minlength=8) / 6000
+      np.testing.assert_allclose(freq, want, atol=0.03)
+  # r = 0 draws exactly what the default does.
+  a = losses.itm_hard_negatives(keys[0], sim, pos)
+  b = losses.itm_hard_negatives(keys[0], sim, pos, random_fraction=0.0)
+  assert all(np.array_equal(x, y) for x, y in zip(a, b))
+  with pytest.raises(ValueError, match="random_fraction"):
+    losses.itm_hard_negatives(keys[0], sim, pos, random_fraction=1.5)
+
+
+def test_an_images_own_captions_are_no_itm_negatives():
+  # Five images; row r drew caption sets[r, 0]. Fingerprints 10, 11 are the
+  # two templates of "a red circle" (images 0, 1 and 3 are red circles, row
+  # 3 drew the other template), 12 is one token off, 13 another caption.
+  sets = np.array([[10, 11, -1], [10, 11, -1], [12, 20, -1], [11, 10, -1],
+                   [13, -1, -1]])
+  got = np.asarray(losses.positive_mask_from_caption_sets(sets))
+  want = np.array([[sets[j, 0] in sets[i] for j in range(5)]
+                   for i in range(5)])                   # [image i, text j]
+  np.testing.assert_array_equal(got, want)
+  assert got[0, 1] and got[0, 3] and got[3, 0] and not got[0, 2]
+  assert not got[2, 0] and not got[0, 4] and got[4, 4]
+  # Not symmetric: image 5 says 10 and 30, image 6 only 30 -> text 10 (row 5)
+  # is no caption of image 6, but text 30 (row 6) is one of image 5's.
+  asym = np.asarray(losses.positive_mask_from_caption_sets(
+      np.array([[10, 30], [30, -1]])))
+  np.testing.assert_array_equal(asym, [[True, True], [False, True]])
+  # -1 padding never matches; a (padding) row whose own fingerprint is -1
+  # is no positive of any image.
+  pad = np.asarray(losses.positive_mask_from_caption_sets(
+      np.array([[-1, -1], [7, -1]])))
+  np.testing.assert_array_equal(pad, [[False, False], [False, True]])
   # Even when ITC scores the duplicates highest, image 0 never draws one.
-  pos = np.asarray(losses.positive_mask_from_ids(np.arange(5))) | same
-  sim = jnp.asarray(np.where(same, 50.0, 0.0), jnp.float32)
+  pos = np.asarray(losses.positive_mask_from_ids(np.arange(5))) | got
+  sim = jnp.asarray(np.where(got, 50.0, 0.0), jnp.float32)
   keys = jax.random.split(jax.random.key(2), 500)
   neg = jax.vmap(lambda k: losses.itm_hard_negatives(k, sim, pos))(keys)
   assert set(np.asarray(neg.txt_idx)[:, 0]) <= {2, 4}
   assert set(np.asarray(neg.img_idx)[:, 0]) <= {2, 4}
-  with pytest.raises(ValueError, match="tokens"):
-    losses.positive_mask_from_texts(np.zeros(5, np.int32))
+  with pytest.raises(ValueError, match="caption_sets"):
+    losses.positive_mask_from_caption_sets(np.zeros(5, np.int32))
 
 
 def test_itm_rows_without_candidates_are_safe():

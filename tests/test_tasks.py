@@ -248,6 +248,17 @@ def test_pair_chunks_cover_every_caption_slot_major_and_pad():
                                 [ord(c) - 90 for c in "acdb"])
   assert chunks[1]["text"][0, 1] == ord("e") - 90
   assert (chunks[1]["text"][1:] == 0).all()
+  # Each row's image's caption fingerprints, the row's own first.
+  fp = {c: data_lib.views.fingerprint(_Chars().encode_batch([c], 4)[0])[0]
+        for c in "abcde"}
+  want = [[fp["a"], fp["b"]], [fp["c"], -1], [fp["d"], fp["e"]],
+          [fp["b"], fp["a"]]]
+  np.testing.assert_array_equal(chunks[0]["caption_set"][:, :2], want)
+  np.testing.assert_array_equal(chunks[1]["caption_set"][:, :2],
+                                [[fp["e"], fp["d"]], [-1, -1], [-1, -1],
+                                 [-1, -1]])
+  assert (chunks[0]["caption_set"][:, 2:] == -1).all()
+  assert len(set(fp.values())) == 5
 
 
 def test_recall_uses_every_caption_of_an_image():

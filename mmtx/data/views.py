@@ -23,6 +23,10 @@ Example keys (the pipeline stacks them into batches with a leading [B]):
   'caption' and 'contrastive' (one example per image): 'text' int32 [L],
     'text_mask' bool [L]; the caption is drawn at random per example and epoch
     when `random_text`, else it is the record's first caption.
+    'contrastive' also: 'caption_set' int32 [CAPTION_SET]: `fingerprint`s
+    of the record's captions as tokenized, the drawn one first, -1 padding
+    (what the image's captions say, for telling a true ITM negative from
+    another image's caption that is word for word one of this image's).
   'dialogue' (one example per turn): 'history' int32 [L]: bos q1 sep a1 sep
     ... sep q_t eos, the oldest tokens cut first; 'history_mask' bool [L];
     'answer' int32 (answer to q_t); 'turn' int32 (t, from 0).
@@ -33,6 +37,7 @@ Example keys (the pipeline stacks them into batches with a leading [B]):
 from __future__ import annotations
 
 import dataclasses
+import zlib
 from typing import Any
 
 import numpy as np
@@ -43,6 +48,35 @@ TASKS = ("vqa", "caption", "contrastive", "dialogue")
 REQUIRED_FIELDS = {"vqa": ("question", "answer", "qtype"),
                    "caption": ("caption",), "contrastive": ("caption",),
                    "dialogue": ("dialogue_question", "dialogue_answer")}
+
+
+# Captions fingerprinted per 'contrastive' example; a record with more keeps
+# the drawn one and the first 15 others (COCO has 5-7, Flickr30k 5).
+CAPTION_SET = 16
+
+
+def fingerprint(ids: np.ndarray) -> np.ndarray:
+  """`[..., L]` token ids (0 = pad) -> `[...]` int32 in [0, 2**31): a CRC-32
+  of each row's non-pad tokens, so equal rows (the same words as the model
+  sees them) get equal values and different ones collide with chance 2**-31.
+  """
+  ids = np.asarray(ids)
+  flat = ids.reshape(-1, ids.shape[-1])
+  out = [zlib.crc32(row[row != 0].astype("<i4").tobytes()) & 0x7FFFFFFF
+         for row in flat]
+  return np.asarray(out, np.int32).reshape(ids.shape[:-1])
+
+
+def caption_set(fingerprints, first: int = 0,
+                size: int = CAPTION_SET) -> np.ndarray:
+  """`[size]` int32: the `fingerprint`s of one image's captions,
+  fingerprints[first] first, then the others in order; -1 pads."""
+  fingerprints = np.asarray(fingerprints, np.int32)
+  order = np.concatenate([[first], np.delete(np.arange(len(fingerprints)),
+                                             first)])[:size]
+  out = np.full(size, -1, np.int32)
+  out[:len(order)] = fingerprints[order]
+  return out
 
 
 @dataclasses.dataclass(frozen=True)
@@ -231,7 +265,13 @@ def make_example(spec: ViewSpec, record, index: int, unit: int,
     pick = 0
     if spec.random_text and rng is not None:
       pick = int(rng.integers(len(captions)))
-    ids, mask = tok.encode_batch([as_text(captions[pick])], spec.max_len)
+    if spec.task == "contrastive":   # every caption, for 'caption_set'
+      ids, mask = tok.encode_batch([as_text(c) for c in captions],
+                                   spec.max_len)
+      ex["caption_set"] = caption_set(fingerprint(ids), pick)
+      ids, mask = ids[pick:], mask[pick:]
+    else:
+      ids, mask = tok.encode_batch([as_text(captions[pick])], spec.max_len)
     ex.update(text=ids[0], text_mask=mask[0])
   elif spec.questions_per_image:  # dialogue, Q turns of the image
     ex.update(_turn_group(spec, record, rng))

@@ -3,14 +3,18 @@ Sec. 3.2): image-text contrastive (ITC) + image-text matching with hard
 negatives (ITM) + masked language modelling conditioned on the image (MLM).
 
 Batch (mmtx.data view 'contrastive'): 'image' [B, H, W, 3], 'text' [B, L],
-'index' [B] (the record; two rows of one image are both positives).
+'index' [B] (the record; two rows of one image are both positives),
+'caption_set' [B, K] (fingerprints of each image's captions).
   1. One FusionModel call on [image; image] x [text; masked text] (2B rows;
      heads 'contrastive', 'itm', 'mlm'): ITC = softmax_contrastive_loss on the
      unimodal img_emb / txt_emb of the first B rows; positive ITM logits from
      the first B rows; MLM = mlm_loss on the last B rows, the text masked by
      `losses.mlm_mask` (config.loss.mask_prob; bos/eos/sep/unk never masked).
-  2. Hard negatives from the ITC similarities (`losses.itm_hard_negatives`,
-     rows of the same 'index' and word-for-word equal captions excluded): a
+  2. Hard negatives from the ITC similarities (`losses.itm_hard_negatives`;
+     excluded for image i: rows of its 'index' and every text that is word
+     for word one of its captions, from the view's 'caption_set'; a
+     fraction config.loss.itm_random_negatives of the draws ignore the
+     similarities, i.e. are uniform over the same candidates): a
      second call on [image; image of the negative] x [negative text; text]
      (2B rows) gives the negative ITM logits. ITM = 2-way cross-entropy
      over the B positives and the 2B negatives (a row without a candidate
@@ -20,9 +24,9 @@ Batch (mmtx.data view 'contrastive'): 'image' [B, H, W, 3], 'text' [B, L],
 Evaluation, per split of config.data.eval_splits, over every (image,
 reference caption) pair (`retrieval.run_pairs`): retrieval recall@1/5/10;
 ITM accuracy on the positives and on one negative per pair (the next pair's
-caption, which shows another image; not counted when the two captions are
-the same words); MLM accuracy on the masked tokens (the mask drawn with a
-fixed key, so every evaluation masks the same tokens).
+caption, which shows another image; not counted when it is word for word
+one of this image's captions); MLM accuracy on the masked tokens (the mask
+drawn with a fixed key, so every evaluation masks the same tokens).
 """
 from __future__ import annotations
 
@@ -81,7 +85,8 @@ class PretrainTask(common.Task):
     sim = scale * img_emb @ txt_emb.T
     neg = losses.itm_hard_negatives(
         rng_neg, sim, losses.positive_mask_from_ids(batch["index"]) |
-        losses.positive_mask_from_texts(texts))
+        losses.positive_mask_from_caption_sets(batch["caption_set"]),
+        random_fraction=float(self.loss_cfg.itm_random_negatives))
     neg_out = apply(jnp.concatenate([images, images[neg.img_idx]]),
                     jnp.concatenate([texts[neg.txt_idx], texts]), rng_drop2)
     itm_logits = jnp.concatenate([out["itm_logits"][:b],
@@ -105,11 +110,14 @@ class PretrainTask(common.Task):
   def evaluate(self, model, params, config, mesh):
     def pair_fn(params, batch):
       images, texts, ids = batch["image"], batch["text"], batch["pair_image"]
+      sets = batch["caption_set"]
       e = texts.shape[0]
       masked, targets, weights = self.mask(jax.random.key(0), texts)
       # Row r's negative is row r + 1's caption (pairs go caption-slot-major,
-      # so it shows another image unless the chunk ends there).
-      neg_ids, neg_texts = jnp.roll(ids, -1), jnp.roll(texts, -1, axis=0)
+      # so it shows another image unless the chunk ends there); it counts
+      # when it is none of row r's image's captions.
+      neg_texts = jnp.roll(texts, -1, axis=0)
+      neg_fp, neg_ids = jnp.roll(sets[:, 0], -1), jnp.roll(ids, -1)
       out, _ = model.apply(
           {"params": params}, jnp.concatenate([images] * 3),
           jnp.concatenate([texts, neg_texts, masked]))
@@ -118,8 +126,8 @@ class PretrainTask(common.Task):
       return {"img_emb": out["img_emb"][:e], "txt_emb": out["txt_emb"][:e],
               "itm_pos_hit": itm_pred[:e] == 1,
               "itm_neg_hit": itm_pred[e:2 * e] == 0,
-              "itm_neg_valid": ((neg_ids != ids) & (neg_ids >= 0) &
-                                jnp.any(neg_texts != texts, axis=-1)),
+              "itm_neg_valid": ((neg_ids >= 0) &
+                                ~jnp.any(sets == neg_fp[:, None], axis=1)),
               "mlm_correct": (mlm_hit * weights).sum(1),
               "mlm_count": weights.sum(1)}
 

@@ -19,6 +19,7 @@ import numpy as np
 from mmtx import data as data_lib
 from mmtx import metrics as metrics_lib
 from mmtx import sharding
+from mmtx.data import views
 
 
 @dataclasses.dataclass
@@ -53,23 +54,32 @@ def pair_chunks(images: np.ndarray, captions: list[list[str]], tokenizer,
   images `[b, H, W, 3]` (the valid images of one eval batch), captions[i] the
   captions of image i. Each batch: 'image' `[chunk, H, W, 3]`, 'text'
   `[chunk, max_len]` int32, 'pair_image' `[chunk]` int32 (first_image + i,
+  -1 on padding rows), 'caption_set' `[chunk, CAPTION_SET]` int32 (the
+  image's caption fingerprints, this row's first: `data.views.caption_set`;
   -1 on padding rows), 'valid' `[chunk]` bool. Pairs go caption-slot-major
   (caption 0 of every image, then caption 1, ...), so neighbouring rows show
   different images (the pretrain task's ITM negatives rely on it).
   """
   order = [(i, c) for c in range(max((len(x) for x in captions), default=0))
            for i in range(len(captions)) if c < len(captions[i])]
+  flat, _ = tokenizer.encode_batch([c for caps in captions for c in caps],
+                                   max_len)
+  starts = np.cumsum([0] + [len(caps) for caps in captions])
+  fps = views.fingerprint(flat)
+  size = views.CAPTION_SET
   for start in range(0, len(order), chunk):
     part = order[start:start + chunk]
-    ids, _ = tokenizer.encode_batch([captions[i][c] for i, c in part],
-                                    max_len)
     pad = chunk - len(part)
     rows = np.array([i for i, _ in part] + [0] * pad, np.int64)
-    text = np.concatenate([ids, np.zeros((pad, max_len), np.int32)])
-    yield {"image": images[rows], "text": text.astype(np.int32),
+    text = np.zeros((chunk, max_len), np.int32)
+    sets = np.full((chunk, size), -1, np.int32)
+    for r, (i, c) in enumerate(part):
+      text[r] = flat[starts[i] + c]
+      sets[r] = views.caption_set(fps[starts[i]:starts[i + 1]], c, size)
+    yield {"image": images[rows], "text": text,
            "pair_image": np.array([first_image + i for i, _ in part]
                                   + [-1] * pad, np.int32),
-           "valid": np.arange(chunk) < len(part)}
+           "caption_set": sets, "valid": np.arange(chunk) < len(part)}
 
 
 def jit_step(fn: Callable, mesh):
