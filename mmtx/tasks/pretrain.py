@@ -115,7 +115,9 @@ class PretrainTask(common.Task):
       masked, targets, weights = self.mask(jax.random.key(0), texts)
       # Row r's negative is row r + 1's caption (pairs go caption-slot-major,
       # so it shows another image unless the chunk ends there); it counts
-      # when it is none of row r's image's captions.
+      # when it shows another image and is none of row r's image's captions
+      # (the caption set holds 16: an image with more could pass the second
+      # test with its own caption).
       neg_texts = jnp.roll(texts, -1, axis=0)
       neg_fp, neg_ids = jnp.roll(sets[:, 0], -1), jnp.roll(ids, -1)
       out, _ = model.apply(
@@ -126,7 +128,7 @@ class PretrainTask(common.Task):
       return {"img_emb": out["img_emb"][:e], "txt_emb": out["txt_emb"][:e],
               "itm_pos_hit": itm_pred[:e] == 1,
               "itm_neg_hit": itm_pred[e:2 * e] == 0,
-              "itm_neg_valid": ((neg_ids >= 0) &
+              "itm_neg_valid": ((neg_ids != ids) & (neg_ids >= 0) &
                                 ~jnp.any(sets == neg_fp[:, None], axis=1)),
               "mlm_correct": (mlm_hit * weights).sum(1),
               "mlm_count": weights.sum(1)}
