@@ -1,8 +1,11 @@
 """Text tokenizers behind one interface: a word-level vocabulary built from a
-dataset's text, and SentencePiece (Kudo & Richardson 2018).
+dataset's text, SentencePiece (Kudo & Richardson 2018), and CLIP's byte-level
+BPE (Radford et al. 2021, the vocabulary of released CLIP checkpoints).
 
-Special ids are the same for every tokenizer:
-  pad=0, bos=1, eos=2, mask=3, sep=4, unk=5.
+Special ids are the same for the word and SentencePiece tokenizers:
+  pad=0, bos=1, eos=2, mask=3, sep=4, unk=5;
+`ClipBpeTokenizer` keeps CLIP's own ids (start/end of text 49406/49407, pad 0)
+so imported CLIP weights see the ids they were trained on.
 `encode(text) -> list[int]` gives the content ids only; `encode_batch` adds
 bos/eos, truncates and pads to `[batch, max_len]` int32 ids (0 = pad) with a
 bool mask (True = token).
@@ -10,6 +13,8 @@ bool mask (True = token).
 from __future__ import annotations
 
 import collections
+import gzip
+import html
 import io
 import json
 import re
@@ -53,11 +58,14 @@ class Tokenizer:
 
 def pad_sequences(seqs: Sequence[Sequence[int]], max_len: int, *,
                   add_bos: bool = True, add_eos: bool = True,
-                  truncate: str = "right") -> tuple[np.ndarray, np.ndarray]:
+                  truncate: str = "right", bos_id: int = BOS,
+                  eos_id: int = EOS) -> tuple[np.ndarray, np.ndarray]:
   """Adds bos/eos, truncates and pads to int32 `[batch, max_len]` + bool mask.
 
   Truncation drops content tokens, never bos/eos: 'right' keeps the first
   tokens (questions, captions), 'left' keeps the last ones (dialogue history).
+  The mask is True on the first len(sequence) positions (a content id may be
+  0 in CLIP's vocabulary, so the mask is not `ids != 0`).
   """
   if truncate not in ("right", "left"):
     raise ValueError(f"pad_sequences: truncate must be 'right' or 'left', got "
@@ -67,12 +75,14 @@ def pad_sequences(seqs: Sequence[Sequence[int]], max_len: int, *,
     raise ValueError(f"pad_sequences: max_len={max_len} leaves no room for "
                      "text after bos/eos; use max_len >= 3.")
   ids = np.zeros((len(seqs), max_len), np.int32)
+  mask = np.zeros((len(seqs), max_len), bool)
   for row, seq in enumerate(seqs):
     seq = list(seq)
     seq = seq[:room] if truncate == "right" else seq[max(0, len(seq) - room):]
-    seq = [BOS] * add_bos + seq + [EOS] * add_eos
+    seq = [bos_id] * add_bos + seq + [eos_id] * add_eos
     ids[row, :len(seq)] = seq
-  return ids, ids != PAD
+    mask[row, :len(seq)] = True
+  return ids, mask
 
 
 # ------------------------------------------------------------------ words
@@ -215,6 +225,162 @@ class SentencePieceTokenizer(Tokenizer):
     if run:
       parts.append(self.sp.decode(run))
     return " ".join(parts)
+
+
+# ---------------------------------------------------------------- CLIP BPE
+CLIP_BPE_FILE = "bpe_simple_vocab_16e6.txt.gz"
+# Byte-level BPE: 256 byte symbols, the same with the end-of-word mark, the
+# merges, then <start_of_text> and <end_of_text> (49152 + 256 ids in all).
+_CLIP_NUM_MERGES = 49152 - 256 - 2
+_CLIP_SPECIALS = ("<start_of_text>", "<end_of_text>")
+# Pieces: a special token, an English contraction, a run of letters, one
+# digit, or a run of anything else that is not whitespace (matched after the
+# text is lower-cased; IGNORECASE only matters for "'ſ", as in the original).
+_CLIP_PIECES = ("|".join(_CLIP_SPECIALS) +
+                r"|'s|'t|'re|'ve|'m|'ll|'d|\p{L}+|\p{N}|[^\s\p{L}\p{N}]+")
+
+
+def _byte_symbols() -> dict[int, str]:
+  """One printable character per byte value: printable Latin-1 bytes stand
+  for themselves, the others (whitespace, controls) for chr(256 + k) in byte
+  order, so BPE symbols never contain whitespace. The dict's order is the
+  vocabulary's: the printable bytes first, then the others."""
+  keep = [b for b in range(256)
+          if 0x21 <= b <= 0x7E or 0xA1 <= b <= 0xAC or 0xAE <= b <= 0xFF]
+  others = [b for b in range(256) if b not in keep]
+  symbols = {b: chr(b) for b in keep}
+  symbols.update({b: chr(256 + k) for k, b in enumerate(others)})
+  return symbols
+
+
+def default_clip_bpe_path() -> str:
+  """The vocabulary file that ships inside the open_clip package, found
+  without importing it (`pip install open_clip_torch`)."""
+  import importlib.util  # pylint: disable=g-import-not-at-top
+  import os  # pylint: disable=g-import-not-at-top
+  spec = importlib.util.find_spec("open_clip")
+  if spec is None or not spec.submodule_search_locations:
+    raise FileNotFoundError(
+        f"ClipBpeTokenizer: no bpe_path given and open_clip is not installed "
+        f"to find {CLIP_BPE_FILE} in. Pass bpe_path= to the file (it ships in "
+        f"the open_clip_torch and openai/CLIP packages; Hugging Face CLIP "
+        f"repositories' merges.txt holds the same merges).")
+  return os.path.join(list(spec.submodule_search_locations)[0], CLIP_BPE_FILE)
+
+
+class ClipBpeTokenizer(Tokenizer):
+  """CLIP's lower-cased byte-level BPE; `encode_batch(texts, max_len)[0]`
+  equals `open_clip.tokenize(texts, context_length=max_len)`.
+
+  Text is cleaned as CLIP does (ftfy.fix_text, HTML entities unescaped
+  twice, whitespace runs collapsed, lower-cased), split into pieces, and each
+  piece's UTF-8 bytes are merged by rank. `bpe_path`: the merges file,
+  gzipped (`bpe_simple_vocab_16e6.txt.gz`) or plain (`merges.txt`); default:
+  the copy inside an installed open_clip. Needs the `ftfy` and `regex`
+  packages. Ids: '!' is 0 (so the mask, not `ids != 0`, marks the padding),
+  start/end of text are `bos_id`=49406 / `eos_id`=49407.
+  """
+
+  def __init__(self, bpe_path: str | None = None):
+    try:
+      import ftfy  # pylint: disable=g-import-not-at-top
+      import regex  # pylint: disable=g-import-not-at-top
+    except ImportError as e:
+      raise ImportError("ClipBpeTokenizer needs the ftfy and regex packages "
+                        "(pip install ftfy regex).") from e
+    self._fix_text = ftfy.fix_text
+    self.bpe_path = bpe_path or default_clip_bpe_path()
+    opener = gzip.open if self.bpe_path.endswith(".gz") else open
+    with opener(self.bpe_path, "rb") as f:
+      lines = f.read().decode("utf-8").split("\n")
+    # Line 0 is a version header.
+    merges = [tuple(line.split()) for line in lines[1:1 + _CLIP_NUM_MERGES]]
+    if len(merges) != _CLIP_NUM_MERGES or any(len(m) != 2 for m in merges):
+      raise ValueError(f"ClipBpeTokenizer: {self.bpe_path} does not hold "
+                       f"{_CLIP_NUM_MERGES} merges ('a b' per line after a "
+                       f"header line).")
+    self._bytes = _byte_symbols()
+    base = list(self._bytes.values())
+    symbols = base + [b + "</w>" for b in base]
+    symbols += [a + b for a, b in merges] + list(_CLIP_SPECIALS)
+    self._ids = {sym: i for i, sym in enumerate(symbols)}
+    self._symbols = symbols
+    self._ranks = {m: r for r, m in enumerate(merges)}
+    self._pieces = regex.compile(_CLIP_PIECES, regex.IGNORECASE)
+    self._cache: dict[str, list[int]] = {}
+    self.vocab_size = len(symbols)
+    self.bos_id, self.eos_id = self._ids[_CLIP_SPECIALS[0]], self._ids[
+        _CLIP_SPECIALS[1]]
+
+  def __getstate__(self):             # picklable for grain worker processes
+    return {"bpe_path": self.bpe_path}
+
+  def __setstate__(self, state):
+    self.__init__(state["bpe_path"])
+
+  def clean(self, text: str) -> str:
+    text = html.unescape(html.unescape(self._fix_text(text))).strip()
+    return " ".join(text.split()).lower()
+
+  def _merge(self, piece: str) -> list[int]:
+    """BPE of one piece: merge the adjacent pair of lowest rank (every
+    occurrence, left to right) until no pair has a rank."""
+    if piece in self._cache:
+      return self._cache[piece]
+    word = "".join(self._bytes[b] for b in piece.encode("utf-8"))
+    parts = list(word[:-1]) + [word[-1] + "</w>"]
+    while len(parts) > 1:
+      ranked = [self._ranks.get(p) for p in zip(parts, parts[1:])]
+      best = min((r for r in ranked if r is not None), default=None)
+      if best is None:
+        break
+      pair = (parts[ranked.index(best)], parts[ranked.index(best) + 1])
+      merged, i = [], 0
+      while i < len(parts):
+        if i + 1 < len(parts) and (parts[i], parts[i + 1]) == pair:
+          merged.append(parts[i] + parts[i + 1])
+          i += 2
+        else:
+          merged.append(parts[i])
+          i += 1
+      parts = merged
+    ids = [self._ids[p] for p in parts]
+    if len(self._cache) < 100_000:
+      self._cache[piece] = ids
+    return ids
+
+  def encode(self, text: str) -> list[int]:
+    out = []
+    for piece in self._pieces.findall(self.clean(text)):
+      if piece in _CLIP_SPECIALS:
+        out.append(self._ids[piece])
+      else:
+        out.extend(self._merge(piece))
+    return out
+
+  def encode_batch(self, texts: Sequence[str], max_len: int, *,
+                   add_bos: bool = True, add_eos: bool = True,
+                   truncate: str = "right") -> tuple[np.ndarray, np.ndarray]:
+    """ids int32 `[batch, max_len]` (start, tokens, end, then 0s; a text too
+    long loses its last tokens but keeps the end token) and the bool mask."""
+    return pad_sequences([self.encode(t) for t in texts], max_len,
+                         add_bos=add_bos, add_eos=add_eos, truncate=truncate,
+                         bos_id=self.bos_id, eos_id=self.eos_id)
+
+  def decode(self, ids: Iterable[int]) -> str:
+    """Text of the ids between start and end of text (end-of-word marks
+    become spaces)."""
+    symbols = []
+    for i in (int(i) for i in ids):
+      if i == self.eos_id:
+        break
+      if i != self.bos_id and 0 <= i < self.vocab_size:
+        symbols.append(self._symbols[i])
+    byte_of = {s: b for b, s in self._bytes.items()}
+    data = bytearray()
+    for ch in "".join(symbols).replace("</w>", " "):
+      data.extend(b" " if ch == " " else bytes([byte_of[ch]]))
+    return data.decode("utf-8", errors="replace").strip()
 
 
 def load_tokenizer(path: str) -> Tokenizer:
