@@ -1,0 +1,105 @@
+"""Every task's `evaluate` recomputed: a stub model whose output for each
+(image, text) is known (eval_stub.py) runs through the task's own eval path
+on a split whose last batch is part padding, and each reported metric is
+recomputed with numpy from the split's records (eval_cases.py). The same
+cases run on two processes' shards in test_eval_two_processes."""
+import json
+import os
+import re
+import socket
+import subprocess
+import sys
+
+import pytest
+
+import eval_cases
+import eval_stub
+
+HERE = os.path.dirname(__file__)
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+  path = tmp_path_factory.mktemp("data")
+  from mmtx import data as data_lib
+  data_lib.ensure_built(eval_stub.DATASET, str(path))
+  return path
+
+
+def _check(got, want):
+  """Same metric names; same values (ratios of counts: to float64 rounding,
+  or float32 where the eval sums in float32, as pretrain's MLM counts)."""
+  want = {k: v for k, v in want.items() if not k.startswith("_")}
+  assert sorted(got) == sorted(want)
+  for k in want:
+    tol = 1e-6 if k.endswith("mlm_accuracy") else 1e-9
+    assert got[k] == pytest.approx(want[k], rel=tol, abs=1e-9), k
+
+
+def _nontrivial(want, *keys):
+  """The case is built so that these metrics are neither 0 nor 1: a bug
+  that drops or miscounts rows moves them."""
+  for k in keys:
+    assert 0.0 < want[k] < 1.0, (k, want[k])
+
+
+@pytest.fixture(scope="module")
+def mesh():
+  from mmtx import sharding
+  return sharding.make_mesh()
+
+
+def test_vqa_accuracy_per_type_and_subtype(data_dir, mesh):
+  got, table = eval_cases.evaluate("vqa", data_dir, mesh)
+  want = eval_cases.reference("vqa", data_dir)
+  _nontrivial(want, "accuracy", "accuracy/rel/closest", "test/accuracy")
+  # 3 types x 3 subtypes each, on both splits.
+  assert len([k for k in want if k.count("/") == 2
+              and not k.startswith("test/")]) == 9
+  _check(got, want)
+  assert "450" in table and "480" in table
+
+
+def test_dialogue_accuracy_and_mrr_per_turn(data_dir, mesh):
+  got, table = eval_cases.evaluate("dialogue", data_dir, mesh)
+  want = eval_cases.reference("dialogue", data_dir)
+  _nontrivial(want, "accuracy", "mrr", "accuracy/turn_4", "mrr/turn_1")
+  assert {f"mrr/turn_{t}" for t in range(1, 5)} <= set(want)
+  _check(got, want)
+  assert re.search(r"\| all\s+\|.*\| 120\s+\|", table), table
+
+
+def test_contrastive_recall_both_ways_and_zero_shot(data_dir, mesh):
+  got, table = eval_cases.evaluate("contrastive", data_dir, mesh)
+  want = eval_cases.reference("contrastive", data_dir)
+  _nontrivial(want, "i2t_r1", "t2i_r1", "t2i_r5", "zero_shot/top1")
+  assert want["i2t_r1"] != want["t2i_r1"]
+  _check(got, want)
+  assert "15 images, 75 captions" in table
+
+
+def test_caption_bleu_cider_and_recall_through_the_task(data_dir, mesh):
+  pytest.importorskip("pycocoevalcap")
+  got, table = eval_cases.evaluate("caption", data_dir, mesh)
+  want = eval_cases.reference("caption", data_dir)
+  _nontrivial(want, "bleu_1", "bleu_4", "i2t_r1")
+  assert want["cider"] > 0
+  want = {k: v for k, v in want.items()}
+  for k in ("bleu_1", "bleu_2", "bleu_3", "bleu_4", "cider"):
+    assert got.pop(k) == pytest.approx(want.pop(k), abs=1e-6), k
+  _check(got, want)
+  assert "15 images, 75 references" in table
+
+
+def test_pretrain_itm_mlm_and_recall(data_dir, mesh):
+  got, table = eval_cases.evaluate("pretrain", data_dir, mesh)
+  want = eval_cases.reference("pretrain", data_dir)
+  _nontrivial(want, "itm_accuracy/positive", "itm_accuracy/negative",
+              "mlm_accuracy", "i2t_r1")
+  n_pos, n_neg, n_mlm = want["_counts"]
+  # Not every pair's next row is a valid negative: chunk ends and the
+  # duplicate captions of this split are skipped.
+  assert n_pos == 75 and 0 < n_neg < n_pos
+  _check(got, want)
+  assert re.search(rf"on mismatched pairs\s+\|\s+\S+\s+\|\s+{n_neg}\s", table)
+  assert re.search(rf"masked tokens\)\s+\|\s+\S+\s+\|\s+{int(n_mlm)}\s", table)
