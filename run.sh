@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # Runs a command inside the project's virtual environment, creating it and
-# installing mmtx with its test extras first when needed (or when setup.py
-# changed since the last install). Usage:
+# installing mmtx first when needed (or when setup.py changed since the last
+# install). It installs what the command needs: the package alone for the
+# main job, matplotlib too for an experiments/ script, and the test
+# references (torch, open_clip, transformers, ...) only for pytest.
+# Usage:
 #   ./run.sh python -m mmtx.main [flags]     # the main job
 #   ./run.sh python -m pytest                # the test suite
 set -euo pipefail
@@ -15,19 +18,33 @@ for cand in python3 python3.12 python3.11; do
   fi
 done
 [ -n "$PY" ] || { echo "run.sh: mmtx needs Python >= 3.11 on PATH (python3.11 or python3.12)." >&2; exit 1; }
+# Install levels, each a superset of the one before: 0 the package, 1 with
+# the 'experiments' extra, 2 with the 'test' extra.
+want=0
+for a in "$@"; do
+  case "$a" in
+    *pytest*) want=2 ;;
+    experiments/*|*/experiments/*) [ "$want" -ge 1 ] || want=1 ;;
+  esac
+done
+extras=("" "[experiments]" "[test]")
 stamp="$VENV/.mmtx-install-stamp"
-want=$(cat setup.py | sha256sum | cut -d' ' -f1)
-if [ ! -x "$VENV/bin/python" ] || [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
-  echo "run.sh: setting up $VENV (first run or setup.py changed; takes a few minutes)..." >&2
+hash=$(sha256sum setup.py | cut -d' ' -f1)
+read -r have_hash have_level 2>/dev/null <"$stamp" || true
+level=${have_level:-0}
+if [ ! -x "$VENV/bin/python" ] || [ "${have_hash:-}" != "$hash" ] ||
+   [ "$level" -lt "$want" ]; then
+  [ "$level" -ge "$want" ] || level=$want
+  echo "run.sh: installing mmtx${extras[$level]} into $VENV (first run, more extras, or setup.py changed; takes a few minutes)..." >&2
   [ -x "$VENV/bin/python" ] || "$PY" -m venv "$VENV"
   log="$VENV/install.log"
   if ! { "$VENV/bin/python" -m pip install --upgrade pip &&
-         "$VENV/bin/python" -m pip install -e '.[test]'; } >"$log" 2>&1; then
+         "$VENV/bin/python" -m pip install -e ".${extras[$level]}"; } >"$log" 2>&1; then
     grep -v "^WARNING: Location" "$log" | tail -30 >&2
     echo "run.sh: installing mmtx failed; full log in $log" >&2
     exit 1
   fi
-  echo "$want" >"$stamp"
+  echo "$hash $level" >"$stamp"
   echo "run.sh: $VENV ready." >&2
 fi
 export PATH="$PWD/$VENV/bin:$PATH"

@@ -18,16 +18,19 @@ INSTALL_REQUIRES = [
     "tqdm>=4.66",
     "sentencepiece>=0.2",
     "easy-vqa==1.0",
-    # The experiments' figures: matplotlib charts, PIL attention sheets.
-    "matplotlib>=3.8,<4",
-    "pillow>=10",
+    "pillow>=10",  # the notebook's attention sheet
 ]
+
+# The experiment scripts' charts.
+EXPERIMENTS_REQUIRES = ["matplotlib>=3.8,<4"]
 
 # References the tests compare against: open_clip's losses, pycocoevalcap's
 # BLEU/CIDEr, Hugging Face CLIP (transformers 4.57 is the last release with the
 # Flax models the CPU benchmark also runs). torch/torchvision are pinned as a
-# pair that imports together (a mismatched pair fails at import).
-TEST_REQUIRES = [
+# pair that imports together (a mismatched pair fails at import). setuptools
+# builds the wheel that a test installs and runs outside the checkout.
+TEST_REQUIRES = EXPERIMENTS_REQUIRES + [
+    "setuptools>=70.1",
     "pytest>=8",
     "pytest-xdist>=3.5",
     "torch==2.14.1",
@@ -44,5 +47,6 @@ setuptools.setup(
     packages=setuptools.find_packages(include=["mmtx", "mmtx.*"]),
     python_requires=">=3.11",
     install_requires=INSTALL_REQUIRES,
-    extras_require={"test": TEST_REQUIRES},
+    extras_require={"experiments": EXPERIMENTS_REQUIRES,
+                    "test": TEST_REQUIRES},
 )

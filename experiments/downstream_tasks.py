@@ -60,7 +60,7 @@ EVAL_OF = {"dialogue_full_tested_last": "dialogue_full"}
 def run_row(name, args):
   import importlib
   module, arg = ROWS[name]
-  cfg = importlib.import_module(f"configs.{module}").get_config(
+  cfg = importlib.import_module(f"mmtx.configs.{module}").get_config(
       ",".join(filter(None, [arg, f"steps={args.steps}"])))
   with cfg.unlocked():
     cfg.seed = args.seed

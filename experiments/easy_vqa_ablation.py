@@ -29,7 +29,7 @@ KEYS = ("accuracy", "accuracy/shape", "accuracy/color", "accuracy/yes/no")
 
 
 def main(argv=None):
-  from configs import easy_vqa
+  from mmtx.configs import easy_vqa
   p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   p.add_argument("--steps", type=int, default=12000)
   p.add_argument("--seed", type=int, default=0)

@@ -48,7 +48,7 @@ FLOOR = "question_only"
 
 
 def run_one(fusion, seed, args):
-  from configs import default
+  from mmtx.configs import default
   floor = fusion == FLOOR
   cfg = default.get_config(
       f"steps={args.steps},fusion={'cross_attention' if floor else fusion}")

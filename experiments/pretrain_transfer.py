@@ -36,7 +36,7 @@ PRETRAIN_KEYS = ("t2i_r1", "i2t_r1", "itm_accuracy", "mlm_accuracy")
 
 
 def pretrain(args):
-  from configs import pretrain as pretrain_cfg
+  from mmtx.configs import pretrain as pretrain_cfg
   cfg = pretrain_cfg.get_config(f"steps={args.pretrain_steps},"
                                 f"width={args.width},tower={args.tower}")
   with cfg.unlocked():
@@ -51,7 +51,7 @@ def pretrain(args):
 
 
 def finetune(args, labels, seed, pretrained):
-  from configs import finetune_vqa
+  from mmtx.configs import finetune_vqa
   init = os.path.join(args.out, "pretrain") if pretrained else ""
   cfg = finetune_vqa.get_config(f"steps={args.finetune_steps},labels={labels},"
                                 f"width={args.width},tower={args.tower},"
@@ -151,7 +151,7 @@ def main(argv=None):
                  help="comma-separated label fractions")
   p.add_argument("--seeds", default="0", help="fine-tuning seeds")
   p.add_argument("--width", type=int, default=128)
-  from configs import pretrain as pretrain_cfg
+  from mmtx.configs import pretrain as pretrain_cfg
   p.add_argument("--tower", default="vit", choices=pretrain_cfg.TOWERS,
                  help="image tower (configs/pretrain.py): 'vit' (15-pixel "
                  "patches, learned positions) or 'conv' (the default VQA "

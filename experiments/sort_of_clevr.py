@@ -75,7 +75,7 @@ def workdir_of(out, name, seed):
 
 
 def run_one(name, overrides, args, seed):
-  from configs import default
+  from mmtx.configs import default
   cfg = default.get_config(f"steps={args.steps}")
   with cfg.unlocked():
     cfg.data.eval_splits = ("test", "test_large")
@@ -147,7 +147,7 @@ def table(results, args):
       cells.append(runlib.pct_cell(v) + (
           f" (floor {runlib.mean_std(floor)[0]:.1f})" if v and floor else ""))
     rows.append(cells)
-  from configs import default
+  from mmtx.configs import default
   d = default.get_config()
   images = 8 if args.quick else d.batch_size
   several = any(len(rs) > 1 for rs in runs.values())

@@ -13,8 +13,32 @@ import sys
 from absl import app, flags
 from ml_collections import config_flags
 
-_REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-_DEFAULT_CONFIG = os.path.join(_REPO, "configs", "default.py")
+# The config files ship inside the package (mmtx/configs; `configs/` in a
+# checkout links to it), so a pip-installed mmtx runs from any directory.
+_CONFIG_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)),
+                           "configs")
+_DEFAULT_CONFIG = os.path.join(_CONFIG_DIR, "default.py")
+
+
+def _config_path(spec: str) -> str:
+  """--config's value as given, or mmtx's own config file of that name when
+  'configs/NAME.py[:ARGS]' names no file under the working directory."""
+  path, sep, args = spec.partition(":")
+  own = os.path.join(_CONFIG_DIR, os.path.basename(path))
+  if (not os.path.exists(path) and os.path.dirname(path) in ("", "configs")
+      and os.path.isfile(own)):
+    return own + sep + args
+  return spec
+
+
+def _resolve_config_args(argv: list[str]) -> list[str]:
+  out = list(argv)
+  for i, a in enumerate(out):
+    if a.startswith("--config="):
+      out[i] = "--config=" + _config_path(a[len("--config="):])
+    elif a == "--config" and i + 1 < len(out):
+      out[i + 1] = _config_path(out[i + 1])
+  return out
 
 _WORKDIR = flags.DEFINE_string(
     "workdir", None, "Run directory (checkpoints, metrics.jsonl, TensorBoard); "
@@ -125,6 +149,7 @@ def main(argv):
                            progress=_PROGRESS.value)
 
 
+sys.argv = _resolve_config_args(sys.argv)
 _CONFIG = _define_config_flag()
 
 if __name__ == "__main__":

@@ -102,7 +102,7 @@ def test_every_fusion_builds_in_the_default_model():
   builds and initialises (shapes only) at the default sizes."""
   import jax
   sys.path.insert(0, REPO)
-  from configs import default
+  from mmtx.configs import default
   from mmtx.fusion import FUSIONS
   from mmtx.models.fusion_model import FusionModel
   from mmtx.tasks import common
@@ -265,7 +265,7 @@ _STOPPABLE = """
 import sys
 sys.path.insert(0, {experiments!r})
 import runlib
-from configs import default
+from mmtx.configs import default
 cfg = default.get_config("steps=100000")
 runlib.shrink_for_quick(cfg)
 with cfg.unlocked():
@@ -281,7 +281,7 @@ _TWICE = """
 import json, sys
 sys.path.insert(0, {experiments!r})
 import runlib
-from configs import default
+from mmtx.configs import default
 cfg = default.get_config("steps=3")
 runlib.shrink_for_quick(cfg)
 with cfg.unlocked():

@@ -74,7 +74,7 @@ def test_misspelt_config_file_arg_is_an_error_not_a_silent_default(
                                   "dialogue", "pretrain", "finetune_vqa"])
 def test_every_config_file_checks_its_args(name):
   import importlib
-  mod = importlib.import_module(f"configs.{name}")
+  mod = importlib.import_module(f"mmtx.configs.{name}")
   with pytest.raises(ValueError, match=f"configs/{name}.py: unknown arg "
                      "'stpes'.*closest: \\['steps'\\]"):
     mod.get_config("stpes=10")
@@ -85,7 +85,7 @@ def test_every_config_file_checks_its_args(name):
 
 
 def test_config_file_args_override_only_what_is_named():
-  from configs import common
+  from mmtx.configs import common
   assert common.parse_args("", "c", a=1, b="x") == {"a": 1, "b": "x"}
   # A value may itself hold '=' (a path); only the first one splits.
   assert common.parse_args("b=y=z,a=2", "c", a=1, b="x") == {"a": 2,

@@ -8,7 +8,7 @@ Args: decode=greedy|beam, width (image tower and decoder), steps.
 """
 import ml_collections
 
-from configs import common
+from mmtx.configs import common
 
 
 def get_config(arg: str = ""):

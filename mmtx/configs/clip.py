@@ -9,7 +9,7 @@ Args: loss=softmax|sigmoid, width (both towers), steps.
 """
 import ml_collections
 
-from configs import common
+from mmtx.configs import common
 
 
 def get_config(arg: str = ""):

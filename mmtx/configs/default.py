@@ -48,7 +48,7 @@ the README's Results section):
 """
 import ml_collections
 
-from configs import common
+from mmtx.configs import common
 
 
 def get_config(arg: str = ""):

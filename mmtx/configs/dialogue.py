@@ -24,7 +24,7 @@ after 2,000 steps, ~1,350 turns/s.
 """
 import ml_collections
 
-from configs import common
+from mmtx.configs import common
 
 
 def get_config(arg: str = ""):

@@ -9,8 +9,8 @@ one shape each; 4,000 training images with ~10 questions each.
 Args: steps, fusion, lr, image_depth, fusion_layers, zero_image (1 = the
 image is replaced by zeros: the question-only floor).
 """
-from configs import common
-from configs import default
+from mmtx.configs import common
+from mmtx.configs import default
 
 
 def get_config(arg: str = ""):

@@ -14,8 +14,8 @@ pretraining heads: the towers and the fusion load from the checkpoint under
 the same names (no path rules needed); vqa_hidden / vqa_out start fresh, and
 the run prints how many params were loaded and which were not.
 """
-from configs import common
-from configs import pretrain
+from mmtx.configs import common
+from mmtx.configs import pretrain
 
 
 def get_config(arg: str = ""):

@@ -10,7 +10,7 @@ VQA job's conv stem with sin-cos positions, `common.image_tower`).
 """
 import ml_collections
 
-from configs import common
+from mmtx.configs import common
 
 # Captions of Sort-of-CLEVR are at most 48 words: 50 tokens keeps them all.
 MAX_LEN = 50
