@@ -1,10 +1,11 @@
-"""easy-VQA (Zhou 2020): the previous default job's model (4-convolution
-stem, 1 image self-attention layer, 2 fusion layers) on 64x64 images with
-one shape each; 4,000 training images with ~10 questions each.
+"""easy-VQA (Zhou 2020): a cross-attention VQA model (4-convolution stem,
+1 image self-attention layer, 2 fusion layers) on 64x64 images with one
+shape each; 4,000 training images with ~10 questions each.
 
   python -m mmtx.main --config=configs/easy_vqa.py --workdir=runs/easy_vqa
-  # 12,000 steps: 99.91 % test accuracy, 9.3 min on the 2-core CPU box
   python -m mmtx.main --config=configs/easy_vqa.py:zero_image=1   # ablation
+
+Results: experiments/results/README.md, "easy-VQA".
 
 Args: steps, fusion, lr, image_depth, fusion_layers, zero_image (1 = the
 image is replaced by zeros: the question-only floor).
@@ -14,8 +15,7 @@ from mmtx.configs import default
 
 
 def get_config(arg: str = ""):
-  # The model the README's 99.91 % was measured with (the default job's
-  # model before it moved to a 10x10 grid): 4 stem convolutions, one image
+  # 64x64 images: 4 stem convolutions (a 4x4 grid), one image
   # self-attention layer, two fusion layers, sin-cos temperature 10^4.
   args = common.parse_args(arg, "configs/easy_vqa.py", steps=12000,
                            fusion="cross_attention", lr=1e-3, image_depth=1,
@@ -24,7 +24,7 @@ def get_config(arg: str = ""):
       f"{k}={args[k]}" for k in ("steps", "fusion", "lr", "image_depth",
                                  "fusion_layers")))
   c.model.image.stem_channels = (32, 32, 32, 32)
-  c.model.image.posemb_temperature = 10_000.0   # as measured (default: 30)
+  c.model.image.posemb_temperature = 10_000.0
   c.data.name = "easy_vqa"
   c.data.max_len = 16
   c.data.questions_per_image = 8

@@ -13,8 +13,8 @@ with K, V from the other modalities j != i in one of two forms:
   'union' : K, V from the concatenation of the O_j's tokens (any counts).
 
 and fused = sum_i O_i' (with M = 2 the two forms coincide). Pairwise
-cross-modal attention of this kind is MulT's (Tsai et al. 2019); the sum
-over modalities is the form this codebase's issue 3 specifies.
+cross-modal attention of this kind is MulT's (Tsai et al. 2019), here
+summed over the modalities.
 """
 from __future__ import annotations
 
