@@ -90,7 +90,10 @@ class DialogueTask(common.Task):
     def logits_fn(params, batch):
       out, _ = model.apply({"params": params}, batch["image"],
                            select_history(batch["history"], self.history))
-      return out["vqa_logits"]
+      # The global batch's labels beside its logits: with several
+      # processes the host's own batch holds only its rows.
+      return {"logits": out["vqa_logits"], "answer": batch["answer"],
+              "turn": batch["turn"], "valid": batch["valid"]}
 
     step = jax.jit(logits_fn, out_shardings=sharding.replicated(mesh))
     out, lines = {}, []
@@ -98,12 +101,11 @@ class DialogueTask(common.Task):
       it, info = self.eval_iterator(config, split)
       logits, answers, turns = [], [], []
       for batch in it:
-        valid = np.asarray(batch["valid"], bool)
-        z = np.asarray(jax.device_get(step(params,
-                                           sharding.put_batch(batch, mesh))))
-        logits.append(z[valid])
-        answers.append(np.asarray(batch["answer"])[valid])
-        turns.append(np.asarray(batch["turn"])[valid])
+        z = jax.device_get(step(params, sharding.put_batch(batch, mesh)))
+        valid = np.asarray(z["valid"], bool)
+        logits.append(np.asarray(z["logits"])[valid])
+        answers.append(np.asarray(z["answer"])[valid])
+        turns.append(np.asarray(z["turn"])[valid])
       logits, answers, turns = map(np.concatenate, (logits, answers, turns))
       prefix = "" if split == config.data.eval_splits[0] else f"{split}/"
       rows = []
