@@ -96,8 +96,9 @@ class CaptionTask(common.Task):
       for batch in it:
         tokens = np.asarray(jax.device_get(generate(
             params, sharding.put_batch(batch, mesh)["image"])))
-        for row in np.flatnonzero(batch["valid"]):
-          hyps[int(batch["index"][row])] = info.tokenizer.decode(tokens[row])
+        rows = retrieval.gather_rows(batch, ("index", "valid"))  # global
+        for row in np.flatnonzero(rows["valid"]):
+          hyps[int(rows["index"][row])] = info.tokenizer.decode(tokens[row])
       scores = metrics_lib.caption_scores(refs, {k: [v] for k, v in
                                                  hyps.items()}, tokenize=True)
       rec = retrieval.recall(pairs)

@@ -15,6 +15,7 @@ from typing import Any, Callable
 
 import jax
 import numpy as np
+from jax.experimental import multihost_utils
 
 from mmtx import data as data_lib
 from mmtx import metrics as metrics_lib
@@ -88,22 +89,48 @@ def jit_step(fn: Callable, mesh):
   return jax.jit(fn, out_shardings=sharding.replicated(mesh))
 
 
+def gather_rows(batch: dict, keys) -> dict[str, np.ndarray]:
+  """`batch[k]` for k in keys as numpy, with several processes the global
+  batch's rows: every process's rows, concatenated in process order (the
+  order `sharding.put_batch` gives them)."""
+  if jax.process_count() == 1:
+    return {k: np.asarray(batch[k]) for k in keys}
+  return {k: np.asarray(multihost_utils.process_allgather(
+      np.asarray(batch[k]), tiled=True)) for k in keys}
+
+
+def local_rows(chunk: dict) -> dict:
+  """This process's share of a batch that every process holds whole, so
+  that `sharding.put_batch` puts the whole batch back together."""
+  n, i = jax.process_count(), jax.process_index()
+  if n == 1:
+    return chunk
+  return {k: v[i * len(v) // n:(i + 1) * len(v) // n]
+          for k, v in chunk.items()}
+
+
 def run_pairs(step: Callable, params, config, mesh, it, info) -> Pairs:
   """Runs `step` (from `jit_step`) over every pair of the split behind `it`;
   see `pair_chunks` for the batch keys. chunk = config.data.eval_batch_size.
 
-  Runs on one process: the per-pair outputs are gathered on the host."""
+  Each eval batch is gathered from all processes and taken in record order
+  (on one process it is already), so every process builds the same chunks,
+  feeds its share of each, and reads back every pair's outputs: the pairs,
+  their chunks and the outputs do not depend on the process count."""
   outputs: dict[str, list] = {}
   pair_image, indices, references, objects = [], [], [], []
   for batch in it:
-    valid = np.asarray(batch["valid"], bool)
-    idx = np.asarray(batch["index"])[valid]
+    batch = gather_rows(batch, ("image", "index", "valid"))
+    valid = batch["valid"].astype(bool)
+    order = np.argsort(batch["index"][valid], kind="stable")
+    idx = batch["index"][valid][order]
     records = [info.record(int(i)) for i in idx]
     captions = [[data_lib.as_text(c) for c in r["caption"]] for r in records]
-    for chunk in pair_chunks(np.asarray(batch["image"])[valid], captions,
+    for chunk in pair_chunks(batch["image"][valid][order], captions,
                              info.tokenizer, config.data.max_len,
                              config.data.eval_batch_size, len(indices)):
-      out = jax.device_get(step(params, sharding.put_batch(chunk, mesh)))
+      out = jax.device_get(step(params, sharding.put_batch(local_rows(chunk),
+                                                           mesh)))
       keep = chunk["valid"]
       for k, v in out.items():
         outputs.setdefault(k, []).append(np.asarray(v)[keep])
@@ -128,7 +155,8 @@ def text_outputs(step: Callable, params, config, mesh, info,
   outputs: dict[str, list] = {}
   for chunk in pair_chunks(blank, [list(texts)], info.tokenizer,
                            config.data.max_len, config.data.eval_batch_size):
-    out = jax.device_get(step(params, sharding.put_batch(chunk, mesh)))
+    out = jax.device_get(step(params, sharding.put_batch(local_rows(chunk),
+                                                         mesh)))
     for k, v in out.items():
       outputs.setdefault(k, []).append(np.asarray(v)[chunk["valid"]])
   return {k: np.concatenate(v) for k, v in outputs.items()}
