@@ -2,13 +2,10 @@
 (image, text) is known (eval_stub.py) runs through the task's own eval path
 on a split whose last batch is part padding, and each reported metric is
 recomputed with numpy from the split's records (eval_cases.py). The same
-cases run on two processes' shards in test_eval_two_processes."""
+cases run on two processes' shards in test_two_processes_shards_report_the_same_metrics."""
 import json
 import os
 import re
-import socket
-import subprocess
-import sys
 
 import pytest
 
@@ -103,3 +100,23 @@ def test_pretrain_itm_mlm_and_recall(data_dir, mesh):
   _check(got, want)
   assert re.search(rf"on mismatched pairs\s+\|\s+\S+\s+\|\s+{n_neg}\s", table)
   assert re.search(rf"masked tokens\)\s+\|\s+\S+\s+\|\s+{int(n_mlm)}\s", table)
+
+
+def test_two_processes_shards_report_the_same_metrics(data_dir, tmp_path):
+  """Each process reads half of every eval batch (process 1's shard of the
+  odd splits ends in a padding example): both report every metric equal to
+  the one-process numpy reference."""
+  from multiprocess_util import run_processes
+  runs = run_processes(os.path.join(HERE, "two_process_eval_check.py"),
+                       [data_dir, tmp_path, *eval_cases.CASES])
+  for i, (rc, out) in enumerate(runs):
+    assert rc == 0, out[-3000:]
+    assert f"PROCESS {i} of 2 DONE" in out, out[-2000:]
+  for i in range(2):
+    got = json.loads((tmp_path / f"eval_{i}.json").read_text())
+    for name in eval_cases.CASES:
+      want = eval_cases.reference(name, data_dir)
+      if name == "caption":
+        for k in ("bleu_1", "bleu_2", "bleu_3", "bleu_4", "cider"):
+          assert got[name].pop(k) == pytest.approx(want.pop(k), abs=1e-6), k
+      _check(got[name], want)
