@@ -35,8 +35,8 @@ MODELS = {
     "cross_attention": ("mmtx: question tokens cross-attend to image patches",
                         {}),
     "cross_attention_wd": (
-        "mmtx, AdamW weight decay 0.05 (the default job's is 1e-4): issue 7's "
-        "recipe at 48,000 steps",
+        "mmtx, AdamW weight decay 0.05 (the default job's is 1e-4): the "
+        "relational-target recipe at 48,000 steps",
         {"optimizer.weight_decay": 0.05}),
     "film": ("FiLM (Perez et al. 2018): question modulates image tokens",
              {"model.fusion.name": "film", "model.fusion.target": "image"}),
