@@ -32,8 +32,8 @@ from remat not counted, the usual "model FLOPs" of MFU):
 ViT-B/16 (T=197, d=768, m=3072, L=12) + text M (T=77, d=512, m=2048, L=12),
 E=512, B=256: 3 x (35.13 + 5.96 + 0.0003) = 123.26 GFLOP/sample, issue 8's
 123 (text 'B': 145.28). MFU = samples/s x FLOPs / peak; `--peak_tflops`
-defaults by device_kind: H100 989 (PCIe 756), H200 790 (issue 8's figure;
-see NOTES.md), none on CPU.
+defaults by device_kind: H100 989 (PCIe 756), H200 989 (datasheet; issue 8
+quoted MFU at 790, see NOTES.md), none on CPU.
 
 `--suite` times, each once, the variants of issue 8 (cuDNN attention with
 padding, a seq-length cuDNN prototype, no class token, fused QKV if mmtx has
@@ -68,7 +68,8 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(HERE))
 
 # device_kind substring -> bf16 dense TFLOP/s; first match wins.
-PEAK_TFLOPS = (("H100 PCIe", 756.0), ("H100", 989.0), ("H200", 790.0))
+# Dense bf16 TFLOP/s from NVIDIA's datasheets (H200 SXM = H100 SXM).
+PEAK_TFLOPS = (("H100 PCIe", 756.0), ("H100", 989.0), ("H200", 989.0))
 
 TINY = dict(image="mu/8", text="mu", image_size=32, text_len=16, vocab=256,
             embed_dim=32, batch=8, steps=2, warmup=1, repeats=2)
