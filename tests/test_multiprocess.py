@@ -2,19 +2,14 @@
 matches the one-process run: same losses, same final parameters."""
 import json
 import os
-import socket
 import subprocess
 import sys
 
 import numpy as np
 
+from multiprocess_util import run_processes
+
 HERE = os.path.dirname(__file__)
-
-
-def _free_port():
-  with socket.socket() as s:
-    s.bind(("localhost", 0))
-    return s.getsockname()[1]
 
 
 def _losses(workdir):
@@ -27,17 +22,10 @@ def test_two_processes_match_one_process(tmp_path):
   one = subprocess.run([sys.executable, script, str(tmp_path / "one")],
                        capture_output=True, text=True, timeout=300)
   assert one.returncode == 0, one.stderr[-3000:]
-  port = _free_port()
-  procs = []
-  for i in range(2):
-    env = dict(os.environ, MMTX_NUM_PROCESSES="2", MMTX_PROCESS_ID=str(i),
-               JAX_COORDINATOR_ADDRESS=f"localhost:{port}")
-    procs.append(subprocess.Popen(
-        [sys.executable, script, str(tmp_path / "two")], env=env,
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
-  outs = [p.communicate(timeout=300)[0] for p in procs]
-  for p, out in zip(procs, outs):
-    assert p.returncode == 0, out[-3000:]
+  runs = run_processes(script, [tmp_path / "two"])
+  outs = [out for _, out in runs]
+  for rc, out in runs:
+    assert rc == 0, out[-3000:]
   assert "PROCESS 0 of 2 devices 2 DONE" in outs[0], outs[0][-2000:]
   assert "PROCESS 1 of 2 devices 2 DONE" in outs[1], outs[1][-2000:]
   # The same global batches (each process reads half of each), summed in a

@@ -76,7 +76,7 @@ def test_caption_beam_search_reports_bleu_cider_and_retrieval(
              "--config.data.max_len=24", "--config.model.text.max_len=24")
   row = _eval_row(tmp_path / "run")
   _in_unit(row, "eval/bleu_1", "eval/bleu_4", "eval/i2t_r1", "eval/t2i_r10")
-  assert row["eval/cider"] >= 0.0
+  assert "eval/cider" in row   # its value: tests/test_eval_tasks.py
   assert "beam decoding, 16 images, 80 references" in out
   assert "BLEU-1" in out and "CIDEr-D" in out and "generated" in out
 
