@@ -25,10 +25,11 @@ INSTALL_REQUIRES = [
 EXPERIMENTS_REQUIRES = ["matplotlib>=3.8,<4"]
 
 # References the tests compare against: open_clip's losses, pycocoevalcap's
-# BLEU/CIDEr, Hugging Face CLIP (transformers 4.57 is the last release with the
-# Flax models the CPU benchmark also runs). torch/torchvision are pinned as a
-# pair that imports together (a mismatched pair fails at import). setuptools
-# builds the wheel that a test installs and runs outside the checkout.
+# BLEU/CIDEr, librosa's mel spectrogram, Hugging Face CLIP (transformers 4.57
+# is the last release with the Flax models the CPU benchmark also runs).
+# torch/torchvision are pinned as a pair that imports together (a mismatched
+# pair fails at import). setuptools builds the wheel that a test installs and
+# runs outside the checkout.
 TEST_REQUIRES = EXPERIMENTS_REQUIRES + [
     "setuptools>=70.1",
     "pytest>=8",
@@ -38,6 +39,7 @@ TEST_REQUIRES = EXPERIMENTS_REQUIRES + [
     "open_clip_torch>=3.2,<4",
     "pycocoevalcap==1.2",
     "transformers>=4.57,<4.58",
+    "librosa>=0.10,<2",   # the log-mel front end's reference
 ]
 
 setuptools.setup(
