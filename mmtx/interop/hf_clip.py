@@ -1,90 +1,142 @@
-"""Hugging Face `CLIPModel` (PyTorch) -> `mmtx.models.DualEncoder`.
+"""Hugging Face `CLIPModel` (PyTorch) <-> `mmtx.models.DualEncoder`.
 
-    config, params = from_transformers(hf_model)
+    config, params = from_transformers(hf_model)     # or load('dir-or-hub-name')
     img_emb, txt_emb, extras = DualEncoder(config).apply({'params': params},
                                                          images, texts)
+    to_transformers(config, params).save_pretrained('dir')  # or save(...)
 
-Images are NHWC (HF takes NCHW `pixel_values`); texts use 0 as padding, so
-token id 0 of the HF vocabulary must not appear in real text (in released
-CLIP vocabularies it is '!'; shift or re-tokenise if you need it). HF adds the
-position embedding to the class token too: here the class token is stored
-with its position folded in (cls + pos[0]), which is the same function.
+Images are NHWC (HF takes NCHW `pixel_values`). Texts are the HF token ids;
+the imported text tower masks nothing (`mask_padding=False`: id 0 is '!' in
+CLIP's vocabulary), is causal, and pools where HF does (the highest id when
+eos_token_id == 2, else the first eos_token_id). HF adds a position to the
+class token too: mmtx stores the class token with its position folded in
+(cls + pos[0]), the same function; export writes that row as -0.0.
 """
 from __future__ import annotations
 
-from typing import Any
+import math
 
 import ml_collections
 import numpy as np
 
+from mmtx.interop import mapping
+from mmtx.interop.mapping import Rule
 
-def _np(t) -> np.ndarray:
-  return t.detach().cpu().float().numpy()
-
-
-def _attention(attn, heads: int) -> dict[str, Any]:
-  d = attn.q_proj.weight.shape[1]
-  hd = attn.q_proj.weight.shape[0] // heads
-
-  def proj(lin):
-    return {"kernel": _np(lin.weight).T.reshape(d, heads, hd),
-            "bias": _np(lin.bias).reshape(heads, hd)}
-  return {"query": proj(attn.q_proj), "key": proj(attn.k_proj),
-          "value": proj(attn.v_proj),
-          "out": {"kernel": _np(attn.out_proj.weight).T.reshape(heads, hd, -1),
-                  "bias": _np(attn.out_proj.bias)}}
+_ACTIVATIONS = {"quick_gelu": "quick_gelu", "gelu": "gelu",
+                "gelu_pytorch_tanh": "gelu_tanh", "gelu_new": "gelu_tanh"}
+_TO_HF_ACTIVATION = {"quick_gelu": "quick_gelu", "gelu": "gelu",
+                     "gelu_tanh": "gelu_pytorch_tanh"}
 
 
-def _ln(ln):
-  return {"scale": _np(ln.weight), "bias": _np(ln.bias)}
+def activation(name: str, who: str) -> str:
+  if name not in _ACTIVATIONS:
+    raise ValueError(f"{who}: hidden_act {name!r} has no mmtx activation; "
+                     f"known: {sorted(_ACTIVATIONS)}.")
+  return _ACTIVATIONS[name]
 
 
-def _encoder(enc, final_ln, heads: int) -> dict[str, Any]:
-  out = {}
-  for i, layer in enumerate(enc.layers):
-    out[f"layers_{i}"] = {
-        "attention": _attention(layer.self_attn, heads),
-        "ln_attention": _ln(layer.layer_norm1),
-        "ln_mlp": _ln(layer.layer_norm2),
-        "mlp": {"wi": {"kernel": _np(layer.mlp.fc1.weight).T,
-                       "bias": _np(layer.mlp.fc1.bias)},
-                "wo": {"kernel": _np(layer.mlp.fc2.weight).T,
-                       "bias": _np(layer.mlp.fc2.bias)}},
-    }
-  out["ln_final"] = _ln(final_ln)
+def hf_activation(name: str, who: str) -> str:
+  if name not in _TO_HF_ACTIVATION:
+    raise ValueError(f"{who}: activation {name!r} has no Hugging Face "
+                     f"equivalent; known: {sorted(_TO_HF_ACTIVATION)}.")
+  return _TO_HF_ACTIVATION[name]
+
+
+def encoder_rules(mmtx: str, src: str, depth: int) -> list[Rule]:
+  """A Hugging Face CLIP / SigLIP encoder stack (`src`.layers.i) -> mmtx
+  `Encoder` layers_i (the final LayerNorm is the caller's)."""
+  rules = []
+  for i in range(depth):
+    m, s = f"{mmtx}/layers_{i}", f"{src}.layers.{i}"
+    for name, proj in (("query", "q_proj"), ("key", "k_proj"),
+                       ("value", "v_proj")):
+      rules += [Rule(f"{m}/attention/{name}/kernel",
+                     f"{s}.self_attn.{proj}.weight", "heads_in"),
+                Rule(f"{m}/attention/{name}/bias",
+                     f"{s}.self_attn.{proj}.bias", "heads_bias")]
+    rules += [Rule(f"{m}/attention/out/kernel", f"{s}.self_attn.out_proj.weight",
+                   "heads_out"),
+              Rule(f"{m}/attention/out/bias", f"{s}.self_attn.out_proj.bias")]
+    rules += layer_norm_rules(f"{m}/ln_attention", f"{s}.layer_norm1")
+    rules += layer_norm_rules(f"{m}/ln_mlp", f"{s}.layer_norm2")
+    rules += linear_rules(f"{m}/mlp/wi", f"{s}.mlp.fc1")
+    rules += linear_rules(f"{m}/mlp/wo", f"{s}.mlp.fc2")
+  return rules
+
+
+def layer_norm_rules(mmtx: str, src: str) -> list[Rule]:
+  return [Rule(f"{mmtx}/scale", f"{src}.weight"),
+          Rule(f"{mmtx}/bias", f"{src}.bias")]
+
+
+def linear_rules(mmtx: str, src: str, bias: bool = True) -> list[Rule]:
+  rules = [Rule(f"{mmtx}/kernel", f"{src}.weight", "linear")]
+  return rules + ([Rule(f"{mmtx}/bias", f"{src}.bias")] if bias else [])
+
+
+def rules(config) -> list[Rule]:
+  img, txt = config["image"], config["text"]
+  v, t = "vision_model", "text_model"
+  pos = f"{v}.embeddings.position_embedding.weight"
+  out = [Rule("img/embedding/conv/kernel",
+              f"{v}.embeddings.patch_embedding.weight", "conv"),
+         Rule("img/posemb/pos_embedding", pos, "drop_row0"),
+         Rule("img/cls", f"{v}.embeddings.class_embedding", "cls", plus=pos)]
+  out += layer_norm_rules("img/ln_pre", f"{v}.pre_layrnorm")
+  out += encoder_rules("img/encoder", f"{v}.encoder", img["depth"])
+  out += layer_norm_rules("img/encoder/ln_final", f"{v}.post_layernorm")
+  out += [Rule("txt/embedding/embedding",
+               f"{t}.embeddings.token_embedding.weight"),
+          Rule("txt/posemb/pos_embedding",
+               f"{t}.embeddings.position_embedding.weight")]
+  out += encoder_rules("txt/encoder", f"{t}.encoder", txt["depth"])
+  out += layer_norm_rules("txt/encoder/ln_final", f"{t}.final_layer_norm")
+  out += [Rule("img_head/kernel", "visual_projection.weight", "linear"),
+          Rule("txt_head/kernel", "text_projection.weight", "linear"),
+          Rule("logit_scale", "logit_scale")]
   return out
 
 
-def _activation(name: str) -> str:
-  table = {"quick_gelu": "quick_gelu", "gelu": "gelu"}
-  if name not in table:
-    raise ValueError(f"hf_clip: hidden_act {name!r} is not supported; known: "
-                     f"{sorted(table)}.")
-  return table[name]
+def dual_encoder_shapes(config, image_size: int) -> dict[str, tuple]:
+  """Parameter shapes of `DualEncoder(config)` on `image_size` images."""
+  from mmtx.models import DualEncoder  # pylint: disable=g-import-not-at-top
+  return mapping.param_shapes(
+      DualEncoder(config), np.zeros((1, image_size, image_size, 3), np.float32),
+      np.ones((1, config["text"]["max_len"]), np.int32))
+
+
+def check_model(hf_model, class_name: str, who: str, hint: str = ""):
+  names = [c.__name__ for c in type(hf_model).__mro__]
+  if class_name not in names:
+    raise ValueError(f"{who}: expected a transformers {class_name}, got "
+                     f"{type(hf_model).__name__}.{hint}")
 
 
 def from_transformers(hf_model) -> tuple[ml_collections.ConfigDict, dict]:
   """Converts a `transformers.CLIPModel` into (config, params) for
   `mmtx.models.DualEncoder` (softmax loss, the HF logit_scale)."""
+  who = "hf_clip.from_transformers"
+  check_model(hf_model, "CLIPModel", who, " (SigLIP: mmtx.interop.hf_siglip)")
   vc, tc = hf_model.config.vision_config, hf_model.config.text_config
   if vc.image_size % vc.patch_size:
-    raise ValueError(f"hf_clip: image_size {vc.image_size} is not divisible by "
+    raise ValueError(f"{who}: image_size {vc.image_size} is not divisible by "
                      f"patch_size {vc.patch_size}.")
-  if getattr(tc, "eos_token_id", 2) != 2:
-    pool = "last"  # HF pools the first EOS token; with 0-padding = last real
-  else:
-    pool = "argmax"  # legacy CLIP: EOT has the highest id
+  if vc.num_channels != 3:
+    raise ValueError(f"{who}: num_channels={vc.num_channels}; mmtx's CLIP "
+                     f"takes RGB images (3 channels).")
+  eos = getattr(tc, "eos_token_id", 2)
+  pool = {"pool": "argmax"} if eos == 2 else {"pool": "eos", "eos_id": eos}
   config = ml_collections.ConfigDict({
       "loss": "softmax",
       "embed_dim": hf_model.config.projection_dim,
-      "logit_scale_init": float(np.exp(_np(hf_model.logit_scale))),
+      "logit_scale_init": float(math.exp(float(hf_model.logit_scale.detach()))),
       "max_logit_scale": 100.0,
       "image": {
           "patch_size": vc.patch_size, "width": vc.hidden_size,
           "depth": vc.num_hidden_layers, "mlp_dim": vc.intermediate_size,
           "num_heads": vc.num_attention_heads, "posemb": "learned",
           "pool": "cls", "patch_bias": False, "ln_pre": True,
-          "activation": _activation(vc.hidden_act),
+          "activation": activation(vc.hidden_act, who),
           "layer_norm_eps": vc.layer_norm_eps,
       },
       "text": {
@@ -92,31 +144,111 @@ def from_transformers(hf_model) -> tuple[ml_collections.ConfigDict, dict]:
           "depth": tc.num_hidden_layers, "mlp_dim": tc.intermediate_size,
           "num_heads": tc.num_attention_heads,
           "max_len": tc.max_position_embeddings, "causal": True,
-          "pool": pool, "activation": _activation(tc.hidden_act),
+          "mask_padding": False, **pool,
+          "activation": activation(tc.hidden_act, who),
           "layer_norm_eps": tc.layer_norm_eps,
       },
   })
-  vm, tm = hf_model.vision_model, hf_model.text_model
-  pos = _np(vm.embeddings.position_embedding.weight)
-  img = {
-      "embedding": {"conv": {"kernel": _np(
-          vm.embeddings.patch_embedding.weight).transpose(2, 3, 1, 0)}},
-      "posemb": {"pos_embedding": pos[1:]},
-      "cls": (_np(vm.embeddings.class_embedding) + pos[0])[None, None],
-      "ln_pre": _ln(vm.pre_layrnorm),
-      "encoder": _encoder(vm.encoder, vm.post_layernorm,
-                          vc.num_attention_heads),
-  }
-  txt = {
-      "embedding": {"embedding": _np(tm.embeddings.token_embedding.weight)},
-      "posemb": {"pos_embedding": _np(tm.embeddings.position_embedding.weight)},
-      "encoder": _encoder(tm.encoder, tm.final_layer_norm,
-                          tc.num_attention_heads),
-  }
-  params = {
-      "img": img, "txt": txt,
-      "img_head": {"kernel": _np(hf_model.visual_projection.weight).T},
-      "txt_head": {"kernel": _np(hf_model.text_projection.weight).T},
-      "logit_scale": np.asarray(_np(hf_model.logit_scale), np.float32),
-  }
+  state = mapping.torch_state(hf_model)
+  params = mapping.to_params(state, rules(config),
+                             dual_encoder_shapes(config, vc.image_size), who)
   return config, params
+
+
+def image_size(flat_params: dict, patch_size: int, who: str) -> int:
+  """The square image size the learned position table was made for."""
+  n = flat_params["img/posemb/pos_embedding"].shape[0]
+  side = math.isqrt(n)
+  if side * side != n:
+    raise ValueError(f"{who}: the position table has {n} rows, not a square "
+                     f"grid; Hugging Face models take square images.")
+  return side * patch_size
+
+
+def _require(cfg: dict, key: str, want, who: str, where: str):
+  got = cfg.get(key, want)
+  if got != want and not (got == [] and want == ()):
+    field = f"config.{where}.{key}" if where else f"config.{key}"
+    raise ValueError(f"{who}: {field}={got!r} has no Hugging Face equivalent "
+                     f"(it needs {want!r}).")
+
+
+def resolved(tower) -> dict:
+  """A tower config with its variant ('B/16') spelled out."""
+  from mmtx.models import decode_variant  # pylint: disable=g-import-not-at-top
+  cfg = dict(tower)
+  base = decode_variant(cfg["variant"]) if cfg.get("variant") else {}
+  for k, v in base.items():
+    if cfg.get(k) is None:
+      cfg[k] = v
+  return cfg
+
+
+def to_transformers(config, params, *, eos_token_id: int | None = None):
+  """`DualEncoder` (config, params) -> a `transformers.CLIPModel` (float32,
+  eval mode) with the same outputs. Save it with `.save_pretrained(dir)`.
+
+  The text pooling maps as: 'argmax' -> eos_token_id 2 (HF's legacy rule),
+  'eos' -> eos_token_id = text.eos_id; 'last' needs `eos_token_id` (not 2):
+  the id every text ends with.
+  """
+  import transformers  # pylint: disable=g-import-not-at-top
+  who = "hf_clip.to_transformers"
+  config = config.to_dict() if hasattr(config, "to_dict") else dict(config)
+  img, txt = resolved(config["image"]), resolved(config["text"])
+  config = {**config, "image": img, "text": txt}
+  for key, want in (("pool", "cls"), ("posemb", "learned"),
+                    ("patch_bias", False), ("ln_pre", True),
+                    ("stem_channels", ())):
+    _require(img, key, want, who, "image")
+  _require(txt, "causal", True, who, "text")
+  for key, want in (("loss", "softmax"), ("img_head", "linear"),
+                    ("txt_head", "linear")):
+    _require(config, key, want, who, "")
+  if txt.get("pool") == "argmax":
+    eos = 2
+  elif txt.get("pool") == "eos":
+    eos = txt["eos_id"]
+  elif txt.get("pool", "last") == "last" and eos_token_id not in (None, 2):
+    eos = eos_token_id
+  else:
+    raise ValueError(f"{who}: config.text.pool={txt.get('pool', 'last')!r}: "
+                     f"HF CLIP pools at the highest id (pool='argmax') or the "
+                     f"first eos_token_id (pool='eos'); for pool='last' pass "
+                     f"eos_token_id= (not 2), the id every text ends with.")
+  size = image_size(mapping.flat_params(params), img["patch_size"], who)
+  flat = mapping.check_params(params, dual_encoder_shapes(config, size), who)
+  hf_config = transformers.CLIPConfig(
+      projection_dim=config["embed_dim"],
+      logit_scale_init_value=float(flat["logit_scale"]),
+      text_config=dict(
+          vocab_size=txt["vocab_size"], hidden_size=txt["width"],
+          intermediate_size=txt["mlp_dim"], num_hidden_layers=txt["depth"],
+          num_attention_heads=txt["num_heads"],
+          max_position_embeddings=txt["max_len"],
+          hidden_act=hf_activation(txt.get("activation", "gelu"), who),
+          layer_norm_eps=txt.get("layer_norm_eps", 1e-6),
+          eos_token_id=eos, projection_dim=config["embed_dim"]),
+      vision_config=dict(
+          hidden_size=img["width"], intermediate_size=img["mlp_dim"],
+          num_hidden_layers=img["depth"], num_attention_heads=img["num_heads"],
+          image_size=size, patch_size=img["patch_size"],
+          hidden_act=hf_activation(img.get("activation", "gelu"), who),
+          layer_norm_eps=img.get("layer_norm_eps", 1e-6),
+          projection_dim=config["embed_dim"]))
+  model = transformers.CLIPModel(hf_config)
+  mapping.load_torch_state(model, mapping.to_state(flat, rules(config)))
+  return model.eval()
+
+
+def load(name_or_path: str, **kwargs) -> tuple[ml_collections.ConfigDict, dict]:
+  """`from_transformers(CLIPModel.from_pretrained(name_or_path))`: a
+  `save_pretrained` directory, or a hub name when the network allows it."""
+  import transformers  # pylint: disable=g-import-not-at-top
+  return from_transformers(
+      transformers.CLIPModel.from_pretrained(name_or_path, **kwargs))
+
+
+def save(config, params, directory: str, **kwargs) -> None:
+  """Writes a Hugging Face directory (config.json + model.safetensors)."""
+  to_transformers(config, params, **kwargs).save_pretrained(directory)

@@ -19,7 +19,7 @@ from mmtx.layers.attention import (MultiHeadAttention, causal_mask,
 Array = jax.Array
 Dtype = Any
 
-ACTIVATIONS = ("relu", "gelu", "quick_gelu", "swiglu")
+ACTIVATIONS = ("relu", "gelu", "gelu_tanh", "quick_gelu", "swiglu")
 NORMS = ("post", "pre")
 REMAT_POLICIES = {
     "none": None,  # no remat
@@ -31,16 +31,19 @@ REMAT_POLICIES = {
 
 def elementwise_activation(name: str):
   """The one-input activations of `Mlp` by name: relu, gelu (exact, erf),
-  quick_gelu (x * sigmoid(1.702 x), CLIP). swiglu is not one: it gates one
-  projection by another, so it lives in `Mlp` itself."""
+  gelu_tanh (the tanh approximation, SigLIP), quick_gelu (x * sigmoid(1.702
+  x), CLIP). swiglu is not one: it gates one projection by another, so it
+  lives in `Mlp` itself."""
   if name == "relu":
     return nn.relu
   if name == "quick_gelu":
     return lambda h: h * nn.sigmoid(1.702 * h)
   if name == "gelu":
     return lambda h: nn.gelu(h, approximate=False)
+  if name == "gelu_tanh":
+    return lambda h: nn.gelu(h, approximate=True)
   raise ValueError(f"activation {name!r} is not an elementwise one; expected "
-                   f"relu, gelu or quick_gelu.")
+                   f"relu, gelu, gelu_tanh or quick_gelu.")
 
 
 def _kernel(names):

@@ -33,6 +33,29 @@ def check_images_texts(images, texts, who):
                      f"{texts.shape[0]}.")
 
 
+HEADS = ("linear", "linear_bias", "none")
+
+
+def _head(cfg, name, x):
+  """The projection `config[name]` names: `[batch, width] -> [batch,
+  embed_dim]`."""
+  kind = cfg.get(name, "linear")
+  if kind not in HEADS:
+    raise ValueError(f"DualEncoder: config.{name} must be one of {HEADS}, got "
+                     f"{kind!r}.")
+  if kind == "none":
+    if x.shape[-1] != cfg["embed_dim"]:
+      raise ValueError(f"DualEncoder: config.{name}='none' needs the tower's "
+                       f"width ({x.shape[-1]}) to equal embed_dim "
+                       f"({cfg['embed_dim']}).")
+    return x
+  return nn.Dense(cfg["embed_dim"], use_bias=kind == "linear_bias", name=name,
+                  kernel_init=nn.with_logical_partitioning(
+                      nn.initializers.lecun_normal(), ("embed", "mlp")),
+                  bias_init=nn.with_logical_partitioning(
+                      nn.initializers.zeros_init(), ("mlp",)))(x)
+
+
 class DualEncoder(nn.Module):
   """`apply(..., images, texts) -> (img_emb, txt_emb, extras)`.
 
@@ -42,7 +65,9 @@ class DualEncoder(nn.Module):
   0 for the softmax loss). Config keys: image (ViT fields), text
   (TextTransformer fields incl. vocab_size), embed_dim, loss
   ('softmax'|'sigmoid'), and optional logit_scale_init, logit_bias_init,
-  max_logit_scale.
+  max_logit_scale, img_head / txt_head: the projection to embed_dim,
+  'linear' (default, no bias: CLIP), 'linear_bias' (SigLIP's text head) or
+  'none' (the tower's width is embed_dim: SigLIP's image tower).
   """
   config: Mapping[str, Any]
 
@@ -59,12 +84,8 @@ class DualEncoder(nn.Module):
         images, deterministic=deterministic)
     txt_out, txt_extras = TextTransformer(**_as_dict(cfg["text"]), name="txt")(
         texts, deterministic=deterministic)
-    dense = lambda name: nn.Dense(  # noqa: E731
-        cfg["embed_dim"], use_bias=False, name=name,
-        kernel_init=nn.with_logical_partitioning(
-            nn.initializers.lecun_normal(), ("embed", "mlp")))
-    img_emb = dense("img_head")(img_out).astype(jnp.float32)
-    txt_emb = dense("txt_head")(txt_out).astype(jnp.float32)
+    img_emb = _head(cfg, "img_head", img_out).astype(jnp.float32)
+    txt_emb = _head(cfg, "txt_head", txt_out).astype(jnp.float32)
     img_emb = img_emb / jnp.linalg.norm(img_emb, axis=-1, keepdims=True).clip(1e-12)
     txt_emb = txt_emb / jnp.linalg.norm(txt_emb, axis=-1, keepdims=True).clip(1e-12)
     scale_init = cfg.get("logit_scale_init",

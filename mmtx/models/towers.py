@@ -64,6 +64,32 @@ def _dtype(name):
   return jnp.dtype(name) if isinstance(name, str) else name
 
 
+class MAPHead(nn.Module):
+  """Multihead attention pooling (Lee et al. 2019; SigLIP's image head):
+  a learned probe attends to tokens `[batch, n, d]`, then y + MLP(LN(y)) ->
+  `[batch, d]`."""
+  num_heads: int
+  mlp_dim: int
+  activation: str = "gelu"
+  layer_norm_eps: float = 1e-6
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: Array) -> Array:
+    probe = self.param("probe", nn.with_logical_partitioning(
+        nn.initializers.xavier_uniform(), (None, None, "embed")),
+                       (1, 1, x.shape[-1]), jnp.float32)
+    q = jnp.broadcast_to(probe, (x.shape[0], 1, x.shape[-1])).astype(x.dtype)
+    y = layers.MultiHeadAttention(num_heads=self.num_heads, dtype=self.dtype,
+                                  kernel_init=nn.initializers.xavier_uniform(),
+                                  name="attention")(q, x)
+    h = nn.LayerNorm(epsilon=self.layer_norm_eps, dtype=self.dtype,
+                     name="ln")(y)
+    y = y + layers.Mlp(self.mlp_dim, self.activation, dtype=self.dtype,
+                       name="mlp")(h)
+    return y[:, 0]
+
+
 class ViT(nn.Module):
   """Vision Transformer: patches -> (+cls) + positions -> pre-norm encoder."""
   variant: Optional[str] = None
@@ -78,7 +104,7 @@ class ViT(nn.Module):
   # nearly constant, and a small T (30 in configs/default.py) spreads them
   # over the grid.
   posemb_temperature: float = 10_000.0
-  pool: str = "gap"  # 'cls' | 'gap' | 'none'
+  pool: str = "gap"  # 'cls' | 'gap' | 'map' (MAPHead) | 'none'
   patch_bias: bool = True
   # Convolutional stem (hybrid ViT, Dosovitskiy et al. Sec. 3.1; Xiao et al.
   # 2021): 3x3 stride-2 conv + ReLU per entry, before the patch embedding,
@@ -97,8 +123,8 @@ class ViT(nn.Module):
   def __call__(self, images: Array, *, deterministic: bool = True):
     c = _resolve(self, ["patch_size", "width", "depth", "mlp_dim",
                         "num_heads"])
-    if self.pool not in ("cls", "gap", "none"):
-      raise ValueError(f"ViT: pool must be 'cls', 'gap' or 'none', got "
+    if self.pool not in ("cls", "gap", "map", "none"):
+      raise ValueError(f"ViT: pool must be 'cls', 'gap', 'map' or 'none', got "
                        f"{self.pool!r}.")
     if images.ndim != 4 or images.shape[-1] not in (1, 3):
       raise ValueError(f"ViT: images must be NHWC float [batch, height, width, "
@@ -142,6 +168,9 @@ class ViT(nn.Module):
       return x[:, 0], extras
     if self.pool == "gap":
       return x.mean(axis=1), extras
+    if self.pool == "map":
+      return MAPHead(c["num_heads"], c["mlp_dim"], self.activation,
+                     self.layer_norm_eps, dtype, name="map_head")(x), extras
     return x, extras
 
 
@@ -149,8 +178,10 @@ class TextTransformer(nn.Module):
   """Token ids `[batch, len]` (0 = padding) -> Transformer encoder.
 
   causal=True gives a GPT/CLIP-style text tower; pool: 'last' (last real
-  token), 'argmax' (the token with the highest id: CLIP's EOT), 'first',
-  'mean' (over real tokens) or 'none'.
+  token), 'argmax' (the token with the highest id: CLIP's EOT), 'eos' (the
+  first token equal to `eos_id`), 'first', 'mean' (over real tokens) or
+  'none'. mask_padding=False makes id 0 an ordinary token (CLIP's '!'):
+  nothing is masked and every position is real, as in CLIP and SigLIP.
   """
   vocab_size: int
   variant: Optional[str] = None
@@ -168,13 +199,19 @@ class TextTransformer(nn.Module):
   scan: bool = False
   remat: str = "none"
   attention_impl: str = "xla"
+  mask_padding: bool = True
+  eos_id: Optional[int] = None  # pool='eos' only
 
   @nn.compact
   def __call__(self, texts: Array, *, deterministic: bool = True):
     c = _resolve(self, ["width", "depth", "mlp_dim", "num_heads"])
-    if self.pool not in ("last", "argmax", "first", "mean", "none"):
+    if self.pool not in ("last", "argmax", "eos", "first", "mean", "none"):
       raise ValueError(f"TextTransformer: pool must be 'last', 'argmax', "
-                       f"'first', 'mean' or 'none', got {self.pool!r}.")
+                       f"'eos', 'first', 'mean' or 'none', got "
+                       f"{self.pool!r}.")
+    if (self.pool == "eos") != (self.eos_id is not None):
+      raise ValueError(f"TextTransformer: eos_id={self.eos_id} goes with "
+                       f"pool='eos' and only with it (pool={self.pool!r}).")
     if texts.ndim != 2 or not jnp.issubdtype(texts.dtype, jnp.integer):
       raise ValueError(f"TextTransformer: texts must be int token ids [batch, "
                        f"len], got shape {texts.shape} dtype {texts.dtype}.")
@@ -182,13 +219,13 @@ class TextTransformer(nn.Module):
       raise ValueError(f"TextTransformer: {texts.shape[1]} tokens exceed "
                        f"max_len={self.max_len}; truncate in the tokenizer.")
     dtype = _dtype(self.dtype)
-    mask = texts != 0
+    mask = texts != 0 if self.mask_padding else jnp.ones(texts.shape, bool)
     x = layers.TokenEmbedding(self.vocab_size, c["width"], dtype=dtype,
                               name="embedding")(texts)
     x = layers.PositionEmbedding(kind="learned", max_len=self.max_len,
                                  name="posemb")(x)
     x = nn.Dropout(self.dropout_rate)(x, deterministic=deterministic)
-    attn_mask = layers.padding_mask(mask)
+    attn_mask = layers.padding_mask(mask) if self.mask_padding else None
     if self.causal:
       attn_mask = layers.combine_masks(attn_mask, layers.causal_mask(
           texts.shape[1]))
@@ -209,6 +246,8 @@ class TextTransformer(nn.Module):
       return fusion_lib.masked_mean(x, mask).astype(x.dtype), extras
     if self.pool == "argmax":
       last = jnp.argmax(texts, axis=1)
+    elif self.pool == "eos":
+      last = jnp.argmax(texts == self.eos_id, axis=1)
     else:
       last = jnp.maximum(mask.sum(axis=1) - 1, 0)
     return jnp.take_along_axis(x, last[:, None, None], axis=1)[:, 0], extras
