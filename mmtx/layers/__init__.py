@@ -1,5 +1,5 @@
 """Transformer building blocks: attention, embeddings, encoder/decoder stacks."""
-from mmtx.layers import audio
+from mmtx.layers import audio, video
 from mmtx.layers.attention import (MultiHeadAttention, causal_mask,
                                    combine_masks, dot_product_attention,
                                    padding_mask)
@@ -11,7 +11,7 @@ from mmtx.layers.transformer import (Decoder, DecoderBlock, Encoder,
                                      EncoderBlock, Mlp, REMAT_POLICIES)
 
 __all__ = [
-    "audio", "MultiHeadAttention", "causal_mask", "combine_masks",
+    "audio", "video", "MultiHeadAttention", "causal_mask", "combine_masks",
     "dot_product_attention", "padding_mask", "PatchEmbedding",
     "PositionEmbedding", "TokenEmbedding", "sincos_2d_position_encoding",
     "sinusoidal_position_encoding", "Decoder", "DecoderBlock", "Encoder",
