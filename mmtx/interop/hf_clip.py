@@ -126,11 +126,12 @@ def from_transformers(hf_model) -> tuple[ml_collections.ConfigDict, dict]:
                      f"takes RGB images (3 channels).")
   eos = getattr(tc, "eos_token_id", 2)
   pool = {"pool": "argmax"} if eos == 2 else {"pool": "eos", "eos_id": eos}
+  scale = math.exp(float(hf_model.logit_scale.detach()))
   config = ml_collections.ConfigDict({
       "loss": "softmax",
       "embed_dim": hf_model.config.projection_dim,
-      "logit_scale_init": float(math.exp(float(hf_model.logit_scale.detach()))),
-      "max_logit_scale": 100.0,
+      "logit_scale_init": scale,
+      "max_logit_scale": max(100.0, scale),  # HF does not clamp
       "image": {
           "patch_size": vc.patch_size, "width": vc.hidden_size,
           "depth": vc.num_hidden_layers, "mlp_dim": vc.intermediate_size,
