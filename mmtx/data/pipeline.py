@@ -29,6 +29,8 @@ import numpy as np
 
 from mmtx.data import build as build_lib
 from mmtx.data import catalog
+from mmtx.data import images as images_lib
+from mmtx.data import ingest as ingest_lib
 from mmtx.data import tokenizers as tok_lib
 from mmtx.data import views
 from mmtx.sharding import batch_sharding, to_device  # noqa: F401 (re-exported)
@@ -214,6 +216,8 @@ def _open_source(name, split, data_dir, build, fields, image_size):
     return (source, _identity, shape, dict(builder.info.metadata),
             build_lib.build_command(name, data_dir), builder)
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  if ingest_lib.is_ingested(name, data_dir):
+    return _open_ingested(name, split, data_dir, image_size)
   fields = fields or catalog.CATALOG_FIELDS.get(base)
   if fields is None:
     raise ValueError(f"mmtx.data: catalog dataset {name!r} needs "
@@ -229,8 +233,25 @@ def _open_source(name, split, data_dir, build, fields, image_size):
         f"{data_dir} ({type(e).__name__}: {e}). Build it in array_record "
         f"format with `{cmd}` (needs TensorFlow and the dataset's download "
         "access).") from e
+  image_size = image_size or 224
   to_record = _CatalogRecord(fields, image_size)
   return source, to_record, (image_size, image_size, 3), {}, cmd, None
+
+
+def _open_ingested(name, split, data_dir, image_size):
+  """`_open_source` for a dataset `python -m mmtx.data ingest` wrote: its
+  records hold encoded images, cropped to `image_size` (default: the
+  dataset's --image_size) in the view."""
+  builder = ingest_lib.open_builder(name, data_dir)
+  hint = ingest_lib.rerun_command(builder.info.metadata, name)
+  splits = sorted(builder.info.splits.keys())
+  if split.partition("[")[0] not in splits:
+    raise ValueError(f"mmtx.data: {name} has no split {split!r}; it has "
+                     f"{splits} (a TFDS slice like 'train[:10%]' also works).")
+  source = builder.as_data_source(split)
+  size = int(image_size or builder.info.metadata["image_size"])
+  return (source, _identity, (size, size, 3), dict(builder.info.metadata),
+          hint, builder)
 
 
 def get_dataset(name: str, split: str, task: str, *, batch_size: int,
@@ -239,7 +260,9 @@ def get_dataset(name: str, split: str, task: str, *, batch_size: int,
                 drop_remainder: bool | None = None, augment: bool = False,
                 data_dir: str | None = None,
                 shard: tuple[int, int] | None = None, build: bool = True,
-                fields: catalog.Fields | None = None, image_size: int = 224,
+                fields: catalog.Fields | None = None,
+                image_size: int | None = None, normalize: str = "minus_one_one",
+                hflip: bool = False,
                 num_threads: int | None = None, prefetch: int = 16,
                 num_workers: int = 0, questions_per_image: int = 0,
                 cache_mb: float = 1024):
@@ -259,15 +282,23 @@ def get_dataset(name: str, split: str, task: str, *, batch_size: int,
     max_len: token length L of 'question' / 'text' / 'history'.
     shuffle, repeat, drop_remainder: default to True for a split whose name
       starts with 'train' (`repeat` and `drop_remainder` default to `shuffle`).
-    augment: light photometric jitter (views.augment_image).
+    augment: light photometric jitter (views.augment_image); for ingested
+      datasets (encoded images) a random resized crop (images.py).
     data_dir: default `$MMTX_DATA_DIR` or ~/tensorflow_datasets.
     shard: (index, count) of this host; default (jax.process_index(),
       jax.process_count()).
     build: build mmtx's own datasets on first use; if False a missing one is
       a FileNotFoundError naming the build command.
-    fields, image_size: catalog datasets only: the feature names
-      (`catalog.Fields`, default from `catalog.CATALOG_FIELDS`) and the square
-      size images are resized and center-cropped to.
+    fields: catalog datasets only: the feature names (`catalog.Fields`,
+      default from `catalog.CATALOG_FIELDS`).
+    image_size: catalog and ingested datasets: the square size images are
+      cropped to (default 224; ingested: the dataset's --image_size).
+    normalize: the model's input normalisation, a key of
+      `images.NORMALIZATIONS` ('minus_one_one': x / 127.5 - 1, 'clip',
+      'imagenet').
+    hflip: ingested datasets, with `augment`: flip images horizontally with
+      probability 1/2 unless a text of the record says left or right
+      (images.flip_safe).
     num_threads, prefetch: grain's reading threads per process (default 8,
       or 2 with worker processes) and its buffer, in batches.
     num_workers: grain worker processes (0 = preprocess in this process).
@@ -318,7 +349,13 @@ def get_dataset(name: str, split: str, task: str, *, batch_size: int,
                         image_shape=image_shape, answers=answers,
                         augment=augment, random_text=shuffle, dataset=name,
                         rebuild_hint=hint,
-                        questions_per_image=questions_per_image)
+                        questions_per_image=questions_per_image,
+                        normalize=normalize,
+                        image_policy=images_lib.Policy(
+                            size=image_shape[0], normalize=normalize,
+                            hflip=hflip)
+                        if metadata.get("image_encoding") == "encoded"
+                        else None)
   if len(source) == 0:
     raise ValueError(f"get_dataset: {name} split {split!r} is empty.")
   first = to_record(source[0], 0)

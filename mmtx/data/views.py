@@ -1,19 +1,26 @@
 """Task views: how one record becomes one training/eval example.
 
 Record schema (what mmtx's builders and `catalog.to_record` produce):
-  'id' str; 'image' uint8 [H, W, 3]; 'caption' str [C];
+  'id' str; 'image' uint8 [H, W, 3], or the encoded bytes (JPEG / PNG /
+  WebP) in datasets `python -m mmtx.data ingest` writes; 'caption' str [C];
   for VQA datasets 'question' str [Q], 'answer' int32 [Q] (index into the
   dataset's answer list), 'qtype' int32 [Q], optionally 'qsubtype' int32 [Q]
   and 'question_encoding' uint8 [Q, E]; for dialogue datasets
   'dialogue_question' str [D, T] and 'dialogue_answer' int32 [D, T].
+  Ingested VQA datasets also have 'answer_ids' int32 [Q, 10], the human
+  answers' ids (-1: not in the vocabulary, -2: none), and 'answer' -1 for a
+  question none of whose answers is in the vocabulary.
 
 Example keys (the pipeline stacks them into batches with a leading [B]):
-  every task: 'image' float32 [H, W, 3] in [-1, 1]; 'index' int32, the
+  every task: 'image' float32 [H, W, 3] in [-1, 1] (or normalised with
+    `ViewSpec.normalize`; encoded images are decoded and cropped as
+    `ViewSpec.image_policy` says, images.py); 'index' int32, the
     record's index in its split; 'valid' bool, False for padding examples.
   'vqa' (one example per question): 'question' int32 [L] (0 = pad),
     'question_mask' bool [L], 'answer' int32, 'qtype' int32, 'qsubtype' int32
     (0 when the dataset has none), and 'question_encoding' float32 [E] when
-    the dataset has it (sort_of_clevr).
+    the dataset has it (sort_of_clevr), 'answer_ids' int32 [10] when the
+    dataset has it (ingested VQA).
   'vqa' with `questions_per_image` Q > 0 (one example per image, Q of its
     questions): the same question fields with a leading [Q] axis
     ('question' int32 [Q, L], 'answer' int32 [Q], ...) and 'question_valid'
@@ -42,6 +49,7 @@ from typing import Any
 
 import numpy as np
 
+from mmtx.data import images as images_lib
 from mmtx.data import tokenizers as tok_lib
 
 TASKS = ("vqa", "caption", "contrastive", "dialogue")
@@ -92,6 +100,8 @@ class ViewSpec:
   dataset: str = "dataset"        # for error messages
   rebuild_hint: str = ""          # how to rebuild, for error messages
   questions_per_image: int = 0    # 'vqa'/'dialogue': 0 = one per question
+  normalize: str = "minus_one_one"  # images.NORMALIZATIONS key
+  image_policy: Any = None        # images.Policy for encoded images
 
   def __post_init__(self):
     if self.task not in TASKS:
@@ -150,6 +160,8 @@ def _fail(spec: ViewSpec, record, what: str):
 
 def _answer(spec: ViewSpec, record, value) -> np.int32:
   value = int(value)
+  if value == -1 and "answer_ids" in record:   # no answer in the vocabulary
+    return np.int32(value)
   if not 0 <= value < len(spec.answers):
     _fail(spec, record, f"answer id {value} is outside the answer vocabulary "
           f"of {len(spec.answers)} answers")
@@ -185,6 +197,10 @@ def _question_group(spec: ViewSpec, record, rng) -> dict:
     out[field] = v
   for a in out["answer"][:k]:
     _answer(spec, record, a)  # range check
+  if "answer_ids" in record:
+    ids = np.full((q, np.shape(record["answer_ids"])[-1]), -2, np.int32)
+    ids[:k] = np.asarray(record["answer_ids"])[pick]
+    out["answer_ids"] = ids
   if "question_encoding" in record:
     enc = np.asarray(record["question_encoding"], np.float32)
     e = np.zeros((q, enc.shape[-1]), np.float32)
@@ -231,8 +247,12 @@ def _turn_group(spec: ViewSpec, record, rng) -> dict:
 def make_example(spec: ViewSpec, record, index: int, unit: int,
                  rng: np.random.Generator | None) -> dict:
   """Example `unit` of record number `index` (see the module docstring)."""
-  image = np.asarray(record["image"])
-  if image.shape != tuple(spec.image_shape) or image.dtype != np.uint8:
+  image = record["image"]
+  encoded = isinstance(image, (bytes, np.bytes_))
+  if not encoded:
+    image = np.asarray(image)
+  if not encoded and (image.shape != tuple(spec.image_shape)
+                      or image.dtype != np.uint8):
     _fail(spec, record, f"image has shape {image.shape} and dtype "
           f"{image.dtype}, expected uint8 {tuple(spec.image_shape)}")
   count = units_per_record(spec.task, record, spec.questions_per_image)
@@ -258,6 +278,8 @@ def make_example(spec: ViewSpec, record, index: int, unit: int,
       if "question_encoding" in record:
         ex["question_encoding"] = np.asarray(
             record["question_encoding"][unit], np.float32)
+      if "answer_ids" in record:
+        ex["answer_ids"] = np.asarray(record["answer_ids"][unit], np.int32)
   elif spec.task in ("caption", "contrastive"):
     captions = record["caption"]
     if len(captions) == 0:
@@ -279,8 +301,48 @@ def make_example(spec: ViewSpec, record, index: int, unit: int,
     turns = np.asarray(record["dialogue_answer"]).shape[1]
     ex.update(_turn(spec, record, *divmod(unit, turns)))
   # Last, so that turning augmentation on does not change the text drawn.
-  if spec.augment and rng is not None:
-    ex["image"] = augment_image(image, rng)
-  else:
+  if encoded:
+    ex["image"] = _decoded_image(spec, record, bytes(image), rng)
+  elif spec.augment and rng is not None:
+    ex["image"] = _renormalize(augment_image(image, rng), spec.normalize)
+  elif spec.normalize == "minus_one_one":
     ex["image"] = normalize_image(image)
+  else:
+    ex["image"] = images_lib.normalize(image, spec.normalize)
   return ex
+
+
+def _renormalize(image: np.ndarray, name: str) -> np.ndarray:
+  """float32 in [-1, 1] (normalize_image's scale) -> normalised by `name`."""
+  if name == "minus_one_one":
+    return image
+  mean, std = (np.asarray(v, np.float32) for v in images_lib.NORMALIZATIONS[name])
+  return ((image + 1) / 2 - mean) / std
+
+
+def _record_texts(spec: ViewSpec, record):
+  """Every text of the record and the answers its labels name."""
+  for field in ("question", "caption", "dialogue_question"):
+    if field in record:
+      yield from (as_text(t) for t in np.asarray(record[field]).reshape(-1))
+  for field in ("answer", "dialogue_answer"):
+    if field in record and spec.answers:
+      yield from (spec.answers[int(a)] for a in
+                  np.asarray(record[field]).reshape(-1) if a >= 0)
+
+
+def _decoded_image(spec: ViewSpec, record, data: bytes, rng) -> np.ndarray:
+  """An encoded image decoded, cropped and normalised by the spec's policy;
+  a training view (`augment`) takes the random crop, and the flip only when
+  no text of the record says left or right."""
+  policy = spec.image_policy or images_lib.Policy(
+      size=spec.image_shape[0], normalize=spec.normalize)
+  train = spec.augment and rng is not None
+  flip_ok = train and policy.hflip and images_lib.flip_safe(
+      _record_texts(spec, record))
+  try:
+    return images_lib.preprocess(data, policy, rng, train=train,
+                                 flip_ok=flip_ok)
+  except (OSError, ValueError) as e:
+    _fail(spec, record, f"its image does not decode ({type(e).__name__}: "
+          f"{str(e)[:200]})")

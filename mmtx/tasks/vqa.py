@@ -6,7 +6,9 @@ against 'answer' [B]. With data.questions_per_image = Q > 0 a training
 batch holds B images with Q questions each ('question' [B, Q, L]) and the
 loss is the mean over the valid questions. Evaluation (always one example
 per question): accuracy overall and per question type
-(and subtype) on each split of `config.data.eval_splits`.
+(and subtype) on each split of `config.data.eval_splits`; the official VQA
+accuracy (`vqa_soft_accuracy`) where the batch has the human answers'
+'answer_ids' (ingested VQA datasets).
 """
 from __future__ import annotations
 
@@ -66,11 +68,29 @@ class VqaTask(common.Task):
     return metrics, "\n".join(lines)
 
 
+def vqa_soft_accuracy(pred, answer_ids):
+  """The official VQA accuracy (`mmtx.metrics.vqa_question_accuracy`) of
+  predicted answer ids `[B]` against the human answers' ids `[B, K]` (-1:
+  not in the vocabulary, -2: none): for each human answer, min(1, #other
+  humans who gave the prediction / 3), averaged; exact match when there is
+  one answer. float32 `[B]`."""
+  present = answer_ids != -2
+  match = (answer_ids == pred[:, None]) & present
+  total = match.sum(-1, keepdims=True)
+  per = jnp.minimum(1.0, (total - match) / 3.0) * present
+  n = present.sum(-1)
+  soft = per.sum(-1) / jnp.maximum(n, 1)
+  return jnp.where(n == 1, match.any(-1), soft).astype(jnp.float32)
+
+
 def _eval_counts(model, params, it, mesh, nt, ns):
   @jax.jit
   def step(params, batch):
     out, _ = model.apply({"params": params}, batch["image"], batch["question"])
     correct = (jnp.argmax(out["vqa_logits"], -1) == batch["answer"])
+    if "answer_ids" in batch:   # ingested VQA: the official accuracy
+      correct = vqa_soft_accuracy(jnp.argmax(out["vqa_logits"], -1),
+                                  batch["answer_ids"])
     valid = batch["valid"]
     idx = jnp.clip(batch["qtype"], 0, nt - 1) * ns + jnp.clip(
         batch["qsubtype"], 0, ns - 1)

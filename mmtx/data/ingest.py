@@ -1,0 +1,542 @@
+"""`python -m mmtx.data ingest FORMAT SRC --name NAME`: a user's image-text
+files -> a dataset the pipeline reads as `get_dataset(NAME, ...)` /
+`--config.data.name=NAME`.
+
+  python -m mmtx.data ingest csv pairs.csv --name mypairs
+  python -m mmtx.data ingest coco /data/coco --name coco \
+      --split train=annotations/captions_train2017.json,val=annotations/captions_val2017.json
+
+FORMAT: webdataset, csv, tsv, jsonl, coco, vqa, parquet (ingest_sources.py
+says what each reads). SRC is the 'train' split's source, or, with
+`--split`, the folder the split sources are relative to.
+
+Output: `DATA_DIR/NAME/1.0.0/`, a TFDS folder dataset of array_record
+shards with the record schema of views.py, except that 'image' holds the
+source's encoded bytes (JPEG / PNG / WebP, re-encoded only when
+`--max_side` shrinks it); the pipeline decodes them (images.py). VQA
+records also hold 'answer_ids' int32 [Q, 10]: each human answer's index in
+the answer vocabulary (-1: not in it, -2: no answer), which the VQA task
+turns into the official VQA accuracy. A word vocabulary fitted on the
+training split is saved beside the shards (`words.json`).
+
+Items stream through worker processes (`--workers`) in batches, with a
+bounded number in flight, so memory does not grow with the dataset; shards
+are written in source order, so the dataset does not depend on the worker
+count. A row that is wrong (missing or unreadable image, empty or
+non-UTF-8 text, missing column) is skipped and counted per reason; the
+summary is printed and kept in the metadata ('ingest').
+"""
+from __future__ import annotations
+
+import argparse
+import collections
+import concurrent.futures
+import dataclasses
+import multiprocessing
+import os
+import re
+import shutil
+import sys
+import time
+
+import numpy as np
+
+from mmtx.data import ingest_sources as sources
+from mmtx.data import tokenizers as tok_lib
+
+VERSION = "1.0.0"
+NUM_HUMAN_ANSWERS = 10      # VQA v2: ten answers per question
+PROBE = 32                  # items checked before any work
+SHOWN_PER_REASON = 3        # skipped rows named per reason
+
+
+@dataclasses.dataclass(frozen=True)
+class Labels:
+  """VQA answer vocabulary and question types (from the training split)."""
+  answers: tuple[str, ...]
+  qtypes: tuple[str, ...]
+  qsubtypes: tuple[tuple[str, ...], ...]
+
+
+def dataset_dir(name: str, data_dir: str | None = None) -> str:
+  from mmtx.data import build as build_lib  # pylint: disable=g-import-not-at-top
+  return os.path.join(data_dir or build_lib.default_data_dir(), name, VERSION)
+
+
+def is_ingested(name: str, data_dir: str | None = None) -> bool:
+  """Whether `ingest` wrote dataset `name` into `data_dir`."""
+  return bool(re.fullmatch(r"[a-z][a-z0-9_]*", name)) and os.path.isfile(
+      os.path.join(dataset_dir(name, data_dir), "dataset_info.json"))
+
+
+def open_builder(name: str, data_dir: str | None = None):
+  """The TFDS read-only builder of an ingested dataset."""
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  return tfds.builder_from_directory(dataset_dir(name, data_dir))
+
+
+def rerun_command(metadata, name: str) -> str:
+  """The command that writes the dataset again (for error messages)."""
+  info = metadata.get("ingest", {})
+  splits = ",".join(f"{k}={v}" for k, v in info.get("sources", {}).items())
+  return (f"python -m mmtx.data ingest {info.get('format', 'FORMAT')} / "
+          f"--split {splits} --name {name} --overwrite")
+
+
+# ------------------------------------------------------------------ worker
+_WORKER = {}
+
+
+def _init_worker(kind, max_side, labels):
+  _WORKER.update(kind=kind, max_side=max_side, labels=labels,
+                 features=None)
+
+
+def _features(kind):
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  f = tfds.features
+  feats = {"id": f.Text(), "image": f.Tensor(shape=(), dtype=np.object_)}
+  if kind == "vqa":
+    for k in ("answer", "qtype", "qsubtype"):
+      feats[k] = f.Tensor(shape=(None,), dtype=np.int32)
+    feats["question"] = f.Tensor(shape=(None,), dtype=np.str_)
+    feats["answer_ids"] = f.Tensor(shape=(None, NUM_HUMAN_ANSWERS),
+                                   dtype=np.int32)
+  else:
+    feats["caption"] = f.Tensor(shape=(None,), dtype=np.str_)
+  return f.FeaturesDict(feats)
+
+
+def _text(value):
+  """(str, None) or (None, reason) for one caption / question."""
+  if isinstance(value, bytes):
+    try:
+      value = value.decode("utf-8")
+    except UnicodeDecodeError:
+      return None, "non-UTF-8 text"
+  if not isinstance(value, str):
+    return None, "empty text" if value is None else "malformed row"
+  try:
+    value.encode("utf-8")
+  except UnicodeEncodeError:   # surrogateescape'd bytes from a CSV
+    return None, "non-UTF-8 text"
+  value = value.strip()
+  return (value, None) if value else (None, "empty text")
+
+
+def _image(item):
+  """(bytes, None) or (None, (reason, detail))."""
+  from mmtx.data import images  # pylint: disable=g-import-not-at-top
+  data = item.get("image")
+  if data is None:
+    try:
+      with open(item["path"], "rb") as f:
+        data = f.read()
+    except FileNotFoundError:
+      return None, ("missing file", item["path"])
+    except OSError as e:
+      return None, ("unreadable file", f"{item['path']}: {e}")
+  try:
+    images.open_image(data)
+  except Exception as e:  # noqa: BLE001 - Pillow raises many types
+    reason = "truncated image" if "truncat" in str(e) else "unreadable image"
+    return None, (reason, f"{item.get('path', '')} {type(e).__name__}: "
+                  f"{str(e)[:80]}".strip())
+  if _WORKER["max_side"]:
+    data = images.shrink(data, _WORKER["max_side"])
+  return data, None
+
+
+def _vqa_fields(questions, labels, train):
+  """The record's question fields, or (None, reason) when none is left."""
+  from mmtx.metrics import vqa_normalize_answer  # pylint: disable=g-import-not-at-top
+  index = {a: i for i, a in enumerate(labels.answers)}
+  out = collections.defaultdict(list)
+  reason = None
+  for q in questions:
+    text, why = _text(q["question"])
+    if text is None:
+      reason = why
+      continue
+    ids = [index.get(vqa_normalize_answer(str(a)), -1)
+           for a in q["answers"][:NUM_HUMAN_ANSWERS]]
+    known = [i for i in ids if i >= 0]
+    if not known and train:   # nothing to learn from: not kept for training
+      reason = "answer not in vocabulary"
+      continue
+    # The label: the most frequent known human answer (ties: first given).
+    answer = max(known, key=known.count) if known else -1
+    t = labels.qtypes.index(q["answer_type"])
+    out["question"].append(text)
+    out["answer"].append(answer)
+    out["qtype"].append(t)
+    out["qsubtype"].append(labels.qsubtypes[t].index(q["question_type"]))
+    out["answer_ids"].append(ids + [-2] * (NUM_HUMAN_ANSWERS - len(ids)))
+  if not out:
+    return None, reason or "no question"
+  rec = {k: np.asarray(v, np.int32) for k, v in out.items() if k != "question"}
+  rec["question"] = np.asarray(out["question"], dtype=object)
+  return rec, None
+
+
+def _process(batch, train):
+  """Items -> [(serialized record or None, texts, (reason, key, detail) or
+  None)] in order."""
+  if _WORKER.get("features") is None:
+    _WORKER["features"] = _features(_WORKER["kind"])
+  out = []
+  for item in batch:
+    key = item["key"]
+    if "error" in item:
+      out.append((None, (), (item["error"][0], key, item["error"][1])))
+      continue
+    data, err = _image(item)
+    if err:
+      out.append((None, (), (err[0], key, err[1])))
+      continue
+    rec = {"id": key, "image": data}
+    if _WORKER["kind"] == "vqa":
+      fields, why = _vqa_fields(item["questions"], _WORKER["labels"], train)
+      texts = () if fields is None else tuple(fields["question"])
+    else:
+      good = [_text(c) for c in item["captions"]]
+      texts = tuple(t for t, _ in good if t is not None)
+      why = next((w for _, w in good if w), "empty text")
+      fields = {"caption": np.asarray(texts, dtype=object)} if texts else None
+    if fields is None:
+      out.append((None, (), (why, key, "")))
+      continue
+    rec.update(fields)
+    out.append((_WORKER["features"].serialize_example(rec), texts, None))
+  return out
+
+
+# ------------------------------------------------------------------ writer
+class _ShardWriter:
+  """Array_record shards of one split, named as TFDS reads them."""
+
+  def __init__(self, directory, name, split, shard_bytes):
+    self.directory, self.name, self.split = directory, name, split
+    self.shard_bytes = shard_bytes
+    self.lengths, self.files = [], []
+    self._writer, self._bytes, self.num_bytes = None, 0, 0
+
+  def write(self, record: bytes):
+    from array_record.python import array_record_module as arm  # pylint: disable=g-import-not-at-top
+    if self._writer is None:
+      path = os.path.join(self.directory, f"{self.name}-{self.split}."
+                          f"array_record-{len(self.files):05d}")
+      self._writer = arm.ArrayRecordWriter(path, "group_size:1")
+      self.files.append(path)
+      self.lengths.append(0)
+    self._writer.write(record)
+    self.lengths[-1] += 1
+    self._bytes += len(record)
+    self.num_bytes += len(record)
+    if self._bytes >= self.shard_bytes:
+      self._close()
+
+  def _close(self):
+    if self._writer is not None:
+      self._writer.close()
+      self._writer, self._bytes = None, 0
+
+  def finish(self):
+    """Closes the last shard; renames them all '-NNNNN-of-MMMMM'."""
+    self._close()
+    n = len(self.files)
+    for i, path in enumerate(self.files):
+      os.rename(path, f"{path}-of-{n:05d}")
+
+
+# ---------------------------------------------------------------- running
+def _batches(items, size):
+  batch = []
+  for item in items:
+    batch.append(item)
+    if len(batch) == size:
+      yield batch
+      batch = []
+  if batch:
+    yield batch
+
+
+def _ordered_map(fn, batches, pool, in_flight):
+  """fn over batches in the pool, at most `in_flight` at once, in order."""
+  if pool is None:
+    for b in batches:
+      yield fn(b)
+    return
+  pending = collections.deque()
+  for b in batches:
+    pending.append(pool.submit(fn, b))
+    if len(pending) >= in_flight:
+      yield pending.popleft().result()
+  while pending:
+    yield pending.popleft().result()
+
+
+def vqa_labels(streams, top_k: int, answers_file: str | None) -> Labels:
+  """The answer vocabulary (the `top_k` most frequent normalised human
+  answers of the first stream, the training split; ties by first seen) or
+  `answers_file` (one answer per line), and the question types of all
+  streams ('answer_type' -> qtype, 'question_type' -> its qsubtype) in the
+  order they are first seen."""
+  from mmtx.metrics import vqa_normalize_answer  # pylint: disable=g-import-not-at-top
+  counts = collections.Counter()
+  qtypes = {}
+  for n, stream in enumerate(streams):
+    for item in stream:
+      for q in item.get("questions", ()):
+        subs = qtypes.setdefault(q["answer_type"], {})
+        subs.setdefault(q["question_type"], len(subs))
+        if n == 0 and answers_file is None:
+          counts.update(vqa_normalize_answer(str(a))
+                        for a in q["answers"][:NUM_HUMAN_ANSWERS])
+  if answers_file:
+    with open(answers_file, encoding="utf-8") as f:
+      answers = [vqa_normalize_answer(line.strip()) for line in f
+                 if line.strip()]
+  else:
+    answers = [a for a, _ in counts.most_common(top_k) if a]
+  if not answers:
+    raise sources.SourceError("ingest: the training split has no answers to "
+                              "build the answer vocabulary from.")
+  return Labels(tuple(answers), tuple(qtypes),
+                tuple(tuple(s) for s in qtypes.values()))
+
+
+def _say(verbose, *args):
+  if verbose:
+    print("mmtx.data ingest:", *args, flush=True)
+
+
+def ingest(fmt: str, src: str, name: str, *, splits: dict | None = None,
+           data_dir: str | None = None, workers: int | None = None,
+           max_side: int = 0, image_size: int = 224, top_k: int = 3129,
+           answers_file: str | None = None, image_column: str = "",
+           text_column: str = "", sep: str = "", images: str = "",
+           image_pattern: str = "COCO_{data_subtype}_{image_id:012d}.jpg",
+           overwrite: bool = False, batch: int = 64,
+           shard_bytes: int = 256 << 20, verbose: bool = True) -> dict:
+  """Writes dataset `name`; returns its 'ingest' metadata (records and
+  skipped rows per split). See the module docstring; `splits` maps split
+  names to sources relative to `src` (default {'train': src})."""
+  from mmtx.data import build as build_lib  # pylint: disable=g-import-not-at-top
+  from mmtx.data import catalog  # pylint: disable=g-import-not-at-top
+  fmt = fmt.lower()
+  if fmt not in sources.FORMATS:
+    raise sources.SourceError(f"ingest: unknown format {fmt!r}; expected one "
+                              f"of {sources.FORMATS}.")
+  if not re.fullmatch(r"[a-z][a-z0-9_]*", name) or (
+      name in build_lib.BUILDERS or name in catalog.CATALOG_FIELDS):
+    raise sources.SourceError(
+        f"ingest: --name {name!r} must be lower-case letters, digits and _ "
+        "(starting with a letter) and not a built-in dataset's name.")
+  splits = {k: os.path.abspath(os.path.join(src, v))
+            for k, v in (splits or {"train": ""}).items()}
+  if "train" not in splits and fmt == "vqa" and not answers_file:
+    raise sources.SourceError("ingest: a VQA dataset needs a 'train' split "
+                              "(its answer vocabulary) or --answers FILE.")
+  default_cols = {"jsonl": ("filepath", "title"), "csv": ("filepath", "title"),
+                  "tsv": ("filepath", "title"), "parquet": ("image", "text"),
+                  "webdataset": ("", "caption")}.get(fmt, ("", ""))
+  opts = argparse.Namespace(
+      image_column=image_column or default_cols[0],
+      text_column=text_column or default_cols[1], sep=sep, images=images,
+      image_pattern=image_pattern)
+  # Every source is checked before any work.
+  streams = {s: sources.open_source(fmt, p, opts) for s, p in splits.items()}
+  data_dir = data_dir or build_lib.default_data_dir()
+  target = os.path.join(data_dir, name, VERSION)
+  if os.path.exists(target) and not overwrite:
+    raise sources.SourceError(f"ingest: {target} exists; pass --overwrite to "
+                              "replace it.")
+  kind = "vqa" if fmt == "vqa" else "caption"
+  labels = None
+  if kind == "vqa":
+    order = sorted(streams, key=lambda s: s != "train")
+    labels = vqa_labels([streams[s]() for s in order], top_k, answers_file)
+  _init_worker(kind, max_side, labels)
+  order = sorted(streams, key=lambda s: s != "train")
+  for split in order:   # a source whose first rows are all bad is wrong
+    probe = [r for r in _process(
+        [i for _, i in zip(range(PROBE), streams[split]())], split == "train")]
+    if probe and all(r[0] is None for r in probe):
+      reasons = collections.Counter(r[2][0] for r in probe)
+      reason, detail = probe[0][2][0], probe[0][2][2] or probe[0][2][1]
+      raise sources.SourceError(
+          f"ingest: none of the first {len(probe)} rows of {splits[split]} is "
+          f"usable ({dict(reasons)}; e.g. {reason}: {detail}). Check the "
+          "path, the column names and --images.")
+  tmp = os.path.join(data_dir, name, f".{VERSION}.incomplete-{os.getpid()}")
+  shutil.rmtree(tmp, ignore_errors=True)
+  os.makedirs(tmp)
+  if workers is None:
+    workers = max(1, (os.cpu_count() or 2) - 1)
+  pool = None
+  if workers > 0:
+    pool = concurrent.futures.ProcessPoolExecutor(
+        workers, mp_context=multiprocessing.get_context("spawn"),
+        initializer=_init_worker, initargs=(kind, max_side, labels))
+  summary = {"format": fmt, "sources": splits, "max_side": max_side,
+             "records": {}, "skipped": {}, "skipped_examples": {}}
+  counts = collections.Counter()
+  question_counts = {}
+  split_infos = []
+  try:
+    for split in order:
+      writer = _ShardWriter(tmp, name, split, shard_bytes)
+      skipped, shown = collections.Counter(), []
+      units = []
+      start = last = time.time()
+      fn = _process_train if split == "train" else _process_eval
+      for results in _ordered_map(fn, _batches(streams[split](), batch), pool,
+                                  2 * max(workers, 1)):
+        for record, texts, bad in results:
+          if bad is not None:
+            skipped[bad[0]] += 1
+            if sum(1 for s in shown if s[0] == bad[0]) < SHOWN_PER_REASON:
+              shown.append(list(bad))
+            continue
+          writer.write(record)
+          if kind == "vqa":
+            units.append(len(texts))
+          if split == "train":
+            for t in texts:
+              counts.update(tok_lib.split_words(t))
+        if time.time() - last > 5:
+          last = time.time()
+          n = sum(writer.lengths)
+          _say(verbose, f"{split}: {n:,} records, {sum(skipped.values()):,} "
+               f"skipped, {n / (last - start):,.0f} records/s")
+      writer.finish()
+      n = sum(writer.lengths)
+      summary["records"][split] = n
+      summary["skipped"][split] = dict(skipped)
+      summary["skipped_examples"][split] = shown
+      _say(verbose, f"{split}: {n:,} records in {len(writer.files)} shards "
+           f"({writer.num_bytes / 2**20:,.1f} MiB, {time.time() - start:.1f} "
+           f"s); skipped {sum(skipped.values()):,}"
+           + "".join(f"\n  {r}: {c:,}" for r, c in skipped.most_common())
+           + "".join(f"\n    e.g. {r}: {k} {d}" for r, k, d in shown))
+      if n == 0:
+        raise sources.SourceError(
+            f"ingest: no usable row in {splits[split]} (skipped: "
+            f"{dict(skipped)}); nothing was written.")
+      if kind == "vqa":
+        question_counts[split] = units
+      split_infos.append(_split_info(tmp, name, split, writer))
+    _write_metadata(tmp, kind, split_infos, summary, labels, question_counts,
+                    image_size)
+    if labels:
+      counts.update(w for a in labels.answers for w in tok_lib.split_words(a))
+    words = sorted(counts, key=lambda w: (-counts[w], w))
+    tok_lib.WordTokenizer(words).save(os.path.join(tmp, "words.json"))
+    if os.path.exists(target):
+      shutil.rmtree(target)
+    os.rename(tmp, target)
+  finally:
+    if pool is not None:
+      pool.shutdown(cancel_futures=True)
+    shutil.rmtree(tmp, ignore_errors=True)
+  _say(verbose, f"wrote {target}; train with --config.data.name={name}")
+  return summary
+
+
+def _process_train(batch):
+  return _process(batch, True)
+
+
+def _process_eval(batch):
+  return _process(batch, False)
+
+
+def _split_info(directory, name, split, writer):
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  return tfds.core.SplitInfo(
+      name=split, shard_lengths=list(writer.lengths),
+      num_bytes=writer.num_bytes,
+      filename_template=tfds.core.ShardedFileTemplate(
+          data_dir=directory, template=_TEMPLATE, dataset_name=name,
+          split=split, filetype_suffix="array_record"))
+
+
+_TEMPLATE = "{DATASET}-{SPLIT}.{FILEFORMAT}-{SHARD_X_OF_Y}"
+
+
+def _write_metadata(directory, kind, split_infos, summary, labels,
+                    question_counts, image_size):
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  meta = {"ingest": summary, "image_size": image_size,
+          "image_encoding": "encoded"}
+  if labels:
+    meta.update(answers=list(labels.answers), qtypes=list(labels.qtypes),
+                qsubtypes=[list(s) for s in labels.qsubtypes],
+                question_counts=question_counts)
+  tfds.folder_dataset.write_metadata(
+      data_dir=directory, features=_features(kind), split_infos=split_infos,
+      filename_template=_TEMPLATE, check_data=False,
+      description=f"Ingested by `python -m mmtx.data ingest {summary['format']}`.",
+      metadata=tfds.core.MetadataDict(meta))
+
+
+def _parse_splits(text: str) -> dict:
+  out = {}
+  for part in (p for p in text.split(",") if p):
+    split, eq, path = part.partition("=")
+    if not eq or not split or not path:
+      raise sources.SourceError(f"ingest: --split {text!r}: expected "
+                                "NAME=PATH[,NAME=PATH...].")
+    out[split] = path
+  return out
+
+
+def main(argv=None):
+  p = argparse.ArgumentParser(
+      prog="python -m mmtx.data ingest",
+      description="Writes a dataset from your image-text files.")
+  p.add_argument("format", help=f"one of {', '.join(sources.FORMATS)}")
+  p.add_argument("src", help="the train split's source (a file, a brace "
+                 "pattern like pairs-{00000..00099}.tar, a folder), or with "
+                 "--split the folder the split sources are relative to")
+  p.add_argument("--name", required=True)
+  p.add_argument("--split", default="", help="train=PATH,val=PATH,...")
+  p.add_argument("--data_dir", default=None,
+                 help="default: $MMTX_DATA_DIR or ~/tensorflow_datasets")
+  p.add_argument("--workers", type=int, default=None,
+                 help="worker processes (default: CPU cores - 1; 0 = none)")
+  p.add_argument("--max_side", type=int, default=0,
+                 help="re-encode images whose longer side is above this")
+  p.add_argument("--image_size", type=int, default=224,
+                 help="the input size the pipeline crops to by default")
+  p.add_argument("--top_k", type=int, default=3129,
+                 help="vqa: answers kept (most frequent in train)")
+  p.add_argument("--answers", default=None,
+                 help="vqa: answer vocabulary file, one per line")
+  p.add_argument("--image_column", default="",
+                 help="csv/tsv/jsonl: 'filepath'; parquet: 'image'")
+  p.add_argument("--text_column", default="",
+                 help="csv/tsv/jsonl: 'title'; parquet: 'text'; webdataset: "
+                 "the .json key ('caption')")
+  p.add_argument("--sep", default="",
+                 help="csv separator (default: tab for .tsv, else comma)")
+  p.add_argument("--images", default="",
+                 help="folder the image paths are relative to (default: the "
+                 "file's folder; coco: its image folder)")
+  p.add_argument("--image_pattern",
+                 default="COCO_{data_subtype}_{image_id:012d}.jpg",
+                 help="vqa: image file name")
+  p.add_argument("--overwrite", action="store_true")
+  args = p.parse_args(argv)
+  try:
+    ingest(args.format, args.src, args.name, splits=_parse_splits(args.split),
+           data_dir=args.data_dir, workers=args.workers,
+           max_side=args.max_side, image_size=args.image_size,
+           top_k=args.top_k, answers_file=args.answers,
+           image_column=args.image_column, text_column=args.text_column,
+           sep=args.sep, images=args.images, image_pattern=args.image_pattern,
+           overwrite=args.overwrite)
+  except sources.SourceError as e:
+    print(e, file=sys.stderr)
+    sys.exit(2)

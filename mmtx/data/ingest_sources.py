@@ -1,0 +1,374 @@
+"""Readers of the source formats `python -m mmtx.data ingest` takes.
+
+`open_source(fmt, path, opts)` checks the source as a whole (the files
+exist, the columns / keys are there) and raises `SourceError` before any
+work; its result is a function that streams the source's items in order:
+
+  {'key': str, 'image': bytes} or {'key': str, 'path': str}  (the image),
+  'captions': [str | bytes, ...]      (caption formats), or
+  'questions': [{'question', 'answers' [str], 'answer_type',
+                 'question_type'}, ...]                      ('vqa'),
+  or {'key': str, 'error': (reason, detail)} for a row that is wrong.
+
+Consecutive rows (CSV / TSV / JSONL / parquet) naming the same image make
+one item with all their captions (COCO-style files with one row per
+caption); a COCO or VQA image holds every caption / question of it.
+"""
+from __future__ import annotations
+
+import collections
+import csv
+import glob
+import json
+import os
+import re
+import tarfile
+
+IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")
+FORMATS = ("webdataset", "csv", "tsv", "jsonl", "coco", "vqa", "parquet")
+
+
+class SourceError(ValueError):
+  """A source that is wrong as a whole (nothing is written)."""
+
+
+def expand_braces(pattern: str) -> list[str]:
+  """'a-{000..002}.tar' -> ['a-000.tar', 'a-001.tar', 'a-002.tar'] (zero
+  padding kept); '{x,y}' lists alternatives; several braces multiply."""
+  m = re.search(r"\{([^{}]*)\}", pattern)
+  if not m:
+    return [pattern]
+  head, tail, body = pattern[:m.start()], pattern[m.end():], m.group(1)
+  r = re.fullmatch(r"(\d+)\.\.(\d+)", body)
+  if r:
+    lo, hi = r.group(1), r.group(2)
+    width = len(lo) if lo.startswith("0") else 0
+    parts = [str(i).zfill(width) for i in range(int(lo), int(hi) + 1)]
+  else:
+    parts = body.split(",")
+  return [p for part in parts for p in expand_braces(head + part + tail)]
+
+
+def _files(pattern: str, what: str) -> list[str]:
+  """The files of a brace pattern, glob or directory; all must exist."""
+  if os.path.isdir(pattern):
+    return sorted(os.path.join(pattern, f) for f in os.listdir(pattern)
+                  if not f.startswith("."))
+  if any(c in pattern for c in "*?["):
+    paths = sorted(glob.glob(pattern))
+  else:
+    paths = expand_braces(pattern)
+  missing = [p for p in paths if not os.path.isfile(p)]
+  if not paths or missing:
+    raise SourceError(f"ingest: no such {what}: {(missing or [pattern])[0]}"
+                      + (f" (and {len(missing) - 1} more of {len(paths)})"
+                         if len(missing) > 1 else "") + ".")
+  return paths
+
+
+def _group(rows):
+  """Merges consecutive items naming the same image (their captions)."""
+  last = None
+  for item in rows:
+    if "error" in item:
+      yield item
+      continue
+    if last is not None and last["path"] == item["path"]:
+      last["captions"] += item["captions"]
+      continue
+    if last is not None:
+      yield last
+    last = item
+  if last is not None:
+    yield last
+
+
+def _texts(value):
+  """A caption field: a string or a list of strings."""
+  if isinstance(value, (list, tuple)):
+    return list(value)
+  return [value]
+
+
+# ------------------------------------------------------------- webdataset
+def _webdataset(path, opts):
+  tars = _files(path, "webdataset shard")
+
+  def group_item(key, files):
+    image = next((files[e] for e in IMAGE_EXTS if e in files), None)
+    if image is None:
+      return {"key": key, "error": ("no image", f"only {sorted(files)}")}
+    captions = []
+    if "json" in files:
+      try:
+        meta = json.loads(files["json"])
+      except ValueError as e:
+        return {"key": key, "error": ("malformed json", str(e)[:80])}
+      for k in (opts.text_column, "captions", "caption", "text"):
+        if isinstance(meta, dict) and meta.get(k):
+          captions = _texts(meta[k])
+          break
+    if not captions and "txt" in files:
+      captions = [files["txt"]]
+    if not captions:
+      return {"key": key, "error": ("no caption", "no .txt and no caption "
+                                    "in .json")}
+    return {"key": key, "image": image, "captions": captions}
+
+  def items():
+    for tar in tars:
+      key, files = None, {}
+      try:
+        with tarfile.open(tar, "r|*") as stream:
+          for member in stream:
+            if not member.isfile():
+              continue
+            name = member.name
+            base = os.path.basename(name)
+            stem, _, ext = base.partition(".")
+            k = os.path.join(os.path.dirname(name), stem)
+            if k != key and key is not None:
+              yield group_item(f"{os.path.basename(tar)}:{key}", files)
+              files = {}
+            key = k
+            files[ext.lower()] = stream.extractfile(member).read()
+      except (tarfile.TarError, OSError, EOFError) as e:
+        yield {"key": os.path.basename(tar),
+               "error": ("corrupt tar shard", f"{type(e).__name__}: {e}")}
+      if key is not None and files:
+        yield group_item(f"{os.path.basename(tar)}:{key}", files)
+  return items
+
+
+# ----------------------------------------------------------- csv / jsonl
+def _image_dir(path, opts):
+  return opts.images or os.path.dirname(os.path.abspath(path))
+
+
+def _csv(path, opts, sep):
+  [path] = _files(path, "file")
+  with open(path, newline="", encoding="utf-8", errors="surrogateescape") as f:
+    header = next(csv.reader(f, delimiter=sep), [])
+  img_col, txt_col = opts.image_column, opts.text_column
+  absent = [c for c in (img_col, txt_col) if c not in header]
+  if absent:
+    raise SourceError(
+        f"ingest: {path} has no column {absent[0]!r} (its header is "
+        f"{header[:10]}, separator {sep!r}). Name the columns with "
+        "--image_column / --text_column (default: open_clip's 'filepath' "
+        "and 'title'), or the separator with --sep.")
+  root = _image_dir(path, opts)
+
+  def rows():
+    with open(path, newline="", encoding="utf-8",
+              errors="surrogateescape") as f:
+      for n, row in enumerate(csv.DictReader(f, delimiter=sep), start=2):
+        key = f"line {n}"
+        if row.get(img_col) in (None, "") or row.get(txt_col) is None:
+          yield {"key": key, "error": ("missing column", f"{row}"[:80])}
+          continue
+        yield {"key": key, "path": os.path.join(root, row[img_col]),
+               "captions": [row[txt_col]]}
+  return lambda: _group(rows())
+
+
+def _jsonl(path, opts):
+  [path] = _files(path, "file")
+  img_col, txt_col = opts.image_column, opts.text_column
+  with open(path, "rb") as f:
+    first = next((line for line in f if line.strip()), b"")
+  try:
+    first = json.loads(first)
+  except ValueError as e:
+    raise SourceError(f"ingest: the first line of {path} is not JSON "
+                      f"({e}).") from None
+  if not isinstance(first, dict) or img_col not in first or txt_col not in first:
+    raise SourceError(
+        f"ingest: {path}: the first row has no key {img_col!r} / "
+        f"{txt_col!r} (it has {sorted(first)[:10] if isinstance(first, dict) else first!r}); "
+        "name them with --image_column / --text_column.")
+  root = _image_dir(path, opts)
+
+  def rows():
+    with open(path, "rb") as f:
+      for n, line in enumerate(f, start=1):
+        if not line.strip():
+          continue
+        key = f"line {n}"
+        try:
+          row = json.loads(line.decode("utf-8"))
+        except UnicodeDecodeError:
+          yield {"key": key, "error": ("non-UTF-8 text", "")}
+          continue
+        except ValueError as e:
+          yield {"key": key, "error": ("malformed row", str(e)[:80])}
+          continue
+        if not isinstance(row, dict) or not row.get(img_col) or row.get(
+            txt_col) is None:
+          yield {"key": key, "error": ("missing column", str(row)[:80])}
+          continue
+        yield {"key": key, "path": os.path.join(root, str(row[img_col])),
+               "captions": _texts(row[txt_col])}
+  return lambda: _group(rows())
+
+
+# ------------------------------------------------------------------ COCO
+def _load_json(path, keys, what):
+  try:
+    with open(path, encoding="utf-8") as f:
+      obj = json.load(f)
+  except (ValueError, UnicodeDecodeError) as e:
+    raise SourceError(f"ingest: {path} is not a JSON file ({e}).") from None
+  absent = [k for k in keys if not isinstance(obj, dict) or k not in obj]
+  if absent:
+    raise SourceError(f"ingest: {path} is not {what}: it has no "
+                      f"{absent[0]!r} key.")
+  return obj
+
+
+def _coco(path, opts):
+  [path] = _files(path, "file")
+  obj = _load_json(path, ("images", "annotations"),
+                   "a COCO captions file (captions_*.json)")
+  root = opts.images
+  if not root:   # annotations/captions_val2017.json -> val2017/
+    m = re.search(r"captions_(\w+)\.json$", path)
+    here = os.path.dirname(os.path.abspath(path))
+    guesses = [os.path.join(d, m.group(1)) for d in
+               (here, os.path.dirname(here))] if m else []
+    root = next((g for g in guesses if os.path.isdir(g)), here)
+  captions = collections.defaultdict(list)
+  for a in obj["annotations"]:
+    captions[a.get("image_id")].append(a.get("caption"))
+
+  def items():
+    for image in obj["images"]:
+      key = str(image.get("id"))
+      if "file_name" not in image:
+        yield {"key": key, "error": ("missing column", "no file_name")}
+        continue
+      caps = captions.get(image.get("id"))
+      if not caps:
+        yield {"key": key, "error": ("no caption", image["file_name"])}
+        continue
+      yield {"key": key, "path": os.path.join(root, image["file_name"]),
+             "captions": caps}
+  return items
+
+
+# ------------------------------------------------------------------- VQA
+def vqa_annotations_path(questions_path: str) -> str:
+  """VQA v2's pairing: v2_OpenEnded_mscoco_X_questions.json ->
+  v2_mscoco_X_annotations.json, beside it or in a sibling 'Annotations'."""
+  here, base = os.path.split(os.path.abspath(questions_path))
+  name = base.replace("OpenEnded_", "").replace("questions", "annotations")
+  for d in (here, os.path.join(os.path.dirname(here), "Annotations"),
+            os.path.join(os.path.dirname(here), "annotations")):
+    if os.path.isfile(os.path.join(d, name)):
+      return os.path.join(d, name)
+  return os.path.join(here, name)
+
+
+def _vqa(path, opts):
+  [path] = _files(path, "file")
+  qs = _load_json(path, ("questions",), "a VQA questions file")
+  ann_path = vqa_annotations_path(path)
+  if not os.path.isfile(ann_path):
+    raise SourceError(f"ingest: no annotations for {path}: expected "
+                      f"{ann_path} (VQA v2 names them v2_mscoco_SPLIT_"
+                      "annotations.json).")
+  ann = _load_json(ann_path, ("annotations",), "a VQA annotations file")
+  by_qid = {a.get("question_id"): a for a in ann["annotations"]}
+  subtype = qs.get("data_subtype", "")
+  root = opts.images or os.path.dirname(os.path.abspath(path))
+  pattern = opts.image_pattern
+  order, per_image = [], collections.defaultdict(list)
+  for q in qs["questions"]:
+    if q.get("image_id") not in per_image:
+      order.append(q.get("image_id"))
+    per_image[q.get("image_id")].append(q)
+
+  def items():
+    for image_id in order:
+      key = str(image_id)
+      questions = []
+      for q in per_image[image_id]:
+        a = by_qid.get(q.get("question_id"))
+        if a is None or not a.get("answers") or "question" not in q:
+          yield {"key": f"question {q.get('question_id')}",
+                 "error": ("no annotation", f"image {image_id}")}
+          continue
+        questions.append({
+            "question": q["question"],
+            "answers": [x.get("answer", "") for x in a["answers"]],
+            "answer_type": a.get("answer_type", "all"),
+            "question_type": a.get("question_type", "all")})
+      if not questions:
+        continue
+      name = pattern.format(image_id=image_id, data_subtype=subtype)
+      full = os.path.join(root, subtype, name)
+      if not os.path.isfile(full):
+        full = os.path.join(root, name)
+      yield {"key": key, "path": full, "questions": questions}
+  return items
+
+
+# --------------------------------------------------------------- parquet
+def _parquet(path, opts):
+  paths = [p for p in _files(path, "parquet file")
+           if p.endswith(".parquet") or not os.path.isdir(path)]
+  try:
+    import pyarrow.parquet as pq  # pylint: disable=g-import-not-at-top
+  except ImportError as e:
+    raise SourceError("ingest: reading parquet needs pyarrow "
+                      "(`pip install pyarrow`).") from e
+  img_col, txt_col = opts.image_column, opts.text_column
+  for p in paths:
+    try:
+      names = pq.ParquetFile(p).schema_arrow.names
+    except Exception as e:  # noqa: BLE001 - pyarrow's many error types
+      raise SourceError(f"ingest: {p} is not a parquet file ({e}).") from None
+    absent = [c for c in (img_col, txt_col) if c not in names]
+    if absent:
+      raise SourceError(
+          f"ingest: {p} has no column {absent[0]!r} (it has {names[:10]}); "
+          "name the image-bytes and text columns with --image_column / "
+          "--text_column.")
+
+  def items():
+    for p in paths:
+      f = pq.ParquetFile(p)
+      n = 0
+      for batch in f.iter_batches(batch_size=256, columns=[img_col, txt_col]):
+        for image, text in zip(batch.column(img_col).to_pylist(),
+                               batch.column(txt_col).to_pylist()):
+          key = f"{os.path.basename(p)}:{n}"
+          n += 1
+          if isinstance(image, dict):   # HF datasets' Image: {bytes, path}
+            image = image.get("bytes")
+          if not image or text is None:
+            yield {"key": key, "error": ("missing column", "empty "
+                                         + ("image" if not image else "text"))}
+            continue
+          yield {"key": key, "image": bytes(image), "captions": _texts(text)}
+  return items
+
+
+def open_source(fmt: str, path: str, opts):
+  """Checks `path` as a source of format `fmt`; returns its item stream's
+  factory (see the module docstring)."""
+  if fmt == "webdataset":
+    return _webdataset(path, opts)
+  if fmt in ("csv", "tsv"):
+    sep = opts.sep or ("\t" if fmt == "tsv" or path.endswith(".tsv") else ",")
+    return _csv(path, opts, sep)
+  if fmt == "jsonl":
+    return _jsonl(path, opts)
+  if fmt == "coco":
+    return _coco(path, opts)
+  if fmt == "vqa":
+    return _vqa(path, opts)
+  if fmt == "parquet":
+    return _parquet(path, opts)
+  raise SourceError(f"ingest: unknown format {fmt!r}; expected one of "
+                    f"{FORMATS}.")
