@@ -97,11 +97,13 @@ def rules(config) -> list[Rule]:
   return out
 
 
-def dual_encoder_shapes(config, image_size: int) -> dict[str, tuple]:
-  """Parameter shapes of `DualEncoder(config)` on `image_size` images."""
+def dual_encoder_shapes(config, image_size) -> dict[str, tuple]:
+  """Parameter shapes of `DualEncoder(config)` on `image_size` (side, or
+  (height, width)) images."""
   from mmtx.models import DualEncoder  # pylint: disable=g-import-not-at-top
+  h, w = (image_size, image_size) if np.ndim(image_size) == 0 else image_size
   return mapping.param_shapes(
-      DualEncoder(config), np.zeros((1, image_size, image_size, 3), np.float32),
+      DualEncoder(config), np.zeros((1, h, w, 3), np.float32),
       np.ones((1, config["text"]["max_len"]), np.int32))
 
 
