@@ -2,6 +2,7 @@
 
   python -m mmtx.data sort_of_clevr [--data_dir DIR]
   python -m mmtx.data easy_vqa
+  python -m mmtx.data av_scenes
 
 The data directory is `$MMTX_DATA_DIR`, else `~/tensorflow_datasets`. A name
 may carry a builder config: 'sort_of_clevr/tiny'. Building also fits the
@@ -16,12 +17,14 @@ import time
 
 from etils import epath
 
+from mmtx.data import av_scenes
 from mmtx.data import easy_vqa
 from mmtx.data import sort_of_clevr
 from mmtx.data import tokenizers
 
 BUILDERS = {"sort_of_clevr": sort_of_clevr.SortOfClevr,
-            "easy_vqa": easy_vqa.EasyVqa}
+            "easy_vqa": easy_vqa.EasyVqa,
+            "av_scenes": av_scenes.AvScenes}
 WORDS_FILE = "words.json"
 # Every text field of the record schema a word vocabulary is fitted on.
 TEXT_FIELDS = ("question", "caption", "dialogue_question")
