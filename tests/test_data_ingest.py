@@ -199,3 +199,238 @@ def test_vqa_format_gives_the_builtin_batches(questions_per_image, export,
       ids = g["answer_ids"]
       want_ids = np.where(w.get("question_valid", True), w["answer"], -2)
       np.testing.assert_array_equal(ids, np.repeat(want_ids[..., None], 10, -1))
+
+
+# ------------------------------------------------------------ bad input
+def _encoded(fmt, seed, size=(24, 32)):
+  rng = np.random.default_rng(seed)
+  pixels = rng.integers(0, 256, size + (3,), dtype=np.uint8)
+  buf = io.BytesIO()
+  Image.fromarray(pixels).save(buf, format=fmt, **(
+      {"lossless": True} if fmt == "WEBP" else {}))
+  return buf.getvalue()
+
+
+def test_bad_rows_are_skipped_counted_and_named(tmp_path):
+  """A CSV whose rows are good JPEG / PNG / WebP pairs and every kind of bad
+  row: the good ones are kept with their bytes unchanged, each bad one is
+  counted under its reason and the first are named, in the metadata too."""
+  img = tmp_path / "img"
+  img.mkdir()
+  good = {}
+  for i, fmt in enumerate(("JPEG", "PNG", "WEBP", "JPEG")):
+    name = f"ok{i}.{fmt.lower()}"
+    good[name] = _encoded(fmt, i)
+    (img / name).write_bytes(good[name])
+  (img / "cut.jpeg").write_bytes(good["ok0.jpeg"][:len(good["ok0.jpeg"]) // 2])
+  (img / "notimage.png").write_bytes(b"this is not an image")
+  lines = [b"filepath,title",
+           b"img/ok0.jpeg,a first caption",
+           b"img/gone.jpg,a missing file",
+           b"img/ok1.png,a second caption",
+           b"img/cut.jpeg,a truncated jpeg",
+           b"img/notimage.png,not an image",
+           b"img/ok2.webp,   ",
+           b"img/ok2.webp,\xff\xfe latin-1 bytes \xe9",
+           b"img/ok3.jpeg",
+           b"img/ok2.webp,a third caption",
+           b"img/ok3.jpeg,a fourth caption"]
+  (tmp_path / "pairs.csv").write_bytes(b"\n".join(lines) + b"\n")
+  ddir = str(tmp_path / "out")
+  summary = ingest.ingest("csv", str(tmp_path / "pairs.csv"), "pairs",
+                          data_dir=ddir, workers=0, verbose=False)
+  want_skipped = {"missing file": 1, "truncated image": 1,
+                  "unreadable image": 1, "empty text": 1,
+                  "non-UTF-8 text": 1, "missing column": 1}
+  assert summary["skipped"]["train"] == want_skipped
+  named = {r: k for r, k, _ in summary["skipped_examples"]["train"]}
+  assert named["missing file"] == "line 3" and named["missing column"] == "line 9"
+  # The consecutive ok2.webp rows are one image whose one good caption stays.
+  assert summary["records"]["train"] == 4
+  _, info = data.get_dataset("pairs", "train", "caption", batch_size=2,
+                             data_dir=ddir, shard=(0, 1), tokenizer=None,
+                             image_size=16)
+  assert info.metadata["ingest"]["skipped"]["train"] == want_skipped
+  want = [("ok0.jpeg", ["a first caption"]), ("ok1.png", ["a second caption"]),
+          ("ok2.webp", ["a third caption"]), ("ok3.jpeg", ["a fourth caption"])]
+  for i, (name, caps) in enumerate(want):
+    rec = info.record(i)
+    assert rec["image"] == good[name]   # the source's bytes, not re-encoded
+    assert [_text(c) for c in rec["caption"]] == caps
+
+
+def test_bad_rows_in_other_formats(tmp_path):
+  """webdataset: a key without caption, a truncated PNG and a truncated tar
+  shard; JSONL: a non-UTF-8 line, a malformed line, a row without the image
+  key; parquet (HF datasets' {'bytes', 'path'} image struct): a null
+  image."""
+  png = _encoded("PNG", 0)
+  with tarfile.open(tmp_path / "a-0.tar", "w") as t:
+    for name, payload in (("k1.png", png), ("k1.txt", b"one"),
+                          ("k2.png", png), ("k3.png", png[:-30]),
+                          ("k3.txt", b"three"), ("k4.png", png),
+                          ("k4.json", b'{"caption": "four"}')):
+      info = tarfile.TarInfo(name)
+      info.size = len(payload)
+      t.addfile(info, io.BytesIO(payload))
+  whole = (tmp_path / "a-0.tar").read_bytes()
+  (tmp_path / "a-1.tar").write_bytes(whole[:len(whole) // 2 + 100])
+  s = ingest.ingest("webdataset", str(tmp_path / "a-{0..1}.tar"), "wds",
+                    data_dir=str(tmp_path / "o"), workers=0, verbose=False)
+  # The cut shard: k1 and k2 before the cut, then the shard's error.
+  assert s["skipped"]["train"] == {"no caption": 2, "truncated image": 1,
+                                   "corrupt tar shard": 1}
+  assert s["records"]["train"] == 3   # k1, k4; k1 again from the cut shard
+  (tmp_path / "i.png").write_bytes(png)
+  (tmp_path / "p.jsonl").write_bytes(
+      b'{"filepath": "i.png", "title": "ok"}\n'
+      b'{"filepath": "i.png", "title": "caf\xe9"}\n{"filepath": \n'
+      b'{"title": "no image"}\n{"filepath": "i.png", "title": ["a", "b"]}\n')
+  s = ingest.ingest("jsonl", str(tmp_path / "p.jsonl"), "js",
+                    data_dir=str(tmp_path / "o"), workers=0, verbose=False)
+  assert s["skipped"]["train"] == {"non-UTF-8 text": 1, "malformed row": 1,
+                                   "missing column": 1}
+  assert s["records"]["train"] == 1   # the two good rows name one image
+  import pyarrow as pa  # pylint: disable=g-import-not-at-top
+  import pyarrow.parquet as pq  # pylint: disable=g-import-not-at-top
+  pq.write_table(pa.table({
+      "image": [{"bytes": png, "path": "x.png"}, {"bytes": None, "path": "y"},
+                {"bytes": png, "path": "z.png"}],
+      "text": ["first", "second", "third"]}), tmp_path / "d.parquet")
+  s = ingest.ingest("parquet", str(tmp_path / "d.parquet"), "pq",
+                    data_dir=str(tmp_path / "o"), workers=0, verbose=False)
+  assert s["skipped"]["train"] == {"missing column": 1}
+  _, info = data.get_dataset("pq", "train", "caption", batch_size=1,
+                             data_dir=str(tmp_path / "o"), shard=(0, 1))
+  assert [_text(info.record(i)["caption"][0]) for i in range(2)] == [
+      "first", "third"]
+
+
+def test_a_source_wrong_as_a_whole_is_one_error_before_any_work(tmp_path):
+  (tmp_path / "i.png").write_bytes(_encoded("PNG", 0))
+  (tmp_path / "ok.csv").write_text("filepath,title\ni.png,a caption\n")
+  (tmp_path / "cols.csv").write_text("path,caption\ni.png,a caption\n")
+  (tmp_path / "gone.csv").write_text(
+      "filepath,title\n" + "".join(f"x{i}.png,c\n" for i in range(40)))
+  ddir = str(tmp_path / "o")
+  cases = [("csv", str(tmp_path / "nope.csv"), "no such file"),
+           ("webdataset", str(tmp_path / "s-{000..003}.tar"),
+            "no such webdataset shard"),
+           ("csv", str(tmp_path / "cols.csv"), "no column 'filepath'"),
+           ("parquet", str(tmp_path / "ok.csv"), "not a parquet file"),
+           ("coco", str(tmp_path / "ok.csv"), "not a JSON file"),
+           ("csv", str(tmp_path / "gone.csv"), "none of the first 32 rows"),
+           ("tar", str(tmp_path / "ok.csv"), "unknown format")]
+  for fmt, src, message in cases:
+    with pytest.raises(ingest_sources.SourceError, match=message):
+      ingest.ingest(fmt, src, "mine", data_dir=ddir, workers=0, verbose=False)
+  assert not os.path.exists(ddir)   # nothing was written
+  ingest.ingest("csv", str(tmp_path / "ok.csv"), "mine", data_dir=ddir,
+                workers=0, verbose=False)
+  with pytest.raises(ingest_sources.SourceError, match="--overwrite"):
+    ingest.ingest("csv", str(tmp_path / "ok.csv"), "mine", data_dir=ddir,
+                  workers=0, verbose=False)
+
+
+# ------------------------------------------------------------------ VQA v2
+def test_vqa_v2_vocabulary_and_official_accuracy(tmp_path):
+  """The answer vocabulary is the top-K normalised human answers of the
+  training split; a training question with no answer in it is dropped and
+  counted, a validation one is kept (answer -1); the stored answer ids give
+  `metrics.vqa_question_accuracy` of the human answer strings for every
+  prediction."""
+  from mmtx.tasks.vqa import vqa_soft_accuracy  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(0)
+  pool = ["yes", "Yes", "no", "two", "2", "2.", "red", "a red", "blue",
+          "three", "green"]
+  human = {}
+  for split, subtype, n_images in (("train", "train2014", 6),
+                                   ("val", "val2014", 3)):
+    os.makedirs(tmp_path / subtype)
+    qs, anns = [], []
+    for i in range(n_images):
+      image_id = 10 * i + (split == "val")
+      (tmp_path / subtype / f"COCO_{subtype}_{image_id:012d}.jpg").write_bytes(
+          _encoded("JPEG", image_id, (8, 8)))
+      for j in range(3):
+        qid = 100 * image_id + j
+        if j == 2 and i == 0:    # no human answer in the top 3
+          answers = ["purple"] * 6 + ["seven"] * 4
+        else:
+          answers = list(rng.choice(pool, 10, p=[.2, .1, .15, .1, .1, .05,
+                                                 .1, .05, .05, .05, .05]))
+        human[(split, image_id, j)] = answers
+        qs.append({"image_id": image_id, "question": f"question {j}?",
+                   "question_id": qid})
+        anns.append({"question_id": qid, "image_id": image_id,
+                     "answer_type": ("yes/no", "number", "other")[j],
+                     "question_type": f"type {j % 2}",
+                     "answers": [{"answer": a} for a in answers]})
+    (tmp_path / f"v2_OpenEnded_mscoco_{subtype}_questions.json").write_text(
+        json.dumps({"data_subtype": subtype, "questions": qs}))
+    (tmp_path / f"v2_mscoco_{subtype}_annotations.json").write_text(
+        json.dumps({"annotations": anns}))
+  ddir = str(tmp_path / "out")
+  summary = ingest.ingest(
+      "vqa", str(tmp_path), "vqa2", data_dir=ddir, workers=0, verbose=False,
+      top_k=3, splits={"train": "v2_OpenEnded_mscoco_train2014_questions.json",
+                       "val": "v2_OpenEnded_mscoco_val2014_questions.json"})
+  counts = collections.Counter(
+      metrics.vqa_normalize_answer(a) for (s, _, _), answers in human.items()
+      if s == "train" for a in answers)
+  top = [a for a, _ in counts.most_common(3)]
+  assert counts.most_common(4)[2][1] > counts.most_common(4)[3][1]  # no tie
+  assert summary["skipped"] == {"train": {"answer not in vocabulary": 1},
+                                "val": {}}
+  it, info = data.get_dataset("vqa2", "val", "vqa", batch_size=9,
+                              data_dir=ddir, shard=(0, 1))
+  assert list(info.answers) == top
+  assert info.qtypes == ("yes/no", "number", "other")
+  batch = next(it)
+  assert batch["valid"].all()
+  for pred in range(3):
+    got = np.asarray(vqa_soft_accuracy(np.full(9, pred), batch["answer_ids"]))
+    for row in range(9):
+      image_id = int(info.record(int(batch["index"][row]))["id"])
+      want = metrics.vqa_question_accuracy(
+          top[pred], human[("val", image_id, row % 3)])
+      np.testing.assert_allclose(got[row], want, rtol=1e-6)
+  for row in range(9):   # the label: the most frequent known answer
+    image_id = int(info.record(int(batch["index"][row]))["id"])
+    known = collections.Counter(
+        metrics.vqa_normalize_answer(a)
+        for a in human[("val", image_id, row % 3)]
+        if metrics.vqa_normalize_answer(a) in top)
+    want = top.index(known.most_common(1)[0][0]) if known else -1
+    assert batch["answer"][row] == want
+
+
+# ----------------------------------------------------- CLI and workers
+def test_cli_with_worker_processes_writes_the_same_records(export, tmp_path):
+  """`python -m mmtx.data ingest` with 2 worker processes writes the records
+  of the in-process run, in the source's order, and prints the summary."""
+  sources, root = export
+  split_arg = ",".join(f"{k}={v}" for k, v in sources["csv"].items())
+  cli = str(tmp_path / "cli")
+  out = subprocess.run(
+      [sys.executable, "-m", "mmtx.data", "ingest", "csv", root, "--name",
+       "mine", "--split", split_arg, "--data_dir", cli, "--workers", "2",
+       "--image_size", "75"], capture_output=True, text=True, timeout=300,
+      check=False)
+  assert out.returncode == 0, out.stderr[-2000:]
+  assert "train: 64 records" in out.stdout and "test: 16 records" in out.stdout
+  local, _ = _ingest(export, "csv", tmp_path, workers=0)
+  for split in SPLITS:
+    a = ingest.open_builder("mine", cli).as_data_source(split)
+    b = ingest.open_builder("mine", local).as_data_source(split)
+    assert len(a) == len(b)
+    for i in range(len(a)):
+      ra, rb = a[i], b[i]
+      assert ra["id"] == rb["id"] and ra["image"] == rb["image"]
+      np.testing.assert_array_equal(ra["caption"], rb["caption"])
+  bad = subprocess.run(
+      [sys.executable, "-m", "mmtx.data", "ingest", "csv",
+       str(tmp_path / "nope.csv"), "--name", "x", "--data_dir", cli],
+      capture_output=True, text=True, timeout=300, check=False)
+  assert bad.returncode == 2 and "no such file" in bad.stderr
+  assert "Traceback" not in bad.stderr

@@ -139,7 +139,8 @@ def _image(item):
   try:
     images.open_image(data)
   except Exception as e:  # noqa: BLE001 - Pillow raises many types
-    reason = "truncated image" if "truncat" in str(e) else "unreadable image"
+    reason = ("truncated image" if "truncat" in str(e).lower()
+              else "unreadable image")
     return None, (reason, f"{item.get('path', '')} {type(e).__name__}: "
                   f"{str(e)[:80]}".strip())
   if _WORKER["max_side"]:
@@ -148,21 +149,22 @@ def _image(item):
 
 
 def _vqa_fields(questions, labels, train):
-  """The record's question fields, or (None, reason) when none is left."""
+  """(the record's question fields or None when none is left, [reason of
+  each question dropped])."""
   from mmtx.metrics import vqa_normalize_answer  # pylint: disable=g-import-not-at-top
   index = {a: i for i, a in enumerate(labels.answers)}
   out = collections.defaultdict(list)
-  reason = None
+  dropped = []
   for q in questions:
     text, why = _text(q["question"])
     if text is None:
-      reason = why
+      dropped.append(why)
       continue
     ids = [index.get(vqa_normalize_answer(str(a)), -1)
            for a in q["answers"][:NUM_HUMAN_ANSWERS]]
     known = [i for i in ids if i >= 0]
     if not known and train:   # nothing to learn from: not kept for training
-      reason = "answer not in vocabulary"
+      dropped.append("answer not in vocabulary")
       continue
     # The label: the most frequent known human answer (ties: first given).
     answer = max(known, key=known.count) if known else -1
@@ -173,41 +175,45 @@ def _vqa_fields(questions, labels, train):
     out["qsubtype"].append(labels.qsubtypes[t].index(q["question_type"]))
     out["answer_ids"].append(ids + [-2] * (NUM_HUMAN_ANSWERS - len(ids)))
   if not out:
-    return None, reason or "no question"
+    return None, dropped
   rec = {k: np.asarray(v, np.int32) for k, v in out.items() if k != "question"}
   rec["question"] = np.asarray(out["question"], dtype=object)
-  return rec, None
+  return rec, dropped
 
 
 def _process(batch, train):
-  """Items -> [(serialized record or None, texts, (reason, key, detail) or
-  None)] in order."""
+  """Items -> [(serialized record or None, texts, [(reason, key, detail)])]
+  in order. An item whose image or row is bad is one entry under its
+  reason; a bad text (caption, question) is one entry, and its item is
+  kept while it has a good text left."""
   if _WORKER.get("features") is None:
     _WORKER["features"] = _features(_WORKER["kind"])
   out = []
   for item in batch:
     key = item["key"]
     if "error" in item:
-      out.append((None, (), (item["error"][0], key, item["error"][1])))
+      out.append((None, (), [(item["error"][0], key, item["error"][1])]))
       continue
     data, err = _image(item)
     if err:
-      out.append((None, (), (err[0], key, err[1])))
+      out.append((None, (), [(err[0], key, err[1])]))
       continue
     rec = {"id": key, "image": data}
     if _WORKER["kind"] == "vqa":
-      fields, why = _vqa_fields(item["questions"], _WORKER["labels"], train)
+      fields, dropped = _vqa_fields(item["questions"], _WORKER["labels"],
+                                    train)
       texts = () if fields is None else tuple(fields["question"])
     else:
       good = [_text(c) for c in item["captions"]]
       texts = tuple(t for t, _ in good if t is not None)
-      why = next((w for _, w in good if w), "empty text")
+      dropped = [w for _, w in good if w]
       fields = {"caption": np.asarray(texts, dtype=object)} if texts else None
+    bad = [(why, key, "") for why in dropped]
     if fields is None:
-      out.append((None, (), (why, key, "")))
+      out.append((None, (), bad or [("no text", key, "")]))
       continue
     rec.update(fields)
-    out.append((_WORKER["features"].serialize_example(rec), texts, None))
+    out.append((_WORKER["features"].serialize_example(rec), texts, bad))
   return out
 
 
@@ -363,8 +369,9 @@ def ingest(fmt: str, src: str, name: str, *, splits: dict | None = None,
     probe = [r for r in _process(
         [i for _, i in zip(range(PROBE), streams[split]())], split == "train")]
     if probe and all(r[0] is None for r in probe):
-      reasons = collections.Counter(r[2][0] for r in probe)
-      reason, detail = probe[0][2][0], probe[0][2][2] or probe[0][2][1]
+      reasons = collections.Counter(b[0] for r in probe for b in r[2])
+      reason, key, detail = probe[0][2][0]
+      detail = detail or key
       raise sources.SourceError(
           f"ingest: none of the first {len(probe)} rows of {splits[split]} is "
           f"usable ({dict(reasons)}; e.g. {reason}: {detail}). Check the "
@@ -393,11 +400,12 @@ def ingest(fmt: str, src: str, name: str, *, splits: dict | None = None,
       fn = _process_train if split == "train" else _process_eval
       for results in _ordered_map(fn, _batches(streams[split](), batch), pool,
                                   2 * max(workers, 1)):
-        for record, texts, bad in results:
-          if bad is not None:
+        for record, texts, bads in results:
+          for bad in bads:
             skipped[bad[0]] += 1
             if sum(1 for s in shown if s[0] == bad[0]) < SHOWN_PER_REASON:
               shown.append(list(bad))
+          if record is None:
             continue
           writer.write(record)
           if kind == "vqa":

@@ -131,13 +131,31 @@ def _webdataset(path, opts):
               yield group_item(f"{os.path.basename(tar)}:{key}", files)
               files = {}
             key = k
-            files[ext.lower()] = stream.extractfile(member).read()
+            data = stream.extractfile(member).read()
+            if len(data) != member.size:
+              raise EOFError(f"{name} is cut at {len(data)} of "
+                             f"{member.size} bytes")
+            files[ext.lower()] = data
+          end = stream.offset
+        if not _ends_tar(tar, end):
+          raise EOFError(f"no end-of-archive marker at byte {end}: the "
+                         "file is cut")
       except (tarfile.TarError, OSError, EOFError) as e:
         yield {"key": os.path.basename(tar),
                "error": ("corrupt tar shard", f"{type(e).__name__}: {e}")}
+        files = {}   # the last key may have lost files to the cut
       if key is not None and files:
         yield group_item(f"{os.path.basename(tar)}:{key}", files)
   return items
+
+
+def _ends_tar(path: str, offset: int) -> bool:
+  """Whether the two zero blocks that end a tar archive follow `offset` (a
+  tar cut at a member boundary otherwise reads as a shorter one)."""
+  with open(path, "rb") as f:
+    f.seek(offset)
+    tail = f.read(1024)
+  return len(tail) == 1024 and not any(tail)
 
 
 # ----------------------------------------------------------- csv / jsonl
