@@ -434,3 +434,126 @@ def test_cli_with_worker_processes_writes_the_same_records(export, tmp_path):
       capture_output=True, text=True, timeout=300, check=False)
   assert bad.returncode == 2 and "no such file" in bad.stderr
   assert "Traceback" not in bad.stderr
+
+
+# ------------------------------------------------- decode and augment
+@pytest.fixture(scope="module")
+def photos(tmp_path_factory):
+  """12 JPEG 'photos' of 40x30 with captions, half saying left or right;
+  ingested with --image_size 16."""
+  root = tmp_path_factory.mktemp("photos")
+  rows = []
+  for i in range(12):
+    (root / f"{i}.jpg").write_bytes(_encoded("JPEG", i, (30, 40)))
+    side = ("a dog on the left", "the right cat")[i % 2]
+    rows.append(f"{i}.jpg\t{side if i % 4 < 2 else 'a dog and a cat'}")
+  (root / "p.tsv").write_text("filepath\ttitle\n" + "\n".join(rows) + "\n")
+  ddir = str(root / "out")
+  ingest.ingest("tsv", str(root / "p.tsv"), "photos", data_dir=ddir,
+                workers=0, image_size=16, verbose=False)
+  return ddir, root
+
+
+def test_eval_view_is_the_center_square_resized_and_normalised(photos):
+  ddir, root = photos
+  for norm in ("minus_one_one", "clip"):
+    it, _ = data.get_dataset("photos", "train", "caption", batch_size=12,
+                             shuffle=False, data_dir=ddir, shard=(0, 1),
+                             normalize=norm)
+    batch = next(it)
+    assert batch["image"].shape == (12, 16, 16, 3)
+    for row in range(12):
+      pil = Image.open(root / f"{row}.jpg").convert("RGB")
+      # 40 x 30: the center square is columns 5..35, all 30 rows.
+      ref = np.asarray(pil.resize((16, 16), Image.Resampling.BILINEAR,
+                                  box=(5, 0, 35, 30)), np.float64)
+      if norm == "clip":
+        mean = np.array([0.48145466, 0.4578275, 0.40821073])
+        std = np.array([0.26862954, 0.26130258, 0.27577711])
+        ref = (ref / 255 - mean) / std
+      else:
+        ref = ref / 127.5 - 1
+      np.testing.assert_allclose(batch["image"][row], ref, atol=1e-5)
+
+
+def test_training_crops_are_seeded_by_position_and_resume(photos):
+  ddir, _ = photos
+
+  def stream(seed, **kw):
+    it, _ = data.get_dataset("photos", "train", "contrastive", batch_size=4,
+                             seed=seed, augment=True, hflip=True,
+                             data_dir=ddir, shard=(0, 1), **kw)
+    return it
+
+  a, b, c = stream(0), stream(0, num_threads=1), stream(1)
+  first = [next(a) for _ in range(4)]
+  again = [next(b) for _ in range(4)]
+  other = [next(c) for _ in range(4)]
+  for x, y in zip(first, again):
+    for k in x:
+      np.testing.assert_array_equal(x[k], y[k])
+  assert not np.array_equal(first[0]["image"], other[0]["image"])
+  it = stream(0)
+  next(it), next(it)
+  state = it.get_state()
+  resumed = stream(0)
+  resumed.set_state(state)
+  for want in first[2:]:
+    got = next(resumed)
+    for k in want:
+      np.testing.assert_array_equal(got[k], want[k])
+  # A training crop is not the eval view's center square.
+  ev, _ = data.get_dataset("photos", "train", "contrastive", batch_size=12,
+                           shuffle=False, data_dir=ddir, shard=(0, 1))
+  center = next(ev)["image"]
+  batch = first[0]
+  assert not any(np.allclose(batch["image"][r], center[batch["index"][r]])
+                 for r in range(4))
+
+
+def test_flip_only_where_no_text_says_left_or_right():
+  """With the crop fixed to the whole (square) image, a training view is
+  the image or its mirror: never the mirror for a record whose question,
+  answer or caption says left or right; both for one that does not."""
+  from mmtx.data import views  # pylint: disable=g-import-not-at-top
+  square = _encoded("PNG", 0, (16, 16))
+  pixels = images.decode(square) / 127.5 - 1
+  policy = images.Policy(size=16, crop_scale=(1.0, 1.0),
+                         crop_ratio=(1.0, 1.0), hflip=True)
+  tok = data.WordTokenizer.fit(["x"])
+  cases = [("caption", {"caption": np.array([b"a dog", b"the LEFT cat"],
+                                             dtype=object)}, False),
+           ("caption", {"caption": np.array([b"a dog", b"bright leftovers"],
+                                             dtype=object)}, True),
+           ("vqa", {"question": np.array([b"what is it?"], dtype=object),
+                    "answer": np.array([1], np.int32),
+                    "qtype": np.array([0], np.int32)}, False),
+           ("vqa", {"question": np.array([b"what is it?"], dtype=object),
+                    "answer": np.array([0], np.int32),
+                    "qtype": np.array([0], np.int32)}, True)]
+  for task, fields, flips in cases:
+    spec = views.ViewSpec(task=task, tokenizer=tok, max_len=8,
+                          image_shape=(16, 16, 3), answers=("dog", "right"),
+                          augment=True, image_policy=policy)
+    seen = set()
+    for seed in range(24):
+      ex = views.make_example(spec, dict(fields, id="r", image=square), 0, 0,
+                              np.random.default_rng(seed))
+      if np.allclose(ex["image"], pixels, atol=1e-6):
+        seen.add("same")
+      elif np.allclose(ex["image"], pixels[:, ::-1], atol=1e-6):
+        seen.add("mirror")
+      else:
+        seen.add("other")
+    assert seen == ({"same", "mirror"} if flips else {"same"}), (fields, seen)
+
+
+def test_random_box_stays_in_its_area_and_ratio_ranges():
+  rng = np.random.default_rng(0)
+  for _ in range(200):
+    w, h = int(rng.integers(20, 300)), int(rng.integers(20, 300))
+    l, t, r, b = images.random_box(w, h, rng, (0.3, 0.9), (0.75, 4 / 3))
+    assert 0 <= l < r <= w and 0 <= t < b <= h
+    if (r - l, b - t) != (min(w, h),) * 2:    # not the fallback square
+      assert 0.3 * w * h - w - h <= (r - l) * (b - t) <= 0.9 * w * h + w + h
+      assert 0.75 - 0.1 <= (r - l) / (b - t) <= 4 / 3 + 0.1
