@@ -90,8 +90,8 @@ def test_import_keeps_id_zero_and_export_round_trips(eos, tmp_path):
 def test_export_of_a_model_trained_in_mmtx():
   config = {
       "loss": "softmax", "embed_dim": 16,
-      "image": {"variant": "mu/4", "pool": "cls", "patch_bias": False,
-                "ln_pre": True, "activation": "gelu",
+      "image": {"variant": "mu/4", "pool": "cls", "cls_posemb": True,
+                "patch_bias": False, "ln_pre": True, "activation": "gelu",
                 "layer_norm_eps": 1e-5},
       "text": {"vocab_size": 60, "variant": "mu", "max_len": 12,
                "causal": True, "pool": "argmax", "activation": "quick_gelu"},
@@ -150,4 +150,8 @@ def test_bad_checkpoints_name_the_tensor_and_shapes():
   cfg = config.to_dict()
   cfg["image"]["pool"] = "gap"
   with pytest.raises(ValueError, match=r"config\.image\.pool='gap'"):
+    hf_clip.to_transformers(cfg, params)
+  cfg = config.to_dict()
+  del cfg["image"]["cls_posemb"]  # ViT's default: the class token has none
+  with pytest.raises(ValueError, match=r"config\.image\.cls_posemb=False"):
     hf_clip.to_transformers(cfg, params)

@@ -8,9 +8,9 @@
 Images are NHWC (HF takes NCHW `pixel_values`). Texts are the HF token ids;
 the imported text tower masks nothing (`mask_padding=False`: id 0 is '!' in
 CLIP's vocabulary), is causal, and pools where HF does (the highest id when
-eos_token_id == 2, else the first eos_token_id). HF adds a position to the
-class token too: mmtx stores the class token with its position folded in
-(cls + pos[0]), the same function; export writes that row as -0.0.
+eos_token_id == 2, else the first eos_token_id). The class token has its
+own position, as in HF (`cls_posemb=True`), so the parameters are HF's one
+for one, in number too.
 """
 from __future__ import annotations
 
@@ -77,11 +77,11 @@ def linear_rules(mmtx: str, src: str, bias: bool = True) -> list[Rule]:
 def rules(config) -> list[Rule]:
   img, txt = config["image"], config["text"]
   v, t = "vision_model", "text_model"
-  pos = f"{v}.embeddings.position_embedding.weight"
   out = [Rule("img/embedding/conv/kernel",
               f"{v}.embeddings.patch_embedding.weight", "conv"),
-         Rule("img/posemb/pos_embedding", pos, "drop_row0"),
-         Rule("img/cls", f"{v}.embeddings.class_embedding", "cls", plus=pos)]
+         Rule("img/posemb/pos_embedding",
+              f"{v}.embeddings.position_embedding.weight"),
+         Rule("img/cls", f"{v}.embeddings.class_embedding", "cls")]
   out += layer_norm_rules("img/ln_pre", f"{v}.pre_layrnorm")
   out += encoder_rules("img/encoder", f"{v}.encoder", img["depth"])
   out += layer_norm_rules("img/encoder/ln_final", f"{v}.post_layernorm")
@@ -138,8 +138,8 @@ def from_transformers(hf_model) -> tuple[ml_collections.ConfigDict, dict]:
           "patch_size": vc.patch_size, "width": vc.hidden_size,
           "depth": vc.num_hidden_layers, "mlp_dim": vc.intermediate_size,
           "num_heads": vc.num_attention_heads, "posemb": "learned",
-          "pool": "cls", "patch_bias": False, "ln_pre": True,
-          "activation": activation(vc.hidden_act, who),
+          "pool": "cls", "cls_posemb": True, "patch_bias": False,
+          "ln_pre": True, "activation": activation(vc.hidden_act, who),
           "layer_norm_eps": vc.layer_norm_eps,
       },
       "text": {
@@ -158,9 +158,11 @@ def from_transformers(hf_model) -> tuple[ml_collections.ConfigDict, dict]:
   return config, params
 
 
-def image_size(flat_params: dict, patch_size: int, who: str) -> int:
-  """The square image size the learned position table was made for."""
-  n = flat_params["img/posemb/pos_embedding"].shape[0]
+def image_size(flat_params: dict, patch_size: int, who: str,
+               cls_rows: int = 0) -> int:
+  """The square image size the learned position table (with `cls_rows` rows
+  for class tokens) was made for."""
+  n = flat_params["img/posemb/pos_embedding"].shape[0] - cls_rows
   side = math.isqrt(n)
   if side * side != n:
     raise ValueError(f"{who}: the position table has {n} rows, not a square "
@@ -169,22 +171,36 @@ def image_size(flat_params: dict, patch_size: int, who: str) -> int:
 
 
 def _require(cfg: dict, key: str, want, who: str, where: str):
-  got = cfg.get(key, want)
+  got = cfg[key]
   if got != want and not (got == [] and want == ()):
     field = f"config.{where}.{key}" if where else f"config.{key}"
     raise ValueError(f"{who}: {field}={got!r} has no Hugging Face equivalent "
                      f"(it needs {want!r}).")
 
 
-def resolved(tower) -> dict:
-  """A tower config with its variant ('B/16') spelled out."""
+def resolved(tower, module) -> dict:
+  """A tower config with its variant ('B/16') spelled out and the
+  `module`'s (ViT, TextTransformer) defaults filled in."""
+  import dataclasses  # pylint: disable=g-import-not-at-top
   from mmtx.models import decode_variant  # pylint: disable=g-import-not-at-top
-  cfg = dict(tower)
+  cfg = {f.name: f.default for f in dataclasses.fields(module)
+         if f.default is not dataclasses.MISSING
+         and f.name not in ("parent", "name")}
+  cfg.update(tower)
   base = decode_variant(cfg["variant"]) if cfg.get("variant") else {}
   for k, v in base.items():
     if cfg.get(k) is None:
       cfg[k] = v
   return cfg
+
+
+def resolved_config(config) -> dict:
+  """A DualEncoder config as a dict with every field it reads spelled out."""
+  from mmtx.models import TextTransformer, ViT  # pylint: disable=g-import-not-at-top
+  config = config.to_dict() if hasattr(config, "to_dict") else dict(config)
+  return {"loss": "softmax", "img_head": "linear", "txt_head": "linear",
+          **config, "image": resolved(config["image"], ViT),
+          "text": resolved(config["text"], TextTransformer)}
 
 
 def to_transformers(config, params, *, eos_token_id: int | None = None):
@@ -197,29 +213,29 @@ def to_transformers(config, params, *, eos_token_id: int | None = None):
   """
   import transformers  # pylint: disable=g-import-not-at-top
   who = "hf_clip.to_transformers"
-  config = config.to_dict() if hasattr(config, "to_dict") else dict(config)
-  img, txt = resolved(config["image"]), resolved(config["text"])
-  config = {**config, "image": img, "text": txt}
-  for key, want in (("pool", "cls"), ("posemb", "learned"),
-                    ("patch_bias", False), ("ln_pre", True),
+  config = resolved_config(config)
+  img, txt = config["image"], config["text"]
+  for key, want in (("pool", "cls"), ("cls_posemb", True),
+                    ("posemb", "learned"), ("patch_bias", False),
+                    ("ln_pre", True),
                     ("stem_channels", ())):
     _require(img, key, want, who, "image")
   _require(txt, "causal", True, who, "text")
   for key, want in (("loss", "softmax"), ("img_head", "linear"),
                     ("txt_head", "linear")):
     _require(config, key, want, who, "")
-  if txt.get("pool") == "argmax":
+  if txt["pool"] == "argmax":
     eos = 2
-  elif txt.get("pool") == "eos":
+  elif txt["pool"] == "eos":
     eos = txt["eos_id"]
-  elif txt.get("pool", "last") == "last" and eos_token_id not in (None, 2):
+  elif txt["pool"] == "last" and eos_token_id not in (None, 2):
     eos = eos_token_id
   else:
-    raise ValueError(f"{who}: config.text.pool={txt.get('pool', 'last')!r}: "
+    raise ValueError(f"{who}: config.text.pool={txt['pool']!r}: "
                      f"HF CLIP pools at the highest id (pool='argmax') or the "
                      f"first eos_token_id (pool='eos'); for pool='last' pass "
                      f"eos_token_id= (not 2), the id every text ends with.")
-  size = image_size(mapping.flat_params(params), img["patch_size"], who)
+  size = image_size(mapping.flat_params(params), img["patch_size"], who, 1)
   flat = mapping.check_params(params, dual_encoder_shapes(config, size), who)
   hf_config = transformers.CLIPConfig(
       projection_dim=config["embed_dim"],
@@ -229,15 +245,15 @@ def to_transformers(config, params, *, eos_token_id: int | None = None):
           intermediate_size=txt["mlp_dim"], num_hidden_layers=txt["depth"],
           num_attention_heads=txt["num_heads"],
           max_position_embeddings=txt["max_len"],
-          hidden_act=hf_activation(txt.get("activation", "gelu"), who),
-          layer_norm_eps=txt.get("layer_norm_eps", 1e-6),
+          hidden_act=hf_activation(txt["activation"], who),
+          layer_norm_eps=txt["layer_norm_eps"],
           eos_token_id=eos, projection_dim=config["embed_dim"]),
       vision_config=dict(
           hidden_size=img["width"], intermediate_size=img["mlp_dim"],
           num_hidden_layers=img["depth"], num_attention_heads=img["num_heads"],
           image_size=size, patch_size=img["patch_size"],
-          hidden_act=hf_activation(img.get("activation", "gelu"), who),
-          layer_norm_eps=img.get("layer_norm_eps", 1e-6),
+          hidden_act=hf_activation(img["activation"], who),
+          layer_norm_eps=img["layer_norm_eps"],
           projection_dim=config["embed_dim"]))
   model = transformers.CLIPModel(hf_config)
   mapping.load_torch_state(model, mapping.to_state(flat, rules(config)))

@@ -121,10 +121,8 @@ def to_transformers(config, params):
   Save it with `.save_pretrained(dir)`."""
   import transformers  # pylint: disable=g-import-not-at-top
   who = "hf_siglip.to_transformers"
-  config = config.to_dict() if hasattr(config, "to_dict") else dict(config)
-  img = hf_clip.resolved(config["image"])
-  txt = hf_clip.resolved(config["text"])
-  config = {**config, "image": img, "text": txt}
+  config = hf_clip.resolved_config(config)
+  img, txt = config["image"], config["text"]
   req = hf_clip._require  # pylint: disable=protected-access
   for key, want in (("pool", "map"), ("posemb", "learned"),
                     ("patch_bias", True), ("ln_pre", False),
@@ -146,15 +144,15 @@ def to_transformers(config, params):
           intermediate_size=txt["mlp_dim"], num_hidden_layers=txt["depth"],
           num_attention_heads=txt["num_heads"],
           max_position_embeddings=txt["max_len"],
-          hidden_act=hf_clip.hf_activation(txt.get("activation", "gelu"), who),
-          layer_norm_eps=txt.get("layer_norm_eps", 1e-6),
+          hidden_act=hf_clip.hf_activation(txt["activation"], who),
+          layer_norm_eps=txt["layer_norm_eps"],
           projection_size=config["embed_dim"]),
       vision_config=dict(
           hidden_size=img["width"], intermediate_size=img["mlp_dim"],
           num_hidden_layers=img["depth"], num_attention_heads=img["num_heads"],
           image_size=size, patch_size=img["patch_size"],
-          hidden_act=hf_clip.hf_activation(img.get("activation", "gelu"), who),
-          layer_norm_eps=img.get("layer_norm_eps", 1e-6)))
+          hidden_act=hf_clip.hf_activation(img["activation"], who),
+          layer_norm_eps=img["layer_norm_eps"]))
   model = transformers.SiglipModel(hf_config)
   mapping.load_torch_state(model, mapping.to_state(flat, rules(config)))
   return model.eval()

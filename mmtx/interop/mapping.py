@@ -21,14 +21,11 @@ import numpy as np
 class Rule(NamedTuple):
   """mmtx parameter `path` ('img/encoder/layers_0/mlp/wi/kernel') <- source
   tensor `key` through `codec`. `part=(i, n)`: the tensor is n equal blocks
-  along its first axis (a packed q/k/v projection) and this is block i.
-  `plus`: a second tensor whose first row is added (a class token stored with
-  its position, see codec 'cls')."""
+  along its first axis (a packed q/k/v projection) and this is block i."""
   path: str
   key: str
   codec: str = "copy"
   part: Optional[tuple[int, int]] = None
-  plus: Optional[str] = None
 
 
 class Codec(NamedTuple):
@@ -62,14 +59,7 @@ CODECS = {
     # A [1] tensor <-> a scalar.
     "scalar1": Codec(lambda s, shape: s.reshape(()), lambda m: m.reshape(1),
                      lambda shape: (1,)),
-    # Position table with the class token's row first <-> the patches' rows.
-    # Export writes -0.0 in that row: cls + (-0.0) == cls bit for bit.
-    "drop_row0": Codec(
-        lambda s, shape: s[1:],
-        lambda m: np.concatenate([np.full_like(m[:1], -0.0), m]),
-        lambda shape: (shape[0] + 1,) + tuple(shape[1:])),
-    # Class embedding [dim] (+ the position table's row 0, via `plus`) <->
-    # the ViT's cls [1, 1, dim].
+    # Class embedding [dim] <-> the ViT's cls [1, 1, dim].
     "cls": Codec(lambda s, shape: s.reshape(shape), lambda m: m.reshape(-1),
                  lambda shape: (shape[-1],)),
 }
@@ -130,13 +120,11 @@ def to_params(state: dict[str, np.ndarray], rules: list[Rule],
   """Source tensors -> nested mmtx params (float32 numpy)."""
   _check_rules(rules, shapes)
   out, used = {}, set()
-  # A rule with `plus` reads a tensor another rule checks: run it last.
-  for rule in sorted(rules, key=lambda r: r.plus is not None):
+  for rule in rules:
     want = _source_shape(rule, shapes[rule.path])
-    for key in (rule.key,) + ((rule.plus,) if rule.plus else ()):
-      if key not in state:
-        raise ValueError(f"{who}: tensor {key!r} is missing (the config needs "
-                         f"it with shape {want} for {rule.path}).")
+    if rule.key not in state:
+      raise ValueError(f"{who}: tensor {rule.key!r} is missing (the config "
+                       f"needs it with shape {want} for {rule.path}).")
     src = np.asarray(state[rule.key], np.float32)
     if src.shape != want:
       raise ValueError(f"{who}: tensor {rule.key!r} has shape {src.shape}; "
@@ -144,9 +132,6 @@ def to_params(state: dict[str, np.ndarray], rules: list[Rule],
     if rule.part:
       src = np.split(src, rule.part[1], axis=0)[rule.part[0]]
     x = CODECS[rule.codec].to_mmtx(src, shapes[rule.path])
-    if rule.plus:
-      x = x + np.asarray(state[rule.plus], np.float32)[0].reshape(x.shape)
-      used.add(rule.plus)
     used.add(rule.key)
     out[rule.path] = np.array(x, np.float32, order="C")
   unused = sorted(set(state) - used)
@@ -165,8 +150,6 @@ def to_state(flat_params: dict[str, np.ndarray],
     x = CODECS[rule.codec].to_source(np.asarray(flat_params[rule.path]))
     if rule.part:
       parts.setdefault(rule.key, {})[rule.part[0]] = x
-    elif rule.key in state:  # 'drop_row0' and 'cls' share the position table
-      raise AssertionError(f"two rules write {rule.key!r}")
     else:
       state[rule.key] = x
   for key, blocks in parts.items():

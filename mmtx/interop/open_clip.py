@@ -4,9 +4,9 @@
     config, params = from_open_clip(model)
     config, params = load('ViT-B-32', pretrained='weights.safetensors')  # or .pt
 
-The towers map one to one: open_clip's class token and its position are
-stored folded (cls + pos[0]); its packed q/k/v projection is split into
-mmtx's query/key/value; texts are open_clip's token ids as
+The towers map one to one (the class token has its own position,
+`cls_posemb=True`); the packed q/k/v projection is split into mmtx's
+query/key/value; texts are open_clip's token ids as
 `mmtx.data.tokenizers.ClipBpeTokenizer` gives them (id 0 is '!', so the text
 tower masks nothing unless the model uses a padding mask with pad id 0).
 Both the `CLIP` and the `CustomTextCLIP` classes with open_clip's own
@@ -49,10 +49,9 @@ def rules(config, text_prefix: str = "", scalar_shape: tuple = ()):
   """The table for open_clip's state dict; `text_prefix` is 'text.' for
   CustomTextCLIP, '' for CLIP."""
   img, txt, t = config["image"], config["text"], text_prefix
-  pos = "visual.positional_embedding"
   out = [Rule("img/embedding/conv/kernel", "visual.conv1.weight", "conv"),
-         Rule("img/posemb/pos_embedding", pos, "drop_row0"),
-         Rule("img/cls", "visual.class_embedding", "cls", plus=pos)]
+         Rule("img/posemb/pos_embedding", "visual.positional_embedding"),
+         Rule("img/cls", "visual.class_embedding", "cls")]
   if img.get("ln_pre", False):
     out += hf_clip.layer_norm_rules("img/ln_pre", "visual.ln_pre")
   out += _block_rules("img/encoder", "visual.transformer", img["depth"])
@@ -121,7 +120,8 @@ def _vision_config(visual) -> tuple[dict, tuple]:
     _unmappable(f"a non-square patch {visual.patch_size}")
   ln_pre = type(visual.ln_pre).__name__ != "Identity"
   cfg = {"patch_size": visual.patch_size[0], "posemb": "learned",
-         "pool": "cls", "patch_bias": False, "ln_pre": ln_pre,
+         "pool": "cls", "cls_posemb": True, "patch_bias": False,
+         "ln_pre": ln_pre,
          "layer_norm_eps": visual.ln_post.eps,
          **_tower_common(visual.transformer, "visual.transformer")}
   return cfg, tuple(visual.image_size)

@@ -105,6 +105,9 @@ class ViT(nn.Module):
   # over the grid.
   posemb_temperature: float = 10_000.0
   pool: str = "gap"  # 'cls' | 'gap' | 'map' (MAPHead) | 'none'
+  # The class token gets a learned position too (CLIP): the position table
+  # has 1 + patches rows, row 0 for the class token. Needs pool='cls'.
+  cls_posemb: bool = False
   patch_bias: bool = True
   # Convolutional stem (hybrid ViT, Dosovitskiy et al. Sec. 3.1; Xiao et al.
   # 2021): 3x3 stride-2 conv + ReLU per entry, before the patch embedding,
@@ -141,15 +144,23 @@ class ViT(nn.Module):
     grid = (x.shape[1] // p, x.shape[2] // p)
     x = layers.PatchEmbedding(p, c["width"], use_bias=self.patch_bias,
                               dtype=dtype, name="embedding")(x)
-    x = layers.PositionEmbedding(kind=self.posemb, max_len=grid[0] * grid[1],
-                                 grid=grid, temperature=self.posemb_temperature,
-                                 name="posemb")(x)
+    if self.cls_posemb and (self.pool, self.posemb) != ("cls", "learned"):
+      raise ValueError(f"ViT: cls_posemb=True needs pool='cls' and "
+                       f"posemb='learned', got {self.pool!r} and "
+                       f"{self.posemb!r}.")
+    posemb = layers.PositionEmbedding(
+        kind=self.posemb, max_len=grid[0] * grid[1] + int(self.cls_posemb),
+        grid=grid, temperature=self.posemb_temperature, name="posemb")
+    if not self.cls_posemb:
+      x = posemb(x)
     if self.pool == "cls":
       cls = self.param("cls", nn.with_logical_partitioning(
           nn.initializers.zeros_init(), (None, None, "embed")),
                        (1, 1, c["width"]), jnp.float32)
       x = jnp.concatenate([jnp.broadcast_to(cls, (x.shape[0], 1, x.shape[-1]))
                            .astype(x.dtype), x], axis=1)
+    if self.cls_posemb:
+      x = posemb(x)
     x = nn.Dropout(self.dropout_rate)(x, deterministic=deterministic)
     if self.ln_pre:
       x = nn.LayerNorm(epsilon=self.layer_norm_eps, dtype=dtype,
