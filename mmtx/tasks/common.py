@@ -42,6 +42,11 @@ class Task:
         seed=config.seed, max_len=d.max_len, shuffle=train, repeat=train,
         augment=train and d.augment, data_dir=d.data_dir or None, shard=shard,
         tokenizer=d.tokenizer or None,
+        # Image input (catalog and ingested datasets): crop size (0 = the
+        # dataset's), the model's normalisation, training flips.
+        image_size=d.get("image_size", 0) or None,
+        normalize=d.get("normalize", "minus_one_one"),
+        hflip=train and d.get("hflip", False),
         questions_per_image=(d.get("questions_per_image", 0)
                              if train and self.data_task in ("vqa", "dialogue")
                              else 0))
