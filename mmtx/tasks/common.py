@@ -43,10 +43,12 @@ class Task:
         augment=train and d.augment, data_dir=d.data_dir or None, shard=shard,
         tokenizer=d.tokenizer or None,
         # Image input (catalog and ingested datasets): crop size (0 = the
-        # dataset's), the model's normalisation, training flips.
+        # dataset's), the model's normalisation, training flips; grain
+        # worker processes that decode and augment (0 = reading threads).
         image_size=d.get("image_size", 0) or None,
         normalize=d.get("normalize", "minus_one_one"),
         hflip=train and d.get("hflip", False),
+        num_workers=d.get("num_workers", 0),
         questions_per_image=(d.get("questions_per_image", 0)
                              if train and self.data_task in ("vqa", "dialogue")
                              else 0))
