@@ -28,9 +28,13 @@ def tree_paths(tree):
   return jax.tree_util.tree_map_with_path(lambda p, _: path_str(p), tree)
 
 
-def schedule(cfg, total_steps: int):
+def schedule(cfg, total_steps: int, every: int = 1):
+  """Learning rate per optimizer update, when an update takes `every`
+  trainer steps (optimizer.accumulate_steps): total_steps and
+  cfg.warmup_steps count trainer steps, as the config does."""
   lr = cfg.learning_rate
-  warmup = int(cfg.warmup_steps)
+  total_steps = max(int(total_steps) // every, 1)
+  warmup = int(cfg.warmup_steps) // every
   if warmup >= total_steps:
     warmup = total_steps // 10
   warmup = max(warmup, 1)
@@ -85,11 +89,17 @@ def _scale_by_tree(scales_fn):
 
 
 def make_optimizer(cfg, total_steps: int) -> tuple[optax.GradientTransformation, Any]:
-  """-> (optimizer, learning-rate schedule)."""
+  """-> (optimizer, learning rate by trainer step).
+
+  With accumulate_steps = k the optimizer updates once per k trainer steps
+  and its schedule counts updates, so a run of total_steps trainer steps on
+  batches of B follows the schedule of total_steps / k steps on batches of
+  kB (warmup_steps likewise scaled)."""
   if cfg.name != "adamw":
     raise ValueError(f"optimizer.name {cfg.name!r} is not supported; use "
                      f"'adamw'.")
-  sched = schedule(cfg, total_steps)
+  every = max(int(cfg.accumulate_steps or 1), 1)
+  sched = schedule(cfg, total_steps, every)
   decay_mask = lambda params: jax.tree_util.tree_map_with_path(  # noqa: E731
       lambda p, _: path_str(p).endswith("kernel"), params)
   chain = []
@@ -120,6 +130,7 @@ def make_optimizer(cfg, total_steps: int) -> tuple[optax.GradientTransformation,
         else "train", params)
     tx = optax.multi_transform({"train": tx, "frozen": optax.set_to_zero()},
                                labels)
-  if cfg.accumulate_steps and cfg.accumulate_steps > 1:
-    tx = optax.MultiSteps(tx, every_k_schedule=int(cfg.accumulate_steps))
+  if every > 1:
+    tx = optax.MultiSteps(tx, every_k_schedule=every)
+    return tx, lambda step: sched(step // every)
   return tx, sched
