@@ -39,8 +39,8 @@ log = logging.getLogger(__name__)
 # Steps dispatched ahead of the last one known finished. JAX dispatches
 # asynchronously, and the loop only reads metrics every log_every steps; with
 # two XLA:CPU devices, ~2,000 steps queued ahead (the default job with
-# log_every=2000) deadlocked XLA at a gradient all-reduce (one device waiting
-# in the rendezvous, the other's launch blocked; 3 of 3 runs, 2026-11-28).
+# log_every=2000) deadlocks XLA at a gradient all-reduce (one device waiting
+# in the rendezvous, the other's launch blocked).
 # A few steps ahead keep the host a step or more in front of the device.
 MAX_STEPS_IN_FLIGHT = 8
 
@@ -55,6 +55,54 @@ class TrainState:
 
 class NonFiniteLossError(RuntimeError):
   pass
+
+
+class ConfigError(ValueError):
+  """A config value the trainer cannot run with (the message names it)."""
+
+
+class Preempted(RuntimeError):
+  """SIGTERM arrived; a checkpoint was saved and the run stopped early. The
+  same command resumes it (`mmtx.main` exits with EXIT_PREEMPTED)."""
+
+
+# The CLI's exit status after a SIGTERM (128 + 15, as if killed by it):
+# schedulers read it as "terminated", not "succeeded" or "failed".
+EXIT_PREEMPTED = 143
+
+
+def check_config(config):
+  """The trainer's fields, checked where a run starts: a value that would
+  train nothing, divide by zero or delete every checkpoint is an error
+  naming the field, not a quiet run."""
+  def need(ok, field, what):
+    if not ok:
+      value = config
+      for part in field.split("."):
+        value = value[part]
+      raise ConfigError(f"config.{field}={value!r}: {what}")
+
+  def steps(v):
+    return isinstance(v, int) and not isinstance(v, bool) and v >= 1
+
+  need(steps(config.total_steps), "total_steps",
+       "must be an int >= 1 (the step training ends at).")
+  need(steps(config.batch_size), "batch_size", "must be an int >= 1.")
+  need(steps(config.log_every), "log_every",
+       "must be an int >= 1 (steps between logged metrics).")
+  need(steps(config.checkpoint_every), "checkpoint_every",
+       "must be an int >= 1 (steps between checkpoints; the last step is "
+       "always saved, so a value above total_steps saves only at the end).")
+  need(isinstance(config.eval_every, int) and config.eval_every >= 0,
+       "eval_every", "must be an int >= 0 (steps between evaluations; 0 = "
+       "only at the end).")
+  need(steps(config.keep_checkpoints), "keep_checkpoints",
+       "must be an int >= 1 (checkpoints kept; fewer would delete the last "
+       "one too).")
+  lr = config.optimizer.learning_rate
+  need(isinstance(lr, (int, float)) and math.isfinite(lr) and lr >= 0,
+       "optimizer.learning_rate", "must be a finite number >= 0 (a negative "
+       "rate climbs the loss).")
 
 
 class MetricWriter:
@@ -169,7 +217,22 @@ def train_and_evaluate(config, workdir: str, task, *, mode: str = "train",
                        progress: bool = True) -> dict[str, float]:
   """Trains (resuming from WORKDIR/checkpoints if present) and evaluates.
 
-  Returns the final evaluation metrics."""
+  Returns the final evaluation metrics.
+
+  Raises:
+    ConfigError: a trainer field of `config` is out of range.
+    checkpoint.CheckpointError: WORKDIR's checkpoints do not fit the model
+      (CheckpointMismatchError) or none can be read; nothing is changed.
+    FileNotFoundError: mode='eval' and WORKDIR has no checkpoint.
+    NonFiniteLossError: the loss became NaN or inf.
+    Preempted: SIGTERM; a checkpoint was saved first.
+  """
+  check_config(config)
+  if mode not in ("train", "eval"):
+    raise ValueError(f"mode must be 'train' or 'eval', got {mode!r}.")
+  if os.path.exists(workdir) and not os.path.isdir(workdir):
+    raise NotADirectoryError(f"workdir {workdir} is a file; pass a directory "
+                             "(new or of an earlier run) as --workdir.")
   sharding.maybe_initialize_distributed()
   os.makedirs(workdir, exist_ok=True)
   is_main = jax.process_index() == 0
@@ -190,12 +253,32 @@ def train_and_evaluate(config, workdir: str, task, *, mode: str = "train",
           f"({type(err).__name__}: {str(err)[:200]}); trying the previous one.",
           flush=True)
 
-  restored = ck.restore_latest(abstract, on_corrupt=on_corrupt)
+  try:
+    restored = ck.restore_latest(abstract, on_corrupt=on_corrupt)
+  except Exception:
+    ck.close()
+    raise
   if restored is not None:
     step0, st, data_state = restored
     state = jax.device_put(st, shardings)
     train_iter.set_state(ckpt_lib.from_json_state(data_state))
     print(f"mmtx: resumed from {ck.directory} at step {step0}.", flush=True)
+    if ck.damaged and mode == "train":
+      print(f"mmtx: the damaged checkpoint(s) at step(s) "
+            f"{sorted(ck.damaged)} are replaced when training reaches them.",
+            flush=True)
+    if step0 > config.total_steps and mode == "train":
+      ck.close()
+      raise ConfigError(
+          f"config.total_steps={config.total_steps} is below the step "
+          f"{step0} the checkpoint in {ck.directory} is at: nothing to "
+          f"train. Raise --config.total_steps to train on, or use "
+          f"--mode=eval to evaluate it.")
+  elif mode == "eval":
+    ck.close()
+    raise FileNotFoundError(
+        f"--mode=eval: no checkpoint in {ck.directory} to evaluate. Train "
+        f"first (--mode=train), or pass the --workdir of a trained run.")
   elif config.init_from.workdir:
     params, loaded, missing = load_transfer_params(config, state.params)
     state = state.replace(params=params)
@@ -223,7 +306,7 @@ def train_and_evaluate(config, workdir: str, task, *, mode: str = "train",
     writer.close()
     return metrics
 
-  stop = {"sigterm": False}
+  stop = {"sigterm": False, "saved_at": None}
   prev_handler = signal.getsignal(signal.SIGTERM)
 
   def on_sigterm(signum, frame):
@@ -236,6 +319,9 @@ def train_and_evaluate(config, workdir: str, task, *, mode: str = "train",
 
   start = int(state.step)
   total = int(config.total_steps)
+  if start == total:
+    print(f"mmtx: the run in {workdir} is already at total_steps={total}; "
+          f"nothing to train.", flush=True)
   bar = None
   if progress and is_main:
     from tqdm import tqdm
@@ -271,10 +357,13 @@ def train_and_evaluate(config, workdir: str, task, *, mode: str = "train",
         bar.set_postfix(loss=f"{avg['loss']:.4f}",
                         ex_s=f"{avg['examples_per_sec']:.0f}")
 
-  def save(step, metrics=None, force=False):
+  def save(step, metrics=None):
     flush_metrics(step)  # never checkpoint non-finite state
+    if step in ck.damaged:
+      print(f"mmtx: replacing the damaged checkpoint at step {step}.",
+            flush=True)
     ck.save(step, state, ckpt_lib.to_json_state(train_iter.get_state()),
-            metrics=metrics, force=force)
+            metrics=metrics)
 
   try:
     for step in range(start + 1, total + 1):
@@ -299,11 +388,12 @@ def train_and_evaluate(config, workdir: str, task, *, mode: str = "train",
         best = None
         if eval_now and config.best_metric in last_eval:
           best = {config.best_metric: float(last_eval[config.best_metric])}
-        save(step, best, force=stop["sigterm"])
+        save(step, best)
       if stop["sigterm"]:
         ck.wait()
         print(f"mmtx: SIGTERM: saved a checkpoint at step {step}; exiting.",
               flush=True)
+        stop["saved_at"] = step
         break
   finally:
     if bar is not None:
@@ -312,4 +402,8 @@ def train_and_evaluate(config, workdir: str, task, *, mode: str = "train",
     writer.close()
     if prev_handler is not None:
       signal.signal(signal.SIGTERM, prev_handler)
+  if stop["saved_at"] is not None:
+    raise Preempted(f"SIGTERM at step {stop['saved_at']} of {total}: stopped "
+                    f"after saving a checkpoint in {ck.directory}; the same "
+                    f"command resumes it.")
   return last_eval
