@@ -60,6 +60,7 @@ def _flat_keys(cfg, prefix=""):
 
 def _parse_flags(argv):
   """absl parsing, with config errors turned into one actionable line."""
+  _missing_config_file(argv)
   try:
     return flags.FLAGS(argv)
   except (flags.Error, AttributeError, KeyError, ValueError, TypeError) as e:
@@ -112,6 +113,25 @@ def _config_error(argv, e):
   sys.exit(2)
 
 
+def _missing_config_file(argv):
+  """If --config names no file: says so, with mmtx's configs; exits with 2."""
+  spec = next((a.split("=", 1)[1] for a in argv[1:]
+               if a.startswith("--config=")), _DEFAULT_CONFIG)
+  path = spec.split(":")[0]
+  if os.path.isfile(path):
+    return
+  config_dir = os.path.dirname(_DEFAULT_CONFIG)
+  names = sorted(f[:-3] for f in os.listdir(config_dir)
+                 if f.endswith(".py") and f not in ("__init__.py", "common.py"))
+  stem = os.path.splitext(os.path.basename(path))[0]
+  close = difflib.get_close_matches(stem, names, n=1, cutoff=0.6)
+  print(f"mmtx: bad command line: config file {path} does not exist"
+        + (f"; did you mean configs/{close[0]}.py?" if close else ".")
+        + f" The configs are configs/NAME.py with NAME one of {names}.",
+        file=sys.stderr)
+  sys.exit(2)
+
+
 def _define_config_flag():
   # config_flags applies --config.* overrides while defining the flag, so a
   # bad key surfaces here, before absl parses anything.
@@ -135,18 +155,33 @@ def main(argv):
   sharding.set_cpu_sync_dispatch()
   sharding.set_cpu_devices(config.mesh.get("cpu_devices", 0))
   sharding.maybe_initialize_distributed()
+  from mmtx import checkpoint
   from mmtx import tasks
   from mmtx import train
 
   name = os.path.splitext(os.path.basename(
       flags.FLAGS["config"].config_filename))[0]
   workdir = _WORKDIR.value or os.path.join("runs", name)
-  task = tasks.get_task(config.task)
-  devices = jax.devices()
-  print(f"mmtx: task={config.task} workdir={workdir} devices={len(devices)} "
-        f"{devices[0].platform}", flush=True)
-  train.train_and_evaluate(config, workdir, task, mode=_MODE.value,
-                           progress=_PROGRESS.value)
+  # Errors a user acts on print their message, not a traceback. Exit status:
+  # 2 a bad config value, 1 a run that could not do what was asked,
+  # train.EXIT_PREEMPTED (143) stopped by SIGTERM after saving.
+  try:
+    task = tasks.get_task(config.task)
+    devices = jax.devices()
+    print(f"mmtx: task={config.task} workdir={workdir} "
+          f"devices={len(devices)} {devices[0].platform}", flush=True)
+    train.train_and_evaluate(config, workdir, task, mode=_MODE.value,
+                             progress=_PROGRESS.value)
+  except train.Preempted as e:
+    print(f"mmtx: {e}", file=sys.stderr)
+    sys.exit(train.EXIT_PREEMPTED)
+  except train.ConfigError as e:
+    print(f"mmtx: bad config: {e}", file=sys.stderr)
+    sys.exit(2)
+  except (ValueError, OSError, checkpoint.CheckpointError,
+          train.NonFiniteLossError) as e:
+    print(f"mmtx: error: {e}", file=sys.stderr)
+    sys.exit(1)
 
 
 sys.argv = _resolve_config_args(sys.argv)
