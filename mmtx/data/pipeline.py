@@ -19,6 +19,7 @@ every batch is full and every host runs the same number of batches.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import math
 from typing import Any, Callable
 
@@ -173,6 +174,39 @@ class _PadBatch(grain.transforms.Map):
             for k, v in element.items()}
 
 
+class _FileSource:
+  """A TFDS array_record data source whose read errors name the file: a
+  truncated or overwritten shard otherwise fails with a bare Riegeli message."""
+
+  def __init__(self, source, name, split, hint):
+    self.source, self.name, self.split, self.hint = source, name, split, hint
+
+  def __len__(self):
+    return len(self.source)
+
+  def __getitem__(self, index):
+    try:
+      return self.source[index]
+    except IndexError:
+      raise
+    except Exception as e:  # noqa: BLE001 - any failure to read or decode
+      raise OSError(
+          f"mmtx.data: cannot read record {int(index)} of {self.name} split "
+          f"{self.split!r} from {self._file(index)} ({type(e).__name__}: "
+          f"{str(e)[:300]}). The file is damaged (truncated or overwritten): "
+          f"delete the dataset's directory and rebuild it with "
+          f"`{self.hint}`.") from None
+
+  def _file(self, index) -> str:
+    """The shard holding record `index` (array_record's own bookkeeping)."""
+    inner = getattr(self.source, "data_source", None)
+    try:
+      reader, _ = inner._reader_idx_and_position(int(index))  # noqa: SLF001
+      return str(inner._read_instructions[reader].filename)  # noqa: SLF001
+    except Exception:  # noqa: BLE001 - another source: name every file
+      return str(getattr(inner, "_paths", "its files"))
+
+
 def _unit_layout(task, split, source, metadata, to_record,
                  questions_per_image=0):
   """(starts, per_record, num_examples) of the flat example index."""
@@ -211,18 +245,25 @@ def _open_source(name, split, data_dir, build, fields, image_size):
     if split.partition("[")[0] not in splits:
       raise ValueError(f"mmtx.data: {name} has no split {split!r}; it has "
                        f"{splits} (a TFDS slice like 'train[:10%]' also works).")
-    source = builder.as_data_source(split)
+    source = _FileSource(builder.as_data_source(split), name, split,
+                         build_lib.build_command(name, data_dir))
     shape = tuple(builder.info.features["image"].shape)
     return (source, _identity, shape, dict(builder.info.metadata),
             build_lib.build_command(name, data_dir), builder)
-  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
   if ingest_lib.is_ingested(name, data_dir):
     return _open_ingested(name, split, data_dir, image_size)
   fields = fields or catalog.CATALOG_FIELDS.get(base)
   if fields is None:
-    raise ValueError(f"mmtx.data: catalog dataset {name!r} needs "
-                     "fields=catalog.Fields(image=..., text=..., id=...) naming "
-                     "its image and text features.")
+    known = sorted(build_lib.BUILDERS) + sorted(catalog.CATALOG_FIELDS)
+    close = difflib.get_close_matches(base, known, n=1, cutoff=0.6)
+    raise ValueError(
+        f"mmtx.data: unknown dataset {name!r}" +
+        (f"; did you mean {close[0]!r}?" if close else ".") +
+        f" Known: {known}, and those written by `python -m mmtx.data ingest "
+        f"FORMAT SRC --name NAME` into {data_dir}. Another TFDS catalog "
+        "dataset needs fields=catalog.Fields(image=..., text=..., id=...) "
+        "naming its image and text features.")
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
   cmd = f"tfds build {name} --file_format=array_record --data_dir {data_dir}"
   try:
     source = tfds.data_source(name, split=split, data_dir=data_dir,
@@ -248,7 +289,7 @@ def _open_ingested(name, split, data_dir, image_size):
   if split.partition("[")[0] not in splits:
     raise ValueError(f"mmtx.data: {name} has no split {split!r}; it has "
                      f"{splits} (a TFDS slice like 'train[:10%]' also works).")
-  source = builder.as_data_source(split)
+  source = _FileSource(builder.as_data_source(split), name, split, hint)
   size = int(image_size or builder.info.metadata["image_size"])
   return (source, _identity, (size, size, 3), dict(builder.info.metadata),
           hint, builder)
