@@ -76,7 +76,11 @@ class TokenEmbedding(nn.Module):
     if not jnp.issubdtype(ids.dtype, jnp.integer):
       raise ValueError(f"TokenEmbedding: ids must be integer token ids, got "
                        f"dtype {ids.dtype}.")
-    x = jnp.take(jnp.asarray(self.embedding, self.dtype), ids, axis=0)
+    # Ids outside [0, vocab_size) embed as NaN (a negative one would
+    # otherwise read a row from the end), so a bad id is never silent.
+    ids = jnp.where(ids < 0, self.vocab_size, ids)
+    x = jnp.take(jnp.asarray(self.embedding, self.dtype), ids, axis=0,
+                 mode="fill", fill_value=jnp.nan)
     if self.scale_by_sqrt_dim:
       x = x * jnp.sqrt(self.features).astype(self.dtype)
     return x

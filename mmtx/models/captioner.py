@@ -28,6 +28,7 @@ import ml_collections
 
 from mmtx import generation
 from mmtx import layers
+from mmtx.models.dual_encoder import check_images, check_token_ids
 from mmtx.models.towers import ViT, decode_variant
 
 Array = jax.Array
@@ -205,6 +206,7 @@ class Captioner(nn.Module):
     if texts.shape[1] > txt["max_len"]:
       raise ValueError(f"Captioner: {name} has {texts.shape[1]} tokens, more "
                        f"than config.text.max_len={txt['max_len']}; truncate.")
+    check_token_ids(texts, txt["vocab_size"], "Captioner")
 
   def _check_context(self, context, context_mask, batch):
     if context.ndim != 3 or context.shape[0] != batch:
@@ -218,9 +220,7 @@ class Captioner(nn.Module):
   def encode_image(self, images: Array, *, deterministic: bool = True):
     """images `[batch, H, W, C]` -> (context `[batch, s, d_img]`, img_emb
     `[batch, embed_dim]` L2-normalised)."""
-    if images.ndim != 4:
-      raise ValueError(f"Captioner: images must be NHWC float32 [batch, "
-                       f"height, width, channels], got shape {images.shape}.")
+    check_images(images, "Captioner")
     tokens, _ = self.img(images, deterministic=deterministic)
     cfg = parse_config(self.config)
     pooled = self.img_pool(tokens)[:, 0] if cfg["pool"] == "attention" \

@@ -8,6 +8,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
 
 from mmtx.models.towers import TextTransformer, ViT
 
@@ -20,10 +21,34 @@ def _as_dict(cfg) -> dict[str, Any]:
   return dict(cfg)
 
 
-def check_images_texts(images, texts, who):
-  if images.ndim != 4:
+def check_images(images, who):
+  """NHWC float images; uint8 pixels are an error, not silently 0..255."""
+  if images.ndim != 4 or not jnp.issubdtype(images.dtype, jnp.floating):
     raise ValueError(f"{who}: images must be NHWC float32 [batch, height, "
-                     f"width, channels], got shape {images.shape}.")
+                     f"width, channels] in [-1, 1], got shape {images.shape} "
+                     f"dtype {images.dtype}. uint8 pixels p become "
+                     f"p / 127.5 - 1, as mmtx.data gives them "
+                     f"(mmtx.data.views.normalize_image).")
+
+
+def check_token_ids(texts, vocab_size, who):
+  """Token ids must be in [0, vocab_size): a larger one embeds as NaN and a
+  negative one as another token's row. Checked here when the values are
+  known (a call outside jit); under jit TokenEmbedding makes both NaN, which
+  the trainer stops on."""
+  if vocab_size is None or isinstance(texts, jax.core.Tracer):
+    return
+  ids = np.asarray(texts)
+  if ids.size and (ids.min() < 0 or ids.max() >= vocab_size):
+    bad = int(((ids < 0) | (ids >= vocab_size)).sum())
+    raise ValueError(f"{who}: token ids must be in [0, vocab_size="
+                     f"{vocab_size}) (0 = padding), got {bad} outside it "
+                     f"(min {ids.min()}, max {ids.max()}). Encode the texts "
+                     f"with the tokenizer the model was built for.")
+
+
+def check_images_texts(images, texts, who, vocab_size=None):
+  check_images(images, who)
   if texts.ndim != 2 or not jnp.issubdtype(texts.dtype, jnp.integer):
     raise ValueError(f"{who}: texts must be int32 token ids [batch, len] with "
                      f"0 as padding, got shape {texts.shape}, dtype "
@@ -31,6 +56,7 @@ def check_images_texts(images, texts, who):
   if images.shape[0] != texts.shape[0]:
     raise ValueError(f"{who}: images batch {images.shape[0]} != texts batch "
                      f"{texts.shape[0]}.")
+  check_token_ids(texts, vocab_size, who)
 
 
 HEADS = ("linear", "linear_bias", "none")
@@ -79,7 +105,8 @@ class DualEncoder(nn.Module):
     if loss not in ("softmax", "sigmoid"):
       raise ValueError(f"DualEncoder: config.loss must be 'softmax' or "
                        f"'sigmoid', got {loss!r}.")
-    check_images_texts(images, texts, "DualEncoder")
+    check_images_texts(images, texts, "DualEncoder",
+                       _as_dict(cfg["text"]).get("vocab_size"))
     img_out, img_extras = ViT(**_as_dict(cfg["image"]), name="img")(
         images, deterministic=deterministic)
     txt_out, txt_extras = TextTransformer(**_as_dict(cfg["text"]), name="txt")(

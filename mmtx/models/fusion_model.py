@@ -18,7 +18,8 @@ import jax
 import jax.numpy as jnp
 
 from mmtx import fusion as fusion_lib
-from mmtx.models.dual_encoder import _as_dict, check_images_texts
+from mmtx.models.dual_encoder import (_as_dict, check_images,
+                                      check_images_texts, check_token_ids)
 from mmtx.models.towers import TextTransformer, ViT
 
 Array = jax.Array
@@ -70,16 +71,22 @@ class FusionModel(nn.Module):
   def __call__(self, images: Array, texts: Array, *,
                deterministic: bool = True):
     cfg = _as_dict(self.config)
+    vocab_size = _as_dict(cfg["text"]).get("vocab_size")
     group = None
     if texts.ndim == 3:   # [batch, Q, len]: Q questions about each image
       group = texts.shape[1]
-      if images.ndim != 4 or images.shape[0] != texts.shape[0]:
+      check_images(images, "FusionModel")
+      if images.shape[0] != texts.shape[0]:
         raise ValueError(f"FusionModel: texts [batch, Q, len] {texts.shape} "
                          f"need images [batch, H, W, C] with the same batch, "
                          f"got {images.shape}.")
+      if not jnp.issubdtype(texts.dtype, jnp.integer):
+        raise ValueError(f"FusionModel: texts must be int32 token ids, got "
+                         f"dtype {texts.dtype}.")
+      check_token_ids(texts, vocab_size, "FusionModel")
       texts = texts.reshape(-1, texts.shape[-1])
     else:
-      check_images_texts(images, texts, "FusionModel")
+      check_images_texts(images, texts, "FusionModel", vocab_size)
     heads = cfg.get("heads", ("vqa",))
     if group is not None and tuple(heads) != ("vqa",):
       raise ValueError(f"FusionModel: texts of rank 3 (several questions per "

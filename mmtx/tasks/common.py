@@ -126,6 +126,12 @@ def model_config(config, **dataset_sizes) -> dict[str, Any]:
   cfg = config.model.to_dict()
   if "text" in cfg and cfg["text"].get("vocab_size", -1) == -1:
     cfg["text"]["vocab_size"] = dataset_sizes["vocab_size"]
+  elif "text" in cfg and cfg["text"]["vocab_size"] < dataset_sizes.get(
+      "vocab_size", 0):
+    raise ValueError(
+        f"config.model.text.vocab_size={cfg['text']['vocab_size']} is below "
+        f"the tokenizer's {dataset_sizes['vocab_size']} ids; use -1 to take "
+        f"it from the data.")
   if cfg.get("num_answers", 0) == -1:
     cfg["num_answers"] = dataset_sizes["num_answers"]
   return cfg
