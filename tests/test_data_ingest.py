@@ -557,3 +557,19 @@ def test_random_box_stays_in_its_area_and_ratio_ranges():
     if (r - l, b - t) != (min(w, h),) * 2:    # not the fallback square
       assert 0.3 * w * h - w - h <= (r - l) * (b - t) <= 0.9 * w * h + w + h
       assert 0.75 - 0.1 <= (r - l) / (b - t) <= 4 / 3 + 0.1
+
+
+def test_large_jpeg_decodes_at_reduced_scale_close_to_full_decode():
+  """A 512x384 JPEG cropped to 96: decoded at reduced DCT scale, the input
+  stays within a few levels of the full decode's center square (PIL)."""
+  y, x = np.mgrid[0:384, 0:512]
+  pixels = np.stack([128 + 100 * np.sin(x / 30), 128 + 100 * np.cos(y / 25),
+                     (x + y) % 256], -1).astype(np.uint8)
+  buf = io.BytesIO()
+  Image.fromarray(pixels).save(buf, format="JPEG", quality=90)
+  got = images.preprocess(buf.getvalue(), images.Policy(size=96), None)
+  full = Image.open(io.BytesIO(buf.getvalue())).convert("RGB")
+  ref = np.asarray(full.resize((96, 96), Image.Resampling.BILINEAR,
+                               box=(64, 0, 448, 384)), np.float64) / 127.5 - 1
+  assert got.shape == (96, 96, 3)
+  assert np.abs(got - ref).mean() < 0.02   # ~2.5 of 255 levels

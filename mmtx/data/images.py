@@ -61,10 +61,18 @@ def _pil():
   return Image
 
 
-def open_image(data: bytes):
+def open_image(data: bytes, draft: tuple[int, int] | None = None):
   """A fully decoded RGB PIL image; OSError/ValueError for bytes that are
-  not a complete JPEG / PNG / WebP (or another format Pillow reads)."""
+  not a complete JPEG / PNG / WebP (or another format Pillow reads).
+  `draft` (width, height): a JPEG may be decoded at 1/2, 1/4 or 1/8 of its
+  size as long as it stays at least this large (libjpeg's DCT scaling)."""
   image = _pil().open(io.BytesIO(data))
+  if draft is not None and image.format == "JPEG":
+    image.draft("RGB", draft)
+  return _loaded(image)
+
+
+def _loaded(image):
   image.load()   # decodes every byte: a truncated file fails here
   if image.mode != "RGB":
     image = image.convert("RGB")  # gray, palette, CMYK; alpha is dropped
@@ -89,7 +97,8 @@ def normalize(image: np.ndarray, name: str = "minus_one_one") -> np.ndarray:
 
 
 def _resize(image, size, box):
-  """PIL crop `box` (left, top, right, bottom) resized to size x size."""
+  """PIL crop `box` (left, top, right, bottom; may be fractional) resized
+  to size x size."""
   if box == (0, 0, image.width, image.height) and image.size == (size, size):
     return image
   return image.resize((size, size), _pil().Resampling.BILINEAR, box=box)
@@ -131,13 +140,23 @@ def preprocess(data: bytes, policy: Policy, rng: np.random.Generator | None,
                *, train: bool = False, flip_ok: bool = False) -> np.ndarray:
   """Encoded bytes -> float32 `[size, size, 3]` (see the module docstring).
   `train` (with an rng) takes the random resized crop and, when
-  `policy.hflip` and `flip_ok`, a flip with probability 1/2."""
-  image = open_image(data)
+  `policy.hflip` and `flip_ok`, a flip with probability 1/2. A JPEG whose
+  crop is at least twice `size` is decoded at a reduced scale that keeps
+  the crop at least `size` pixels (`open_image`'s draft), which skips most
+  of the decoding work."""
+  image = _pil().open(io.BytesIO(data))
   w, h = image.size
   if train and rng is not None:
     box = random_box(w, h, rng, policy.crop_scale, policy.crop_ratio)
   else:
     box = center_box(w, h)
+  bw, bh = box[2] - box[0], box[3] - box[1]
+  if image.format == "JPEG" and min(bw, bh) >= 2 * policy.size:
+    image.draft("RGB", (math.ceil(w * policy.size / bw),
+                        math.ceil(h * policy.size / bh)))
+    sx, sy = image.size[0] / w, image.size[1] / h
+    box = (box[0] * sx, box[1] * sy, box[2] * sx, box[3] * sy)
+  image = _loaded(image)
   out = np.asarray(_resize(image, policy.size, box), np.uint8)
   if train and rng is not None and policy.hflip and flip_ok:
     if rng.random() < 0.5:
