@@ -1,8 +1,10 @@
 """Run in a fresh process with 8 CPU devices (see test_multidevice.py).
 
-Trains the toy regression task on 1 device, data-parallel on 8 and FSDP on 8,
-prints the per-step losses and the compiled step's per-device argument bytes
-as JSON.
+Trains the toy regression task on 1 device, data-parallel on 8, FSDP on 8
+and data 2 x tensor 4, prints the per-step losses, the compiled step's
+per-device argument bytes and each parameter's PartitionSpec as JSON, and
+the PartitionSpecs of an embedding + scanned encoder on a fsdp 2 x tensor 4
+mesh.
 """
 import json
 import os
@@ -13,9 +15,11 @@ os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
                            " --xla_force_host_platform_device_count=8")
 sys.path.insert(0, os.path.dirname(__file__))
 
+import flax.linen as nn  # noqa: E402
 import jax  # noqa: E402
+import numpy as np  # noqa: E402
 
-from mmtx import optimizers, sharding, train  # noqa: E402
+from mmtx import layers, optimizers, sharding, train  # noqa: E402
 from toy_task import RegressionTask, base_config  # noqa: E402
 
 
@@ -46,12 +50,39 @@ def run(mesh_kw):
       x.addressable_shards[0].data.nbytes
       for x in jax.tree_util.tree_leaves((state.params, state.opt_state)))
   return {"losses": losses, "argument_bytes": mem.argument_size_in_bytes,
-          "state_bytes_per_device": state_bytes}
+          "state_bytes_per_device": state_bytes,
+          "specs": _specs(shard.params)}
+
+
+def _specs(shardings):
+  flat = jax.tree_util.tree_flatten_with_path(shardings)[0]
+  return {optimizers.path_str(p): [a if a is None or isinstance(a, str)
+                                   else list(a) for a in s.spec]
+          for p, s in flat}
+
+
+class _Tower(nn.Module):
+  @nn.compact
+  def __call__(self, ids):
+    x = layers.TokenEmbedding(vocab_size=40, features=16, name="tok")(ids)
+    x = layers.Encoder(num_layers=2, num_heads=4, mlp_dim=32, scan=True,
+                       name="enc")(x)
+    return layers.TokenEmbedding(vocab_size=42, features=16, name="odd")(
+        ids) + x
+
+
+def model_specs():
+  mesh = sharding.make_mesh(data=1, fsdp=2, tensor=4)
+  boxed = jax.eval_shape(_Tower().init, jax.random.key(0),
+                         np.zeros((2, 5), np.int32))["params"]
+  return _specs(sharding.param_shardings(boxed, mesh))
 
 
 if __name__ == "__main__":
   assert jax.device_count() == 8, jax.devices()
   out = {"one": run(dict(num_devices=1)),
          "dp": run(dict(data=8)),
-         "fsdp": run(dict(data=1, fsdp=8))}
+         "fsdp": run(dict(data=1, fsdp=8)),
+         "tp": run(dict(data=2, fsdp=1, tensor=4)),
+         "model_specs": model_specs()}
   print("RESULT " + json.dumps(out))

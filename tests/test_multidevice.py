@@ -1,5 +1,6 @@
-"""8 emulated CPU devices: data parallel and FSDP reach the 1-device losses;
-FSDP holds about 1/8 of the params + optimizer state per device."""
+"""8 emulated CPU devices: data parallel, FSDP and tensor parallel reach the
+1-device losses; FSDP holds about 1/8 of the params + optimizer state per
+device; each parameter is split on the mesh axes sharding.RULES name."""
 import json
 import os
 import subprocess
@@ -9,7 +10,7 @@ import textwrap
 import numpy as np
 
 
-def test_dp_and_fsdp_match_one_device_and_fsdp_shards_memory():
+def test_dp_fsdp_and_tensor_parallel_match_one_device_and_shard_by_rules():
   script = os.path.join(os.path.dirname(__file__), "multidevice_train_check.py")
   out = subprocess.run([sys.executable, script], capture_output=True,
                        text=True, timeout=600)
@@ -19,7 +20,38 @@ def test_dp_and_fsdp_match_one_device_and_fsdp_shards_memory():
   # Same math, different reduction order across devices: float32 rounding.
   np.testing.assert_allclose(res["dp"]["losses"], one, rtol=1e-5, atol=1e-6)
   np.testing.assert_allclose(res["fsdp"]["losses"], one, rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(res["tp"]["losses"], one, rtol=1e-5, atol=1e-6)
   assert one[-1] < one[0]
+  # The toy MLP: dense_in kernel [64, 256] (embed, mlp), dense_out kernel
+  # [256, 1] (mlp, embed), biases without names. Tensor 4: 'mlp' on tensor.
+  assert res["tp"]["specs"] == {
+      "dense_in/kernel": [None, "tensor"], "dense_out/kernel": ["tensor", None],
+      "dense_in/bias": [None], "dense_out/bias": [None]}
+  # FSDP 8: 'embed' on fsdp where 8 divides it, else the largest dim 8
+  # divides (dense_out's 256; dense_in's unnamed bias); [1] stays whole.
+  assert res["fsdp"]["specs"] == {
+      "dense_in/kernel": ["fsdp", None], "dense_out/kernel": ["fsdp", None],
+      "dense_in/bias": ["fsdp"], "dense_out/bias": [None]}
+  assert set(map(tuple, res["dp"]["specs"].values())) <= {(None,),
+                                                          (None, None)}
+  # Embedding (vocab 40 and 42, width 16) + a scanned 2-layer encoder (4
+  # heads of 4, mlp 32) on fsdp 2 x tensor 4: embed -> fsdp, heads / mlp /
+  # vocab -> tensor, kv and the scanned layers axis whole; vocab 42 is not
+  # divisible by 4 and stays whole.
+  specs = res["model_specs"]
+  want = {"tok/embedding": ["tensor", "fsdp"],
+          "odd/embedding": [None, "fsdp"],
+          "enc/ln_final/scale": ["fsdp"],
+          "enc/layers/attention/out/kernel": [None, "tensor", None, "fsdp"],
+          "enc/layers/attention/out/bias": [None, "fsdp"],
+          "enc/layers/ln_mlp/scale": [None, "fsdp"],
+          "enc/layers/mlp/wi/kernel": [None, "fsdp", "tensor"],
+          "enc/layers/mlp/wo/kernel": [None, "tensor", "fsdp"],
+          "enc/layers/mlp/wo/bias": [None, "fsdp"]}
+  for name in ("query", "key", "value"):
+    want[f"enc/layers/attention/{name}/kernel"] = [None, "fsdp", "tensor",
+                                                   None]
+  assert {k: specs[k] for k in want} == want
   rep = res["dp"]["state_bytes_per_device"]
   fsdp = res["fsdp"]["state_bytes_per_device"]
   # Only the 1-D biases of width 1 and the scalars stay replicated.
