@@ -69,12 +69,28 @@ def test_clip_quickgelu_matches_open_clip_and_loads_from_files(tmp_path):
         lambda a, b: np.testing.assert_array_equal(a, b), params2, params)
 
 
-def test_siglip_style_custom_text_matches_open_clip():
-  # open_clip's SigLIP text tower (bidirectional, last-token pool, biased
-  # projection, logit bias) on its own ViT, with exact GELU.
-  model = _model(1, vision_cfg=VISION, text_cfg=SIGLIP_TEXT,
+def test_open_clip_siglip_entry_with_a_timm_tower():
+  # 'ViT-B-16-SigLIP' is a timm ViT (MAP pooling) + the SigLIP text tower
+  # (bidirectional, last-token pool, biased projection) + a logit bias; the
+  # same classes at a tiny size.
+  import timm
+  from open_clip.timm_model import TimmModel
+  model = _model(2, vision_cfg=VISION, text_cfg=SIGLIP_TEXT,
                  force_custom_text=True, init_logit_bias=-10.0)
+  with torch.device("meta"):
+    visual = TimmModel("vit_base_patch16_siglip_224", embed_dim=24,
+                       image_size=16, pool="map", proj="none")
+  visual.trunk = timm.create_model(
+      "vit_base_patch16_siglip_224", pretrained=False, num_classes=0,
+      global_pool="map", img_size=16, patch_size=4, embed_dim=24, depth=2,
+      num_heads=2, mlp_ratio=40 / 24)
+  with torch.no_grad():
+    for p in visual.parameters():
+      p.add_(0.05 * torch.randn_like(p))
+    model.text.text_projection = torch.nn.Linear(32, 24)
+  model.visual = visual.eval()
   config, params = oc.from_open_clip(model)
+  assert config.image.pool == "map" and config.img_head == "none"
   assert config.loss == "sigmoid" and config.txt_head == "linear_bias"
   assert not config.text.causal and config.text.pool == "last"
   _check(model, config, params)

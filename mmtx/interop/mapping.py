@@ -56,6 +56,9 @@ CODECS = {
     "conv": Codec(lambda s, shape: s.transpose(2, 3, 1, 0),
                   lambda m: m.transpose(3, 2, 0, 1),
                   lambda shape: (shape[3], shape[2], shape[0], shape[1])),
+    # A tensor with a leading axis of 1 (timm's pos_embed) <-> without it.
+    "lead1": Codec(lambda s, shape: s.reshape(shape), lambda m: m[None],
+                   lambda shape: (1,) + tuple(shape)),
     # A [1] tensor <-> a scalar.
     "scalar1": Codec(lambda s, shape: s.reshape(()), lambda m: m.reshape(1),
                      lambda shape: (1,)),

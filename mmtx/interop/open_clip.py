@@ -10,9 +10,10 @@ query/key/value; texts are open_clip's token ids as
 `mmtx.data.tokenizers.ClipBpeTokenizer` gives them (id 0 is '!', so the text
 tower masks nothing unless the model uses a padding mask with pad id 0).
 Both the `CLIP` and the `CustomTextCLIP` classes with open_clip's own
-`VisionTransformer` / `TextTransformer` map; a timm or Hugging Face tower,
-attentional pooling (CoCa), LayerScale or the custom attention blocks raise
-a `ValueError` naming what has no mmtx equivalent.
+`VisionTransformer` / `TextTransformer` map, and so does a timm ViT with MAP
+pooling (the SigLIP entries, e.g. 'ViT-B-16-SigLIP'); a ResNet or Hugging
+Face tower, attentional pooling (CoCa), LayerScale or the custom attention
+blocks raise a `ValueError` naming what has no mmtx equivalent.
 """
 from __future__ import annotations
 
@@ -45,24 +46,79 @@ def _block_rules(mmtx: str, src: str, depth: int) -> list[Rule]:
   return rules
 
 
-def rules(config, text_prefix: str = "", scalar_shape: tuple = ()):
-  """The table for open_clip's state dict; `text_prefix` is 'text.' for
-  CustomTextCLIP, '' for CLIP."""
-  img, txt, t = config["image"], config["text"], text_prefix
+def _vision_rules(config) -> list[Rule]:
+  """open_clip's own VisionTransformer."""
+  img = config["image"]
   out = [Rule("img/embedding/conv/kernel", "visual.conv1.weight", "conv"),
          Rule("img/posemb/pos_embedding", "visual.positional_embedding"),
          Rule("img/cls", "visual.class_embedding", "cls")]
-  if img.get("ln_pre", False):
+  if img["ln_pre"]:
     out += hf_clip.layer_norm_rules("img/ln_pre", "visual.ln_pre")
   out += _block_rules("img/encoder", "visual.transformer", img["depth"])
   out += hf_clip.layer_norm_rules("img/encoder/ln_final", "visual.ln_post")
-  if config.get("img_head", "linear") != "none":
+  if config["img_head"] != "none":
     out += [Rule("img_head/kernel", "visual.proj")]
+  return out
+
+
+def _timm_vision_rules(config) -> list[Rule]:
+  """A timm VisionTransformer with MAP pooling (open_clip's SigLIP
+  entries), wrapped in open_clip's TimmModel."""
+  img, v = config["image"], "visual.trunk"
+  out = [Rule("img/embedding/conv/kernel", f"{v}.patch_embed.proj.weight",
+              "conv"),
+         Rule("img/embedding/conv/bias", f"{v}.patch_embed.proj.bias"),
+         Rule("img/posemb/pos_embedding", f"{v}.pos_embed", "lead1")]
+  if img["ln_pre"]:
+    out += hf_clip.layer_norm_rules("img/ln_pre", f"{v}.norm_pre")
+  for i in range(img["depth"]):
+    m, s = f"img/encoder/layers_{i}", f"{v}.blocks.{i}"
+    for j, name in enumerate(("query", "key", "value")):
+      out += [Rule(f"{m}/attention/{name}/kernel", f"{s}.attn.qkv.weight",
+                   "heads_in", (j, 3)),
+              Rule(f"{m}/attention/{name}/bias", f"{s}.attn.qkv.bias",
+                   "heads_bias", (j, 3))]
+    out += [Rule(f"{m}/attention/out/kernel", f"{s}.attn.proj.weight",
+                 "heads_out"),
+            Rule(f"{m}/attention/out/bias", f"{s}.attn.proj.bias")]
+    out += hf_clip.layer_norm_rules(f"{m}/ln_attention", f"{s}.norm1")
+    out += hf_clip.layer_norm_rules(f"{m}/ln_mlp", f"{s}.norm2")
+    out += hf_clip.linear_rules(f"{m}/mlp/wi", f"{s}.mlp.fc1")
+    out += hf_clip.linear_rules(f"{m}/mlp/wo", f"{s}.mlp.fc2")
+  out += hf_clip.layer_norm_rules("img/encoder/ln_final", f"{v}.norm")
+  m, s = "img/map_head", f"{v}.attn_pool"
+  out += [Rule(f"{m}/probe", f"{s}.latent"),
+          Rule(f"{m}/attention/query/kernel", f"{s}.q.weight", "heads_in"),
+          Rule(f"{m}/attention/query/bias", f"{s}.q.bias", "heads_bias")]
+  for j, name in enumerate(("key", "value")):
+    out += [Rule(f"{m}/attention/{name}/kernel", f"{s}.kv.weight", "heads_in",
+                 (j, 2)),
+            Rule(f"{m}/attention/{name}/bias", f"{s}.kv.bias", "heads_bias",
+                 (j, 2))]
+  out += [Rule(f"{m}/attention/out/kernel", f"{s}.proj.weight", "heads_out"),
+          Rule(f"{m}/attention/out/bias", f"{s}.proj.bias")]
+  out += hf_clip.layer_norm_rules(f"{m}/ln", f"{s}.norm")
+  out += hf_clip.linear_rules(f"{m}/mlp/wi", f"{s}.mlp.fc1")
+  out += hf_clip.linear_rules(f"{m}/mlp/wo", f"{s}.mlp.fc2")
+  if config["img_head"] == "linear":
+    out += hf_clip.linear_rules("img_head", "visual.head.proj", bias=False)
+  elif config["img_head"] == "linear_bias":
+    out += hf_clip.linear_rules("img_head", "visual.head.proj")
+  return out
+
+
+def rules(config, text_prefix: str = "", scalar_shape: tuple = (),
+          timm: bool = False):
+  """The table for open_clip's state dict; `text_prefix` is 'text.' for
+  CustomTextCLIP, '' for CLIP; `timm`: the image tower is a TimmModel."""
+  config = hf_clip.resolved_config(config)
+  txt, t = config["text"], text_prefix
+  out = _timm_vision_rules(config) if timm else _vision_rules(config)
   out += [Rule("txt/embedding/embedding", f"{t}token_embedding.weight"),
           Rule("txt/posemb/pos_embedding", f"{t}positional_embedding")]
   out += _block_rules("txt/encoder", f"{t}transformer", txt["depth"])
   out += hf_clip.layer_norm_rules("txt/encoder/ln_final", f"{t}ln_final")
-  head = config.get("txt_head", "linear")
+  head = config["txt_head"]
   if head == "linear":
     out += [Rule("txt_head/kernel", f"{t}text_projection")]
   elif head == "linear_bias":
@@ -78,11 +134,12 @@ def _unmappable(what: str):
   raise ValueError(f"{WHO}: {what} has no mmtx DualEncoder equivalent.")
 
 
-def _activation(block) -> str:
-  act = block.mlp.gelu
+def _activation(act) -> str:
   name = type(act).__name__
   if name == "QuickGELU":
     return "quick_gelu"
+  if name == "GELUTanh":
+    return "gelu_tanh"
   if name == "GELU":
     return {"none": "gelu", "tanh": "gelu_tanh"}[act.approximate]
   return _unmappable(f"the MLP activation {name}")
@@ -103,13 +160,13 @@ def _tower_common(transformer, where: str) -> dict:
   return {"width": transformer.width, "depth": transformer.layers,
           "mlp_dim": block.mlp.c_fc.out_features,
           "num_heads": block.attn.num_heads,
-          "activation": _activation(block)}
+          "activation": _activation(block.mlp.gelu)}
 
 
 def _vision_config(visual) -> tuple[dict, tuple]:
   name = type(visual).__name__
   if name != "VisionTransformer":
-    _unmappable(f"the image tower {name} (timm / ResNet)")
+    _unmappable(f"the image tower {name} (ResNet)")
   if visual.attn_pool is not None:
     _unmappable("attentional pooling in the image tower (CoCa: a Captioner)")
   if visual.pool_type != "tok":
@@ -125,6 +182,55 @@ def _vision_config(visual) -> tuple[dict, tuple]:
          "layer_norm_eps": visual.ln_post.eps,
          **_tower_common(visual.transformer, "visual.transformer")}
   return cfg, tuple(visual.image_size)
+
+
+def _timm_vision_config(visual) -> tuple[dict, tuple, str]:
+  """open_clip's TimmModel around a timm VisionTransformer with MAP pooling
+  (the SigLIP entries): (image config, image size, img_head)."""
+  trunk = visual.trunk
+  if type(trunk).__name__ != "VisionTransformer":
+    _unmappable(f"the timm image tower {type(trunk).__name__}")
+  if trunk.cls_token is not None or getattr(trunk, "num_reg_tokens", 0):
+    _unmappable("a timm ViT with class or register tokens")
+  if trunk.global_pool != "map" or trunk.attn_pool.latent_len != 1:
+    _unmappable(f"timm global_pool={trunk.global_pool!r} (only 'map' with "
+                f"one latent)")
+  for name in ("fc_norm", "head"):
+    if type(getattr(trunk, name)).__name__ != "Identity":
+      _unmappable(f"the timm ViT's {name}")
+  for i, block in enumerate(trunk.blocks):
+    if type(block).__name__ != "Block" or any(
+        type(getattr(block, n)).__name__ != "Identity"
+        for n in ("ls1", "ls2")) or any(
+            type(getattr(block.attn, n)).__name__ != "Identity"
+            for n in ("q_norm", "k_norm")):
+      _unmappable(f"visual.trunk.blocks.{i} (LayerScale / qk-norm / "
+                  f"{type(block).__name__})")
+  if trunk.attn_pool.norm.eps != trunk.norm.eps:
+    _unmappable("a MAP head LayerNorm eps that differs from the tower's")
+  patch = trunk.patch_embed.patch_size
+  if patch[0] != patch[1]:
+    _unmappable(f"a non-square patch {patch}")
+  block = trunk.blocks[0]
+  cfg = {"patch_size": patch[0], "posemb": "learned", "pool": "map",
+         "patch_bias": trunk.patch_embed.proj.bias is not None,
+         "ln_pre": type(trunk.norm_pre).__name__ != "Identity",
+         "layer_norm_eps": trunk.norm.eps, "width": trunk.embed_dim,
+         "depth": len(trunk.blocks), "mlp_dim": block.mlp.fc1.out_features,
+         "num_heads": block.attn.num_heads,
+         "activation": _activation(block.mlp.act)}
+  if _activation(trunk.attn_pool.mlp.act) != cfg["activation"]:
+    _unmappable("a MAP head activation that differs from the tower's")
+  if trunk.attn_pool.num_heads != cfg["num_heads"]:
+    _unmappable("a MAP head with other heads than the tower's")
+  layers = dict(visual.head.named_children())
+  if not layers:
+    head = "none"
+  elif list(layers) == ["drop", "proj"]:
+    head = "linear_bias" if layers["proj"].bias is not None else "linear"
+  else:
+    _unmappable(f"the TimmModel head {list(layers)}")
+  return cfg, tuple(visual.image_size), head
 
 
 def _text_config(text, causal: bool) -> tuple[dict, dict]:
@@ -166,7 +272,12 @@ def from_open_clip(model) -> tuple[ml_collections.ConfigDict, dict]:
   kind = type(model).__name__
   if kind not in ("CLIP", "CustomTextCLIP"):
     _unmappable(f"the model class {kind} (CoCa: a Captioner)")
-  img, image_size = _vision_config(model.visual)
+  timm = type(model.visual).__name__ == "TimmModel"
+  if timm:
+    img, image_size, img_head = _timm_vision_config(model.visual)
+  else:
+    img, image_size = _vision_config(model.visual)
+    img_head = "linear" if model.visual.proj is not None else "none"
   if kind == "CLIP":
     text, prefix = model, ""
     causal = model.attn_mask is not None
@@ -180,11 +291,12 @@ def from_open_clip(model) -> tuple[ml_collections.ConfigDict, dict]:
   sigmoid = getattr(model, "logit_bias", None) is not None
   config = ml_collections.ConfigDict({
       "loss": "sigmoid" if sigmoid else "softmax",
-      "embed_dim": (model.visual.output_dim if model.visual.proj is not None
-                    else img["width"]),
+      "embed_dim": img["width"] if img_head == "none" else (
+          model.visual.output_dim if not timm
+          else model.visual.head.proj.out_features),
       "logit_scale_init": scale,
       "max_logit_scale": max(100.0, scale),
-      "img_head": "linear" if model.visual.proj is not None else "none",
+      "img_head": img_head,
       **heads,
       "image": img, "text": txt,
   })
@@ -192,7 +304,7 @@ def from_open_clip(model) -> tuple[ml_collections.ConfigDict, dict]:
     config.logit_bias_init = float(model.logit_bias.detach().reshape(-1)[0])
   state = mapping.torch_state(model, skip=("attn_mask", "text.attn_mask"))
   shapes = hf_clip.dual_encoder_shapes(config, image_size)
-  table = rules(config, prefix, tuple(model.logit_scale.shape))
+  table = rules(config, prefix, tuple(model.logit_scale.shape), timm)
   return config, mapping.to_params(state, table, shapes, WHO)
 
 
