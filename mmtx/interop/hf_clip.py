@@ -235,8 +235,9 @@ def to_transformers(config, params, *, eos_token_id: int | None = None):
                      f"HF CLIP pools at the highest id (pool='argmax') or the "
                      f"first eos_token_id (pool='eos'); for pool='last' pass "
                      f"eos_token_id= (not 2), the id every text ends with.")
-  size = image_size(mapping.flat_params(params), img["patch_size"], who, 1)
-  flat = mapping.check_params(params, dual_encoder_shapes(config, size), who)
+  flat, config = mapping.unscan(mapping.flat_params(params), config)
+  size = image_size(flat, img["patch_size"], who, 1)
+  flat = mapping.check_params(flat, dual_encoder_shapes(config, size), who)
   hf_config = transformers.CLIPConfig(
       projection_dim=config["embed_dim"],
       logit_scale_init_value=float(flat["logit_scale"]),

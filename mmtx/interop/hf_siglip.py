@@ -134,10 +134,10 @@ def to_transformers(config, params):
   for key, want in (("loss", "sigmoid"), ("img_head", "none"),
                     ("txt_head", "linear_bias")):
     req(config, key, want, who, "")
-  size = hf_clip.image_size(mapping.flat_params(params), img["patch_size"],
-                            who)
+  flat, config = mapping.unscan(mapping.flat_params(params), config)
+  size = hf_clip.image_size(flat, img["patch_size"], who)
   flat = mapping.check_params(
-      params, hf_clip.dual_encoder_shapes(config, size), who)
+      flat, hf_clip.dual_encoder_shapes(config, size), who)
   hf_config = transformers.SiglipConfig(
       text_config=dict(
           vocab_size=txt["vocab_size"], hidden_size=txt["width"],

@@ -86,10 +86,31 @@ def flat_params(params) -> dict[str, np.ndarray]:
           for k, v in _flat(nn.meta.unbox(params)).items()}
 
 
-def check_params(params, shapes: dict[str, tuple], who: str) -> dict:
-  """`flat_params(params)`, checked against the config's `shapes`: an error
+def unscan(flat: dict[str, np.ndarray], config: dict) -> tuple[dict, dict]:
+  """Params of towers built with `scan=True` (layers stacked under
+  'layers', leading axis = layer) -> the `layers_i` layout, and the config
+  with scan=False; others pass through."""
+  config = dict(config)
+  for tower, key in (("img", "image"), ("txt", "text")):
+    if not config[key].get("scan"):
+      continue
+    config[key] = {**config[key], "scan": False}
+    stacked = f"{tower}/encoder/layers/"
+    out = {}
+    for path, x in flat.items():
+      if not path.startswith(stacked):
+        out[path] = x
+        continue
+      for i in range(x.shape[0]):
+        out[f"{tower}/encoder/layers_{i}/{path[len(stacked):]}"] = x[i]
+    flat = out
+  return flat, config
+
+
+def check_params(flat: dict[str, np.ndarray], shapes: dict[str, tuple],
+                 who: str) -> dict:
+  """Checks `flat_params` output against the config's `shapes`: an error
   names each missing, extra or misshapen parameter."""
-  flat = flat_params(params)
   missing = sorted(set(shapes) - set(flat))
   extra = sorted(set(flat) - set(shapes))
   if missing or extra:
