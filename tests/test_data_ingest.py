@@ -573,3 +573,42 @@ def test_large_jpeg_decodes_at_reduced_scale_close_to_full_decode():
                                box=(64, 0, 448, 384)), np.float64) / 127.5 - 1
   assert got.shape == (96, 96, 3)
   assert np.abs(got - ref).mean() < 0.02   # ~2.5 of 255 levels
+
+
+@pytest.mark.slow
+def test_image_benchmark_quick(tmp_path, capsys):
+  """experiments/benchmarks/image_input.py end to end on 200 pairs: every
+  row of its table is printed with positive rates (no timing asserted)."""
+  sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..",
+                                  "experiments", "benchmarks"))
+  import image_input  # pylint: disable=g-import-not-at-top
+  rows = image_input.run(image_input.argparse.Namespace(
+      pairs=200, per_shard=50, workers=1, batches=2, batch_size=16,
+      out=str(tmp_path)))
+  assert [r[0] for r in rows] == [0, 1]
+  assert all(mm > 0 and peer > 0 for _, _, mm, peer in rows)
+  out = capsys.readouterr().out
+  assert "ingest, 1 worker(s): 200 pairs" in out and "| mmtx / peer |" in out
+
+
+def test_a_cut_shard_is_named_when_read(tmp_path):
+  """array_record reads a shard cut before its footer as empty records: the
+  pipeline names the shard, the record and the ingest command instead."""
+  rows = []
+  for i in range(40):
+    (tmp_path / f"{i}.png").write_bytes(_encoded("PNG", i, (8, 8)))
+    rows.append(f"{i}.png,caption {i}")
+  (tmp_path / "p.csv").write_text("filepath,title\n" + "\n".join(rows) + "\n")
+  ddir = str(tmp_path / "out")
+  ingest.ingest("csv", str(tmp_path / "p.csv"), "cut", data_dir=ddir,
+                workers=0, verbose=False)
+  [shard] = [f for f in os.listdir(ingest.dataset_dir("cut", ddir))
+             if ".array_record-" in f]
+  path = os.path.join(ingest.dataset_dir("cut", ddir), shard)
+  with open(path, "r+b") as f:
+    f.truncate(os.path.getsize(path) // 2)
+  with pytest.raises(OSError, match=f"record 0 of cut split 'train' from "
+                     f".*{shard}.*python -m mmtx.data ingest csv"):
+    it, _ = data.get_dataset("cut", "train", "caption", batch_size=8,
+                             data_dir=ddir, shard=(0, 1), cache_mb=0)
+    next(it)

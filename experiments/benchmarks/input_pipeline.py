@@ -1,6 +1,10 @@
 """Input pipeline throughput vs. what a small training step consumes.
 
   python experiments/benchmarks/input_pipeline.py [--data_dir DIR] [--batches 60]
+  python experiments/benchmarks/input_pipeline.py --images [--pairs 20000]
+
+With --images: JPEG ingest and decode + augment throughput against a
+webdataset + PIL + torchvision DataLoader (image_input.py says how).
 
 Times the VQA view of sort_of_clevr (train, batch 64, shuffled, augmented)
 through `mmtx.data.get_dataset`, and a jitted Adam step of a 2-layer
@@ -10,6 +14,7 @@ logits. Prints examples/s of both and pipeline / step: above 1 the input
 pipeline keeps up with this step on this machine.
 """
 import argparse
+import sys
 import time
 
 import flax.linen as nn
@@ -84,6 +89,10 @@ def time_step(batch, info, steps):
 
 
 def main():
+  if "--images" in sys.argv[1:]:
+    import image_input  # pylint: disable=g-import-not-at-top
+    image_input.main([a for a in sys.argv[1:] if a != "--images"])
+    return
   parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
   parser.add_argument("--data_dir", default=None)
   parser.add_argument("--batches", type=int, default=60)

@@ -186,16 +186,23 @@ class _FileSource:
 
   def __getitem__(self, index):
     try:
-      return self.source[index]
+      record = self.source[index]
     except IndexError:
       raise
     except Exception as e:  # noqa: BLE001 - any failure to read or decode
-      raise OSError(
-          f"mmtx.data: cannot read record {int(index)} of {self.name} split "
-          f"{self.split!r} from {self._file(index)} ({type(e).__name__}: "
-          f"{str(e)[:300]}). The file is damaged (truncated or overwritten): "
-          f"delete the dataset's directory and rebuild it with "
-          f"`{self.hint}`.") from None
+      raise self._error(index, f"{type(e).__name__}: {str(e)[:300]}") from None
+    if isinstance(record, dict) and record and all(
+        v is None for v in record.values()):
+      # A shard cut before its footer reads as empty records, not an error.
+      raise self._error(index, "an empty record")
+    return record
+
+  def _error(self, index, what: str) -> OSError:
+    return OSError(
+        f"mmtx.data: cannot read record {int(index)} of {self.name} split "
+        f"{self.split!r} from {self._file(index)} ({what}). The file is "
+        f"damaged (truncated or overwritten): delete the dataset's directory "
+        f"and rebuild it with `{self.hint}`.")
 
   def _file(self, index) -> str:
     """The shard holding record `index` (array_record's own bookkeeping)."""

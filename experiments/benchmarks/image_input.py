@@ -1,0 +1,240 @@
+"""Image input throughput: ingest, then decode + augment, against the loader
+a user would otherwise pick, on the same generated files in the same run.
+
+  python experiments/benchmarks/input_pipeline.py --images [--pairs 20000]
+  python experiments/benchmarks/image_input.py --pairs 20000 --workers 2
+
+Generates `--pairs` JPEGs (256-512 px a side, photo-like: smooth colour
+fields plus noise, quality 90) with captions as webdataset tar shards, then:
+  1. ingest: `python -m mmtx.data ingest webdataset` with `--workers`
+     processes; pairs/s per worker and the peak memory of the process tree
+     (resident set summed over the main process and its workers), at a
+     quarter of the pairs and at all of them (flat memory: about equal);
+  2. mmtx: `get_dataset(..., 'contrastive', augment=True)` on the ingested
+     dataset: decode, random resized crop to 224, normalise, in one process
+     with one reading thread (= one core), and with `--workers` grain
+     worker processes;
+  3. peer: the open_clip training loader's recipe (webdataset tar stream +
+     PIL + torchvision RandomResizedCrop / ToTensor / Normalize in a torch
+     DataLoader), with the tar stream read by `tarfile` (the `webdataset`
+     package is not a dependency), in the main process and with
+     `--workers` DataLoader workers.
+Prints images/s, images/s per core and mmtx / peer. mmtx also tokenizes
+the caption (its view's work); the peer decodes images only.
+"""
+from __future__ import annotations
+
+import argparse
+import io
+import os
+import subprocess
+import sys
+import tarfile
+import tempfile
+import threading
+import time
+
+import numpy as np
+
+
+def write_shards(root: str, pairs: int, per_shard: int = 1000, seed: int = 0):
+  """`pairs` JPEG + caption pairs as shards root/pairs-NNNNN.tar; returns
+  the brace pattern."""
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(seed)
+  shards = -(-pairs // per_shard)
+  for s in range(shards):
+    with tarfile.open(os.path.join(root, f"pairs-{s:05d}.tar"), "w") as t:
+      for i in range(s * per_shard, min(pairs, (s + 1) * per_shard)):
+        w, h = (int(v) for v in rng.integers(256, 513, 2))
+        base = rng.integers(0, 256, (4, 4, 3)).astype(np.uint8)
+        img = Image.fromarray(base).resize((w, h), Image.Resampling.BICUBIC)
+        noisy = np.asarray(img, np.int16) + rng.integers(-12, 13, (h, w, 3))
+        buf = io.BytesIO()
+        Image.fromarray(np.clip(noisy, 0, 255).astype(np.uint8)).save(
+            buf, format="JPEG", quality=90)
+        caption = f"photo {i} of a {('red', 'green', 'blue')[i % 3]} scene"
+        for name, payload in ((f"{i:08d}.jpg", buf.getvalue()),
+                              (f"{i:08d}.txt", caption.encode())):
+          info = tarfile.TarInfo(name)
+          info.size = len(payload)
+          t.addfile(info, io.BytesIO(payload))
+  return os.path.join(root, f"pairs-{{00000..{shards - 1:05d}}}.tar")
+
+
+def _tree_rss(pid: int) -> int:
+  """Resident bytes of `pid` and its descendants (Linux /proc)."""
+  total, todo = 0, [pid]
+  while todo:
+    p = todo.pop()
+    try:
+      with open(f"/proc/{p}/statm") as f:
+        total += int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+      for task in os.listdir(f"/proc/{p}/task"):
+        with open(f"/proc/{p}/task/{task}/children") as f:
+          todo += [int(c) for c in f.read().split()]
+    except (OSError, ValueError):
+      continue
+  return total
+
+
+def time_ingest(pattern, name, data_dir, workers):
+  """(seconds, peak tree RSS bytes, records) of one CLI ingest run."""
+  cmd = [sys.executable, "-m", "mmtx.data", "ingest", "webdataset", pattern,
+         "--name", name, "--data_dir", data_dir, "--workers", str(workers),
+         "--overwrite"]
+  start = time.perf_counter()
+  proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                          text=True)
+  peak = [0]
+
+  def sample():
+    while proc.poll() is None:
+      peak[0] = max(peak[0], _tree_rss(proc.pid))
+      time.sleep(0.1)
+
+  sampler = threading.Thread(target=sample, daemon=True)
+  sampler.start()
+  out, err = proc.communicate()
+  secs = time.perf_counter() - start
+  sampler.join()
+  if proc.returncode:
+    raise RuntimeError(f"ingest failed:\n{err[-2000:]}")
+  records = int(out.split("train: ")[-1].split(" records")[0].replace(",", ""))
+  return secs, peak[0], records
+
+
+def time_mmtx(name, data_dir, batches, batch_size, workers):
+  from mmtx import data  # pylint: disable=g-import-not-at-top
+  it, _ = data.get_dataset(name, "train", "contrastive", batch_size=batch_size,
+                           seed=0, augment=True, image_size=224,
+                           data_dir=data_dir, shard=(0, 1),
+                           num_threads=1, num_workers=workers, cache_mb=0,
+                           prefetch=2)
+  next(it)   # starts the workers, opens the files
+  start = time.perf_counter()
+  for _ in range(batches):
+    next(it)
+  secs = time.perf_counter() - start
+  if hasattr(it, "close"):
+    it.close()
+  return batches * batch_size / secs
+
+
+def time_peer(pattern, batches, batch_size, workers):
+  import torch  # pylint: disable=g-import-not-at-top
+  from torchvision import transforms  # pylint: disable=g-import-not-at-top
+  from mmtx.data import ingest_sources  # pylint: disable=g-import-not-at-top
+  urls = ingest_sources.expand_braces(pattern)
+  return _peer(torch, transforms, urls, batches, batch_size, workers)
+
+
+class _TarPairs:
+  """webdataset's tarfile_to_samples + decode('pil') + to_tuple, by hand."""
+
+  def __init__(self, urls, transform):
+    self.urls, self.transform = urls, transform
+
+  def __iter__(self):
+    import torch  # pylint: disable=g-import-not-at-top
+    from PIL import Image  # pylint: disable=g-import-not-at-top
+    info = torch.utils.data.get_worker_info()
+    urls = self.urls if info is None else self.urls[info.id::info.num_workers]
+    while True:
+      for url in urls:
+        with tarfile.open(url, "r|") as stream:
+          image = None
+          for member in stream:
+            payload = stream.extractfile(member).read()
+            if member.name.endswith(".jpg"):
+              image = Image.open(io.BytesIO(payload)).convert("RGB")
+            elif image is not None:
+              yield self.transform(image), payload.decode()
+              image = None
+
+
+def _peer(torch, transforms, urls, batches, batch_size, workers):
+  transform = transforms.Compose([
+      transforms.RandomResizedCrop(224, scale=(0.35, 1.0),
+                                   interpolation=transforms.InterpolationMode.BICUBIC),
+      transforms.ToTensor(),
+      transforms.Normalize((0.48145466, 0.4578275, 0.40821073),
+                           (0.26862954, 0.26130258, 0.27577711))])
+  torch.set_num_threads(1)
+  loader = torch.utils.data.DataLoader(
+      _IterableWrap(_TarPairs(urls, transform)), batch_size=batch_size,
+      num_workers=workers, persistent_workers=False)
+  it = iter(loader)
+  next(it)
+  start = time.perf_counter()
+  for _ in range(batches):
+    next(it)
+  secs = time.perf_counter() - start
+  del it
+  return batches * batch_size / secs
+
+
+class _IterableWrap:
+  """Makes `_TarPairs` a torch IterableDataset without importing torch at
+  module import time (the benchmark runs without torch up to the peer)."""
+
+  def __new__(cls, inner):
+    import torch  # pylint: disable=g-import-not-at-top
+
+    class Wrapped(torch.utils.data.IterableDataset):
+      def __iter__(self):
+        return iter(inner)
+
+    return Wrapped()
+
+
+def run(args):
+  root = args.out or tempfile.mkdtemp(prefix="mmtx_image_bench_")
+  src = os.path.join(root, "src")
+  os.makedirs(src, exist_ok=True)
+  start = time.perf_counter()
+  pattern = write_shards(src, args.pairs, args.per_shard)
+  print(f"generated {args.pairs:,} JPEG pairs (256-512 px) in "
+        f"{time.perf_counter() - start:.0f} s under {src}")
+  qdir = os.path.join(root, "quarter")
+  os.makedirs(qdir, exist_ok=True)
+  quarter = write_shards(qdir, max(1, args.pairs // 4), args.per_shard, seed=1)
+  ddir = os.path.join(root, "data")
+  rows = []
+  q_secs, q_peak, _ = time_ingest(quarter, "bench_q", ddir, args.workers)
+  secs, peak, records = time_ingest(pattern, "bench", ddir, args.workers)
+  w = max(args.workers, 1)
+  print(f"\ningest, {args.workers} worker(s): {records:,} pairs in {secs:.1f} s"
+        f" = {records / secs:,.0f} pairs/s = {records / secs / w:,.0f} pairs/s"
+        f" per worker; peak memory {peak / 2**20:,.0f} MiB "
+        f"({q_peak / 2**20:,.0f} MiB for a quarter of the pairs)")
+  for workers in (0, args.workers):
+    cores = max(workers, 1)
+    mm = time_mmtx("bench", ddir, args.batches, args.batch_size, workers)
+    peer = time_peer(pattern, args.batches, args.batch_size, workers)
+    rows.append((workers, cores, mm, peer))
+  print("\n| loader processes | mmtx img/s | peer img/s | mmtx / core | "
+        "peer / core | mmtx / peer |")
+  print("|---|---|---|---|---|---|")
+  for workers, cores, mm, peer in rows:
+    label = "main process" if workers == 0 else f"{workers} workers"
+    print(f"| {label} | {mm:,.0f} | {peer:,.0f} | {mm / cores:,.0f} | "
+          f"{peer / cores:,.0f} | {mm / peer:.2f} |")
+  print(f"\n(224 px random resized crops, batch {args.batch_size}, "
+        f"{args.batches} batches timed; {os.cpu_count()} CPU cores)")
+  return rows
+
+
+def main(argv=None):
+  p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+  p.add_argument("--pairs", type=int, default=20000)
+  p.add_argument("--per_shard", type=int, default=1000)
+  p.add_argument("--workers", type=int, default=max(1, (os.cpu_count() or 2) - 1))
+  p.add_argument("--batches", type=int, default=20)
+  p.add_argument("--batch_size", type=int, default=64)
+  p.add_argument("--out", default="", help="keep the files here")
+  run(p.parse_args(argv))
+
+
+if __name__ == "__main__":
+  main()
