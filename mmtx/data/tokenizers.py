@@ -18,6 +18,7 @@ import html
 import io
 import json
 import re
+import string
 from typing import Iterable, Sequence
 
 import numpy as np
@@ -381,6 +382,106 @@ class ClipBpeTokenizer(Tokenizer):
     for ch in "".join(symbols).replace("</w>", " "):
       data.extend(b" " if ch == " " else bytes([byte_of[ch]]))
     return data.decode("utf-8", errors="replace").strip()
+
+
+# ------------------------------------------------------ SigLIP SentencePiece
+class SiglipTokenizer(Tokenizer):
+  """SigLIP's text pipeline over a SentencePiece model:
+  `encode_batch(texts, max_len)[0]` equals transformers'
+  `SiglipTokenizer(model_file)(texts, padding='max_length', truncation=True,
+  max_length=max_len).input_ids`.
+
+  Text is lower-cased character by character, split around the special
+  pieces '</s>' and '<unk>' (whitespace next to them dropped), ASCII
+  punctuation removed, whitespace runs collapsed, and encoded as one
+  word-initial piece sequence. Rows end with '</s>' (`eos_id`) and are padded
+  with it, as SigLIP was trained; the ids keep the model's own numbering.
+  """
+
+  SPECIALS = ("</s>", "<unk>")
+
+  def __init__(self, model_proto: bytes, *, lower: bool = True):
+    import sentencepiece as spm  # pylint: disable=g-import-not-at-top
+    from sentencepiece import sentencepiece_model_pb2  # pylint: disable=g-import-not-at-top
+    self.model_proto, self.lower = bytes(model_proto), lower
+    proto = sentencepiece_model_pb2.ModelProto.FromString(self.model_proto)
+    # Pieces never get an implicit leading '▁': encode() adds it itself.
+    proto.normalizer_spec.add_dummy_prefix = False
+    self.sp = spm.SentencePieceProcessor(
+        model_proto=proto.SerializeToString())
+    self.eos_id = self.sp.piece_to_id("</s>")
+    self.pad_id = self.eos_id
+    self.vocab_size = self.sp.vocab_size()
+    # Text is encoded after '<unk>' so that its leading '▁' survives
+    # SentencePiece's whitespace trimming; these pieces are dropped again.
+    self._prefix = len(self.sp.encode("<unk>", out_type=str))
+    self._split = re.compile("(" + "|".join(map(re.escape, self.SPECIALS))
+                             + ")")
+    self._punctuation = str.maketrans("", "", string.punctuation)
+
+  def __getstate__(self):             # picklable for grain worker processes
+    return {"model_proto": self.model_proto, "lower": self.lower}
+
+  def __setstate__(self, state):
+    self.__init__(state["model_proto"], lower=state["lower"])
+
+  @classmethod
+  def load(cls, path: str, **kwargs) -> "SiglipTokenizer":
+    with open(path, "rb") as f:
+      return cls(f.read(), **kwargs)
+
+  def _pieces(self, chunk: str) -> list[str]:
+    chunk = re.sub(r"\s+", " ", chunk.translate(self._punctuation)).strip()
+    return self.sp.encode("<unk>" + chunk, out_type=str)[self._prefix:]
+
+  def encode(self, text: str) -> list[int]:
+    text = "\u2581" + text.replace("\u2581", " ")
+    if self.lower:
+      text = "".join(c.lower() for c in text)
+    chunks = self._split.split(text)
+    for i, chunk in enumerate(chunks):
+      if chunk in self.SPECIALS:
+        if i > 0:
+          chunks[i - 1] = chunks[i - 1].rstrip()
+        if i + 1 < len(chunks):
+          chunks[i + 1] = chunks[i + 1].lstrip()
+    pieces = []
+    for i, chunk in enumerate(chunks):
+      if i % 2:  # re.split puts the separators at odd indices
+        pieces.append(chunk)
+      elif chunk:
+        pieces.extend(self._pieces(chunk))
+    if len(pieces) > 1 and pieces[0] == "\u2581" and pieces[1] in self.SPECIALS:
+      pieces = pieces[1:]
+    return [self.sp.piece_to_id(p) for p in pieces]
+
+  def encode_batch(self, texts: Sequence[str], max_len: int, *,
+                   add_bos: bool = False, add_eos: bool = True,
+                   truncate: str = "right") -> tuple[np.ndarray, np.ndarray]:
+    """ids int32 `[batch, max_len]`: at most max_len - 1 tokens, then
+    '</s>' unless the last kept token is one, then '</s>' padding; and the
+    bool mask of the tokens before the padding."""
+    if add_bos or truncate != "right" or max_len < 2:
+      raise ValueError("SiglipTokenizer.encode_batch: SigLIP texts have no "
+                       "bos, keep their first tokens and need max_len >= 2.")
+    ids = np.full((len(texts), max_len), self.pad_id, np.int32)
+    mask = np.zeros((len(texts), max_len), bool)
+    for row, text in enumerate(texts):
+      seq = self.encode(text)[:max_len - 1]
+      if add_eos and (not seq or seq[-1] != self.eos_id):
+        seq.append(self.eos_id)
+      ids[row, :len(seq)] = seq
+      mask[row, :len(seq)] = True
+    return ids, mask
+
+  def decode(self, ids: Iterable[int]) -> str:
+    """Text of the ids before the first '</s>'."""
+    out = []
+    for i in (int(i) for i in ids):
+      if i == self.eos_id:
+        break
+      out.append(i)
+    return self.sp.decode(out)
 
 
 def load_tokenizer(path: str) -> Tokenizer:
