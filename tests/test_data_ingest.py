@@ -75,7 +75,8 @@ def export(data_dir, tmp_path_factory):
       out[fmt][split] = path
     with open(os.path.join(root, f"{split}.jsonl"), "w") as f:
       for i, cs in enumerate(caps):
-        f.write(json.dumps({"filepath": f"{split}/{i}.png", "title": cs}) + "\n")
+        row = {"filepath": f"{split}/{i}.png", "title": cs}
+        f.write(json.dumps(row) + "\n")
     out["jsonl"][split] = f"{split}.jsonl"
     coco = {"images": [{"id": 100 + i, "file_name": f"{i}.png"}
                        for i in range(len(recs))],
@@ -193,8 +194,9 @@ def test_vqa_format_gives_the_builtin_batches(questions_per_image, export,
       assert set(g) == set(w) - {"question_encoding"} | {"answer_ids"}
       for k in set(w) - {"question_encoding", "qtype", "qsubtype"}:
         np.testing.assert_array_equal(g[k], w[k], err_msg=f"{split} {k}")
-      names = lambda i, b: [(i.qtypes[t], i.qsubtypes[t][s]) for t, s in  # noqa: E731
-                            zip(b["qtype"].ravel(), b["qsubtype"].ravel())]
+      def names(i, b):
+        return [(i.qtypes[t], i.qsubtypes[t][s])
+                for t, s in zip(b["qtype"].ravel(), b["qsubtype"].ravel())]
       assert names(got_info, g) == names(info, w)
       ids = g["answer_ids"]
       want_ids = np.where(w.get("question_valid", True), w["answer"], -2)
@@ -244,7 +246,8 @@ def test_bad_rows_are_skipped_counted_and_named(tmp_path):
                   "non-UTF-8 text": 1, "missing column": 1}
   assert summary["skipped"]["train"] == want_skipped
   named = {r: k for r, k, _ in summary["skipped_examples"]["train"]}
-  assert named["missing file"] == "line 3" and named["missing column"] == "line 9"
+  assert named["missing file"] == "line 3"
+  assert named["missing column"] == "line 9"
   # The consecutive ok2.webp rows are one image whose one good caption stays.
   assert summary["records"]["train"] == 4
   _, info = data.get_dataset("pairs", "train", "caption", batch_size=2,

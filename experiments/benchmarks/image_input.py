@@ -155,8 +155,9 @@ class _TarPairs:
 
 def _peer(torch, transforms, urls, batches, batch_size, workers):
   transform = transforms.Compose([
-      transforms.RandomResizedCrop(224, scale=(0.35, 1.0),
-                                   interpolation=transforms.InterpolationMode.BICUBIC),
+      transforms.RandomResizedCrop(
+          224, scale=(0.35, 1.0),
+          interpolation=transforms.InterpolationMode.BICUBIC),
       transforms.ToTensor(),
       transforms.Normalize((0.48145466, 0.4578275, 0.40821073),
                            (0.26862954, 0.26130258, 0.27577711))])
@@ -229,7 +230,8 @@ def main(argv=None):
   p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
   p.add_argument("--pairs", type=int, default=20000)
   p.add_argument("--per_shard", type=int, default=1000)
-  p.add_argument("--workers", type=int, default=max(1, (os.cpu_count() or 2) - 1))
+  p.add_argument("--workers", type=int,
+                 default=max(1, (os.cpu_count() or 2) - 1))
   p.add_argument("--batches", type=int, default=20)
   p.add_argument("--batch_size", type=int, default=64)
   p.add_argument("--out", default="", help="keep the files here")

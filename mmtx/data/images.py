@@ -3,17 +3,17 @@ input pipeline: decode, resize and crop, optional horizontal flip, and the
 model's normalisation constants.
 
   policy = Policy(size=224, normalize="clip")
-  x = preprocess(jpeg_bytes, policy, rng=None)           # eval: float32 [224, 224, 3]
-  x = preprocess(jpeg_bytes, policy, rng, train=True)    # random resized crop
+  x = preprocess(jpeg_bytes, policy, rng=None)         # eval: [224, 224, 3]
+  x = preprocess(jpeg_bytes, policy, rng, train=True)  # random resized crop
 
 Eval: the image's center square (side = its shorter side) resized to
-`size` x `size` (an image already `size` x `size` is returned as decoded). Training:
-a random crop of `crop_scale` of the area with aspect ratio in
+`size` x `size` (an image already that size is returned as decoded).
+Training: a random crop of `crop_scale` of the area with aspect ratio in
 `crop_ratio` (Szegedy et al. 2015's "Inception" crop), resized to `size`,
 then a horizontal flip with probability 1/2 where the caller says it is
-label-safe (`flip_safe`). Every random choice comes from the numpy Generator
-the caller passes, which the pipeline seeds from the seed and the example's
-position, so the output is deterministic given both.
+label-safe (`flip_safe`). Every random choice comes from the numpy
+Generator the caller passes, which the pipeline seeds from the seed and the
+example's position, so the output is deterministic given both.
 """
 from __future__ import annotations
 
@@ -174,7 +174,8 @@ def shrink(data: bytes, max_side: int) -> bytes:
     return data
   image = open_image(data)
   scale = max_side / max(image.size)
-  size = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
+  size = (max(1, round(image.width * scale)),
+          max(1, round(image.height * scale)))
   image = image.resize(size, _pil().Resampling.BICUBIC)
   buf = io.BytesIO()
   kw = {"quality": 95} if fmt in ("JPEG", "WEBP") else {}

@@ -4,7 +4,8 @@ files -> a dataset the pipeline reads as `get_dataset(NAME, ...)` /
 
   python -m mmtx.data ingest csv pairs.csv --name mypairs
   python -m mmtx.data ingest coco /data/coco --name coco \
-      --split train=annotations/captions_train2017.json,val=annotations/captions_val2017.json
+      --split train=annotations/captions_train2017.json,\
+val=annotations/captions_val2017.json
 
 FORMAT: webdataset, csv, tsv, jsonl, coco, vqa, parquet (ingest_sources.py
 says what each reads). SRC is the 'train' split's source, or, with
@@ -359,23 +360,13 @@ def ingest(fmt: str, src: str, name: str, *, splits: dict | None = None,
     raise sources.SourceError(f"ingest: {target} exists; pass --overwrite to "
                               "replace it.")
   kind = "vqa" if fmt == "vqa" else "caption"
+  order = sorted(streams, key=lambda s: s != "train")   # train first
   labels = None
   if kind == "vqa":
-    order = sorted(streams, key=lambda s: s != "train")
     labels = vqa_labels([streams[s]() for s in order], top_k, answers_file)
   _init_worker(kind, max_side, labels)
-  order = sorted(streams, key=lambda s: s != "train")
-  for split in order:   # a source whose first rows are all bad is wrong
-    probe = [r for r in _process(
-        [i for _, i in zip(range(PROBE), streams[split]())], split == "train")]
-    if probe and all(r[0] is None for r in probe):
-      reasons = collections.Counter(b[0] for r in probe for b in r[2])
-      reason, key, detail = probe[0][2][0]
-      detail = detail or key
-      raise sources.SourceError(
-          f"ingest: none of the first {len(probe)} rows of {splits[split]} is "
-          f"usable ({dict(reasons)}; e.g. {reason}: {detail}). Check the "
-          "path, the column names and --images.")
+  for split in order:
+    _probe(streams[split], splits[split], split == "train")
   tmp = os.path.join(data_dir, name, f".{VERSION}.incomplete-{os.getpid()}")
   shutil.rmtree(tmp, ignore_errors=True)
   os.makedirs(tmp)
@@ -388,47 +379,19 @@ def ingest(fmt: str, src: str, name: str, *, splits: dict | None = None,
         initializer=_init_worker, initargs=(kind, max_side, labels))
   summary = {"format": fmt, "sources": splits, "max_side": max_side,
              "records": {}, "skipped": {}, "skipped_examples": {}}
-  counts = collections.Counter()
+  counts = collections.Counter()   # words of the training split's texts
   question_counts = {}
   split_infos = []
   try:
     for split in order:
       writer = _ShardWriter(tmp, name, split, shard_bytes)
-      skipped, shown = collections.Counter(), []
-      units = []
-      start = last = time.time()
-      fn = _process_train if split == "train" else _process_eval
-      for results in _ordered_map(fn, _batches(streams[split](), batch), pool,
-                                  2 * max(workers, 1)):
-        for record, texts, bads in results:
-          for bad in bads:
-            skipped[bad[0]] += 1
-            if sum(1 for s in shown if s[0] == bad[0]) < SHOWN_PER_REASON:
-              shown.append(list(bad))
-          if record is None:
-            continue
-          writer.write(record)
-          if kind == "vqa":
-            units.append(len(texts))
-          if split == "train":
-            for t in texts:
-              counts.update(tok_lib.split_words(t))
-        if time.time() - last > 5:
-          last = time.time()
-          n = sum(writer.lengths)
-          _say(verbose, f"{split}: {n:,} records, {sum(skipped.values()):,} "
-               f"skipped, {n / (last - start):,.0f} records/s")
-      writer.finish()
-      n = sum(writer.lengths)
-      summary["records"][split] = n
+      skipped, shown, units = _write_split(
+          writer, _batches(streams[split](), batch), pool, 2 * max(workers, 1),
+          counts if split == "train" else None, verbose)
+      summary["records"][split] = sum(writer.lengths)
       summary["skipped"][split] = dict(skipped)
       summary["skipped_examples"][split] = shown
-      _say(verbose, f"{split}: {n:,} records in {len(writer.files)} shards "
-           f"({writer.num_bytes / 2**20:,.1f} MiB, {time.time() - start:.1f} "
-           f"s); skipped {sum(skipped.values()):,}"
-           + "".join(f"\n  {r}: {c:,}" for r, c in skipped.most_common())
-           + "".join(f"\n    e.g. {r}: {k} {d}" for r, k, d in shown))
-      if n == 0:
+      if not writer.lengths:
         raise sources.SourceError(
             f"ingest: no usable row in {splits[split]} (skipped: "
             f"{dict(skipped)}); nothing was written.")
@@ -450,6 +413,54 @@ def ingest(fmt: str, src: str, name: str, *, splits: dict | None = None,
     shutil.rmtree(tmp, ignore_errors=True)
   _say(verbose, f"wrote {target}; train with --config.data.name={name}")
   return summary
+
+
+def _probe(stream, path, train):
+  """A source whose first PROBE items are all unusable (a wrong --images
+  folder or column, say) is wrong as a whole: SourceError before any work."""
+  probe = _process([i for _, i in zip(range(PROBE), stream())], train)
+  if probe and all(r[0] is None for r in probe):
+    reasons = collections.Counter(b[0] for r in probe for b in r[2])
+    reason, key, detail = probe[0][2][0]
+    raise sources.SourceError(
+        f"ingest: none of the first {len(probe)} rows of {path} is usable "
+        f"({dict(reasons)}; e.g. {reason}: {detail or key}). Check the path, "
+        "the column names and --images.")
+
+
+def _write_split(writer, batches, pool, in_flight, word_counts, verbose):
+  """Processes and writes one split in source order, printing progress;
+  returns (skipped count per reason, the first skipped rows per reason,
+  texts per record)."""
+  skipped, shown, units = collections.Counter(), [], []
+  split = writer.split
+  start = last = time.time()
+  fn = _process_train if split == "train" else _process_eval
+  for results in _ordered_map(fn, batches, pool, in_flight):
+    for record, texts, bads in results:
+      for bad in bads:
+        skipped[bad[0]] += 1
+        if sum(1 for s in shown if s[0] == bad[0]) < SHOWN_PER_REASON:
+          shown.append(list(bad))
+      if record is None:
+        continue
+      writer.write(record)
+      units.append(len(texts))
+      if word_counts is not None:
+        for t in texts:
+          word_counts.update(tok_lib.split_words(t))
+    if time.time() - last > 5:
+      last = time.time()
+      n = sum(writer.lengths)
+      _say(verbose, f"{split}: {n:,} records, {sum(skipped.values()):,} "
+           f"skipped, {n / (last - start):,.0f} records/s")
+  writer.finish()
+  _say(verbose, f"{split}: {sum(writer.lengths):,} records in "
+       f"{len(writer.files)} shards ({writer.num_bytes / 2**20:,.1f} MiB, "
+       f"{time.time() - start:.1f} s); skipped {sum(skipped.values()):,}"
+       + "".join(f"\n  {r}: {c:,}" for r, c in skipped.most_common())
+       + "".join(f"\n    e.g. {r}: {k} {d}" for r, k, d in shown))
+  return skipped, shown, units
 
 
 def _process_train(batch):
@@ -485,7 +496,8 @@ def _write_metadata(directory, kind, split_infos, summary, labels,
   tfds.folder_dataset.write_metadata(
       data_dir=directory, features=_features(kind), split_infos=split_infos,
       filename_template=_TEMPLATE, check_data=False,
-      description=f"Ingested by `python -m mmtx.data ingest {summary['format']}`.",
+      description=("Ingested by `python -m mmtx.data ingest "
+                   f"{summary['format']}`."),
       metadata=tfds.core.MetadataDict(meta))
 
 

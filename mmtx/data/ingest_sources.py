@@ -200,11 +200,12 @@ def _jsonl(path, opts):
   except ValueError as e:
     raise SourceError(f"ingest: the first line of {path} is not JSON "
                       f"({e}).") from None
-  if not isinstance(first, dict) or img_col not in first or txt_col not in first:
+  if not (isinstance(first, dict) and img_col in first and txt_col in first):
+    has = sorted(first)[:10] if isinstance(first, dict) else repr(first)
     raise SourceError(
         f"ingest: {path}: the first row has no key {img_col!r} / "
-        f"{txt_col!r} (it has {sorted(first)[:10] if isinstance(first, dict) else first!r}); "
-        "name them with --image_column / --text_column.")
+        f"{txt_col!r} (it has {has}); name them with --image_column / "
+        "--text_column.")
   root = _image_dir(path, opts)
 
   def rows():

@@ -316,7 +316,8 @@ def _renormalize(image: np.ndarray, name: str) -> np.ndarray:
   """float32 in [-1, 1] (normalize_image's scale) -> normalised by `name`."""
   if name == "minus_one_one":
     return image
-  mean, std = (np.asarray(v, np.float32) for v in images_lib.NORMALIZATIONS[name])
+  mean, std = (np.asarray(v, np.float32)
+               for v in images_lib.NORMALIZATIONS[name])
   return ((image + 1) / 2 - mean) / std
 
 
