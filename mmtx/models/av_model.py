@@ -1,0 +1,92 @@
+"""Audio-visual question answering: a video tower (ViViT), an audio tower
+(log-mel -> AST), a text tower, one `FUSIONS` strategy over the three token
+sets, and an answer classifier.
+
+`apply(..., videos, audio, texts)`: videos float32 `[batch, T, H, W, C]`,
+audio float32 waveforms `[batch, samples]`, texts int32 `[batch, len]` (0 =
+pad) or `[batch, Q, len]` (Q questions per clip; the clip's towers run once
+and their tokens are repeated per question). Returns ({'vqa_logits' [batch,
+answers] or [batch, Q, answers]}, extras {'fused', 'fused_mask', 'pooled'}).
+
+Config keys: video (VideoTransformer fields), audio (AudioTransformer fields
+plus 'mel': log_mel_spectrogram's keyword arguments), text (TextTransformer
+fields), fusion (name + strategy fields), num_answers, head_hidden, and
+`zero` (a list of 'video' / 'audio': those inputs are replaced by zeros - the
+single-modality and question-only floors at an equal parameter count).
+"""
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from mmtx import fusion as fusion_lib
+from mmtx.layers import audio as audio_lib
+from mmtx.models.audio import AudioTransformer
+from mmtx.models.dual_encoder import _as_dict, check_token_ids
+from mmtx.models.towers import TextTransformer
+from mmtx.models.video import VideoTransformer
+
+Array = jax.Array
+MODALITIES = ("audio", "text", "video")
+
+
+class AudioVisualModel(nn.Module):
+  """See the module docstring."""
+  config: Mapping[str, Any]
+
+  @nn.compact
+  def __call__(self, videos: Array, audio: Array, texts: Array, *,
+               deterministic: bool = True):
+    cfg = _as_dict(self.config)
+    zero = tuple(cfg.get("zero", ()))
+    if set(zero) - {"video", "audio"}:
+      raise ValueError(f"AudioVisualModel: zero may name 'video' and 'audio', "
+                       f"got {zero}.")
+    if videos.ndim != 5 or audio.ndim != 2 or texts.ndim not in (2, 3):
+      raise ValueError(f"AudioVisualModel: expected videos [batch, T, H, W, C], "
+                       f"audio [batch, samples] and texts [batch, (Q,) len], "
+                       f"got {videos.shape}, {audio.shape}, {texts.shape}.")
+    if not (videos.shape[0] == audio.shape[0] == texts.shape[0]):
+      raise ValueError(f"AudioVisualModel: batch sizes differ: videos "
+                       f"{videos.shape[0]}, audio {audio.shape[0]}, texts "
+                       f"{texts.shape[0]}.")
+    txt_cfg = _as_dict(cfg["text"])
+    check_token_ids(texts, txt_cfg.get("vocab_size"), "AudioVisualModel")
+    group = texts.shape[1] if texts.ndim == 3 else None
+    if "video" in zero:
+      videos = jnp.zeros_like(videos)
+    if "audio" in zero:
+      audio = jnp.zeros_like(audio)
+    aud_cfg = dict(_as_dict(cfg["audio"]), pool="none")
+    mel = aud_cfg.pop("mel")
+    spec = audio_lib.log_mel_spectrogram(audio, **mel)
+    tokens, masks = {}, {}
+    tokens["video"], vx = VideoTransformer(
+        **dict(_as_dict(cfg["video"]), pool="none"), name="video")(
+            videos, deterministic=deterministic)
+    tokens["audio"], ax = AudioTransformer(**aud_cfg, name="audio")(
+        spec, deterministic=deterministic)
+    masks["video"], masks["audio"] = vx["mask"], ax["mask"]
+    if group is not None:
+      for k in ("video", "audio"):
+        tokens[k] = jnp.repeat(tokens[k], group, axis=0)
+        masks[k] = jnp.repeat(masks[k], group, axis=0)
+      texts = texts.reshape(-1, texts.shape[-1])
+    tokens["text"], tx = TextTransformer(
+        **dict(txt_cfg, pool="none"), name="text")(
+            texts, deterministic=deterministic)
+    masks["text"] = tx["mask"]
+    fcfg = _as_dict(cfg["fusion"])
+    fuse = fusion_lib.build_fusion(fcfg.pop("name"), **fcfg)
+    fused, fused_mask = fuse(tokens, masks, deterministic=deterministic)
+    pooled = fusion_lib.masked_mean(fused, fused_mask)
+    h = nn.gelu(nn.Dense(cfg.get("head_hidden", 256), name="vqa_hidden")(
+        pooled))
+    logits = nn.Dense(cfg["num_answers"], name="vqa_out")(h)
+    if group is not None:
+      logits = logits.reshape(-1, group, logits.shape[-1])
+    return ({"vqa_logits": logits},
+            {"fused": fused, "fused_mask": fused_mask, "pooled": pooled})
