@@ -615,3 +615,31 @@ def test_a_cut_shard_is_named_when_read(tmp_path):
     it, _ = data.get_dataset("cut", "train", "caption", batch_size=8,
                              data_dir=ddir, shard=(0, 1), cache_mb=0)
     next(it)
+
+
+def test_max_side_shrinks_only_larger_images(tmp_path):
+  """--max_side 50: a 100x60 JPEG and PNG are stored at 50x30 in their own
+  format (close to a PIL resize of the source), a 40x24 one byte for
+  byte as it was."""
+  sources = {"big.jpg": _encoded("JPEG", 0, (60, 100)),
+             "big.png": _encoded("PNG", 1, (60, 100)),
+             "small.png": _encoded("PNG", 2, (24, 40))}
+  for name, payload in sources.items():
+    (tmp_path / name).write_bytes(payload)
+  (tmp_path / "p.csv").write_text(
+      "filepath,title\n" + "".join(f"{n},caption of {n}\n" for n in sources))
+  ddir = str(tmp_path / "out")
+  ingest.ingest("csv", str(tmp_path / "p.csv"), "small", data_dir=ddir,
+                workers=0, max_side=50, verbose=False)
+  src = ingest.open_builder("small", ddir).as_data_source("train")
+  stored = {_text(src[i]["caption"][0]).split()[-1]: src[i]["image"]
+            for i in range(len(src))}
+  assert stored["small.png"] == sources["small.png"]
+  for name, fmt in (("big.jpg", "JPEG"), ("big.png", "PNG")):
+    image = Image.open(io.BytesIO(stored[name]))
+    assert image.format == fmt and image.size == (50, 30)
+    ref = Image.open(io.BytesIO(sources[name])).convert("RGB").resize(
+        (50, 30), Image.Resampling.BICUBIC)
+    diff = np.abs(np.asarray(image.convert("RGB"), np.float64)
+                  - np.asarray(ref, np.float64))
+    assert diff.mean() < (1e-9 if fmt == "PNG" else 12)
