@@ -1,6 +1,8 @@
 """DualEncoder <-> HF CLIPModel: export gives transformers' outputs, a saved
 directory loads back by the same path, import(export(p)) == p bit for bit,
 and bad checkpoints fail naming the tensor and both shapes."""
+import math
+
 import flax
 import jax
 import numpy as np
@@ -105,8 +107,11 @@ def test_export_of_a_model_trained_in_mmtx():
   # init puts on the params (export takes them as they come).
   rs = np.random.RandomState(2)
   params = jax.tree_util.tree_map(
-      lambda p: p + np.float32(0.1) * rs.standard_normal(p.shape).astype(np.float32),
-      params)
+      lambda p: p + np.float32(0.1) * rs.standard_normal(p.shape).astype(
+          np.float32), params)
+  # A raw logit scale past the clamp (exp(5) > 100): mmtx uses 100, and so
+  # must the exported model.
+  params["logit_scale"] = np.float32(5.0)
   hf = hf_clip.to_transformers(config, params)
   # No id 0 inside a text here: mmtx's own config masks 0 as padding.
   ids_no0 = np.where((ids == 0) & (np.cumsum(ids == 59, 1) == 0), 7, ids)
@@ -114,6 +119,7 @@ def test_export_of_a_model_trained_in_mmtx():
   _assert_same(config, params, want, images, ids_no0)
   _, back = hf_clip.from_transformers(hf)
   flat, _ = mapping.unscan(mapping.flat_params(params), config)
+  flat["logit_scale"] = np.float32(math.log(100.0))
   _assert_bitwise(back, flax.traverse_util.unflatten_dict(flat, sep="/"))
 
 

@@ -238,6 +238,7 @@ def to_transformers(config, params, *, eos_token_id: int | None = None):
   flat, config = mapping.unscan(mapping.flat_params(params), config)
   size = image_size(flat, img["patch_size"], who, 1)
   flat = mapping.check_params(flat, dual_encoder_shapes(config, size), who)
+  flat = mapping.clamp_logit_scale(flat, config)
   hf_config = transformers.CLIPConfig(
       projection_dim=config["embed_dim"],
       logit_scale_init_value=float(flat["logit_scale"]),

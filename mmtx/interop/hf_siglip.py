@@ -138,6 +138,7 @@ def to_transformers(config, params):
   size = hf_clip.image_size(flat, img["patch_size"], who)
   flat = mapping.check_params(
       flat, hf_clip.dual_encoder_shapes(config, size), who)
+  flat = mapping.clamp_logit_scale(flat, config)
   hf_config = transformers.SiglipConfig(
       text_config=dict(
           vocab_size=txt["vocab_size"], hidden_size=txt["width"],

@@ -10,6 +10,7 @@ bit for bit.
 """
 from __future__ import annotations
 
+import math
 from typing import Callable, Iterable, NamedTuple, Optional
 
 import flax
@@ -105,6 +106,14 @@ def unscan(flat: dict[str, np.ndarray], config: dict) -> tuple[dict, dict]:
         out[f"{tower}/encoder/layers_{i}/{path[len(stacked):]}"] = x[i]
     flat = out
   return flat, config
+
+
+def clamp_logit_scale(flat: dict[str, np.ndarray], config: dict) -> dict:
+  """The logit scale DualEncoder uses (it clamps at max_logit_scale; HF and
+  open_clip do not), so an exported model gives the same logits. Below the
+  clamp, as always after an import, the value is unchanged bit for bit."""
+  top = np.float32(math.log(config.get("max_logit_scale", 100.0)))
+  return {**flat, "logit_scale": np.minimum(flat["logit_scale"], top)}
 
 
 def check_params(flat: dict[str, np.ndarray], shapes: dict[str, tuple],
