@@ -81,6 +81,8 @@ def test_import_keeps_id_zero_and_export_round_trips(eos, tmp_path):
   # Export -> save_pretrained -> transformers loads it -> same outputs; and
   # the same directory loads into mmtx by `load`, bit for bit.
   hf_clip.save(config, params, str(tmp_path))
+  assert {"config.json", "model.safetensors"} <= {
+      f.name for f in tmp_path.iterdir()}
   again = transformers.CLIPModel.from_pretrained(str(tmp_path)).eval()
   for got, ref in zip(_hf_outputs(again, images, ids), want):
     np.testing.assert_allclose(got, ref, atol=1e-5, rtol=1e-5)

@@ -5,7 +5,11 @@
                                                          images, texts)
     to_transformers(config, params).save_pretrained('dir')  # or save(...)
 
-Images are NHWC (HF takes NCHW `pixel_values`). Texts are the HF token ids;
+Images are NHWC (HF takes NCHW `pixel_values`), normalised as the source's
+processor does it: CLIP's per-channel (x / 255 - mean) / std with OpenAI's
+mean (0.4815, 0.4578, 0.4082) and std (0.2686, 0.2613, 0.2758), not mmtx.data's
+x / 127.5 - 1 (which is SigLIP's). Texts are the HF token ids
+(`mmtx.data.tokenizers.ClipBpeTokenizer` for the released vocabulary);
 the imported text tower masks nothing (`mask_padding=False`: id 0 is '!' in
 CLIP's vocabulary), is causal, and pools where HF does (the highest id when
 eos_token_id == 2, else the first eos_token_id). The class token has its

@@ -10,8 +10,10 @@ The image tower has a patch bias, no class token and pools with MAP
 (`pool='map'`), with no projection after it (`img_head='none'`); the text
 tower is bidirectional, masks nothing and pools the last position (SigLIP
 pads every text to its full length with the pad id and attends to it all),
-then a biased projection (`txt_head='linear_bias'`). Texts are the ids of
-SigLIP's own tokenizer, padded to `max_len` as transformers' processor does
+then a biased projection (`txt_head='linear_bias'`). Images are NHWC in
+[-1, 1] (x / 127.5 - 1, as mmtx.data gives them). Texts are the ids of
+SigLIP's own tokenizer (`mmtx.data.tokenizers.SiglipTokenizer` on its
+SentencePiece model), padded to `max_len` as transformers' processor does
 with padding='max_length'.
 """
 from __future__ import annotations
