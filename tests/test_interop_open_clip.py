@@ -101,7 +101,8 @@ def test_what_cannot_map_is_refused():
     oc.from_open_clip(_model(vision_cfg=dict(VISION, ls_init_value=0.1),
                              text_cfg=TEXT))
   coca = open_clip.create_model(
-      "coca_ViT-B-32", embed_dim=16, vision_cfg=dict(VISION, attn_pooler_heads=2),
+      "coca_ViT-B-32", embed_dim=16,
+      vision_cfg=dict(VISION, attn_pooler_heads=2),
       text_cfg=dict(TEXT, embed_cls=True),
       multimodal_cfg=dict(TEXT, attn_pooler_heads=2))
   with pytest.raises(ValueError, match="model class CoCa"):

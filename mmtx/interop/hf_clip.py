@@ -1,6 +1,6 @@
 """Hugging Face `CLIPModel` (PyTorch) <-> `mmtx.models.DualEncoder`.
 
-    config, params = from_transformers(hf_model)     # or load('dir-or-hub-name')
+    config, params = from_transformers(hf_model)  # or load('dir or hub name')
     img_emb, txt_emb, extras = DualEncoder(config).apply({'params': params},
                                                          images, texts)
     to_transformers(config, params).save_pretrained('dir')  # or save(...)
@@ -18,6 +18,7 @@ for one, in number too.
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import ml_collections
@@ -25,6 +26,7 @@ import numpy as np
 
 from mmtx.interop import mapping
 from mmtx.interop.mapping import Rule
+from mmtx.models import DualEncoder, TextTransformer, ViT, decode_variant
 
 _ACTIVATIONS = {"quick_gelu": "quick_gelu", "gelu": "gelu",
                 "gelu_pytorch_tanh": "gelu_tanh", "gelu_new": "gelu_tanh"}
@@ -58,8 +60,8 @@ def encoder_rules(mmtx: str, src: str, depth: int) -> list[Rule]:
                      f"{s}.self_attn.{proj}.weight", "heads_in"),
                 Rule(f"{m}/attention/{name}/bias",
                      f"{s}.self_attn.{proj}.bias", "heads_bias")]
-    rules += [Rule(f"{m}/attention/out/kernel", f"{s}.self_attn.out_proj.weight",
-                   "heads_out"),
+    rules += [Rule(f"{m}/attention/out/kernel",
+                   f"{s}.self_attn.out_proj.weight", "heads_out"),
               Rule(f"{m}/attention/out/bias", f"{s}.self_attn.out_proj.bias")]
     rules += layer_norm_rules(f"{m}/ln_attention", f"{s}.layer_norm1")
     rules += layer_norm_rules(f"{m}/ln_mlp", f"{s}.layer_norm2")
@@ -104,7 +106,6 @@ def rules(config) -> list[Rule]:
 def dual_encoder_shapes(config, image_size) -> dict[str, tuple]:
   """Parameter shapes of `DualEncoder(config)` on `image_size` (side, or
   (height, width)) images."""
-  from mmtx.models import DualEncoder  # pylint: disable=g-import-not-at-top
   h, w = (image_size, image_size) if np.ndim(image_size) == 0 else image_size
   return mapping.param_shapes(
       DualEncoder(config), np.zeros((1, h, w, 3), np.float32),
@@ -185,8 +186,6 @@ def _require(cfg: dict, key: str, want, who: str, where: str):
 def resolved(tower, module) -> dict:
   """A tower config with its variant ('B/16') spelled out and the
   `module`'s (ViT, TextTransformer) defaults filled in."""
-  import dataclasses  # pylint: disable=g-import-not-at-top
-  from mmtx.models import decode_variant  # pylint: disable=g-import-not-at-top
   cfg = {f.name: f.default for f in dataclasses.fields(module)
          if f.default is not dataclasses.MISSING
          and f.name not in ("parent", "name")}
@@ -200,7 +199,6 @@ def resolved(tower, module) -> dict:
 
 def resolved_config(config) -> dict:
   """A DualEncoder config as a dict with every field it reads spelled out."""
-  from mmtx.models import TextTransformer, ViT  # pylint: disable=g-import-not-at-top
   config = config.to_dict() if hasattr(config, "to_dict") else dict(config)
   return {"loss": "softmax", "img_head": "linear", "txt_head": "linear",
           **config, "image": resolved(config["image"], ViT),

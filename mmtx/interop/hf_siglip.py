@@ -1,7 +1,7 @@
 """Hugging Face `SiglipModel` (SigLIP, and the fixed-resolution SigLIP 2
 checkpoints) <-> `mmtx.models.DualEncoder` with the sigmoid loss.
 
-    config, params = from_transformers(hf_model)     # or load('dir-or-hub-name')
+    config, params = from_transformers(hf_model)  # or load('dir or hub name')
     img_emb, txt_emb, extras = DualEncoder(config).apply({'params': params},
                                                          images, texts)
     logits = extras['logit_scale'] * img_emb @ txt_emb.T + extras['logit_bias']
@@ -31,7 +31,8 @@ def rules(config) -> list[Rule]:
   v, t = "vision_model", "text_model"
   out = [Rule("img/embedding/conv/kernel",
               f"{v}.embeddings.patch_embedding.weight", "conv"),
-         Rule("img/embedding/conv/bias", f"{v}.embeddings.patch_embedding.bias"),
+         Rule("img/embedding/conv/bias",
+              f"{v}.embeddings.patch_embedding.bias"),
          Rule("img/posemb/pos_embedding",
               f"{v}.embeddings.position_embedding.weight")]
   out += hf_clip.encoder_rules("img/encoder", f"{v}.encoder", img["depth"])

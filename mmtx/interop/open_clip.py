@@ -2,7 +2,7 @@
 `mmtx.models.DualEncoder`.
 
     config, params = from_open_clip(model)
-    config, params = load('ViT-B-32', pretrained='weights.safetensors')  # or .pt
+    config, params = load('ViT-B-32', pretrained='w.safetensors')  # or .pt
 
 The towers map one to one (the class token has its own position,
 `cls_posemb=True`); the packed q/k/v projection is split into mmtx's
