@@ -1,13 +1,15 @@
-"""Float64 numpy references for the towers and FusionModel's heads (issue
-27 item 2): the conv-stem ViT with 2-D sin-cos positions, the non-causal
-mean-pooled text tower, and FusionModel's vqa / itm / mlm / contrastive
-heads over a cross-attention fusion, written from the np_reference blocks.
-Params are random N(0, 0.3^2) (no zero biases)."""
+"""Float64 numpy references for the towers, FusionModel's heads and the
+Captioner (issue 27 item 2): the conv-stem ViT with 2-D sin-cos positions,
+the non-causal mean-pooled text tower, FusionModel's vqa / itm / mlm /
+contrastive heads over a cross-attention fusion, and the CoCa Captioner's
+forward pass, written from the np_reference blocks. Params are random
+N(0, 0.3^2) (no zero biases)."""
 import math
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 import np_reference as ref
 from mmtx.models.fusion_model import FusionModel
@@ -168,3 +170,59 @@ def test_fusion_model_heads_match_float64():
     if k == "mlm_logits":   # padded text positions are unspecified
       got, v = got[mask], v[mask]
     np.testing.assert_allclose(got, v, rtol=1e-5, atol=1e-5, err_msg=k)
+
+
+def _decoder(p, x, mask, depth, context=None):
+  """Pre-norm DecoderBlocks: causal + padding self-attention, cross-
+  attention to `context` (all of it visible) when given, FFN; final LN."""
+  t = x.shape[1]
+  self_mask = np.tril(np.ones((t, t), bool))[None, None] & _pad(mask)
+  for i in range(depth):
+    q = p[f"layers_{i}"]
+    x = x + ref.mha(q["self_attention"], ref.layer_norm(
+        x, q["ln_self_attention"]), ref.layer_norm(x, q["ln_self_attention"]),
+        self_mask)
+    if context is not None:
+      h = ref.layer_norm(x, q["ln_cross_attention"])
+      x = x + ref.mha(q["cross_attention"], h, context)
+    x = x + ref.ffn(q["mlp"], ref.layer_norm(x, q["ln_mlp"]), "gelu")
+  return ref.layer_norm(x, p["ln_final"])
+
+
+def test_captioner_forward_matches_float64():
+  """CoCa (Yu et al. 2022): attention-pooled img_emb; unimodal causal text
+  decoder with a CLS token appended last (txt_emb); multimodal decoder
+  cross-attending to the ViT tokens; logits by the tied embedding."""
+  from mmtx.models.captioner import Captioner
+  images = _images(5)
+  texts = np.array([[1, 5, 7, 2, 0, 0], [1, 3, 3, 9, 11, 2]], np.int32)
+  cfg = dict(image=IMG, text=dict(vocab_size=20, width=8, depth=2,
+                                  mlp_dim=16, num_heads=2, max_len=7),
+             decoder_depth=1, embed_dim=6)
+  model = Captioner(cfg)
+  params = _random(model, images, texts, seed=6)
+  logits, extras = jax.jit(model.apply)({"params": params}, images, texts)
+  p = ref.f64(jax.tree_util.tree_map(np.asarray, params))
+  tokens = vit_tokens(p["img"], images)
+  probe = np.broadcast_to(p["img_pool"]["probe"], (2, 1, 8))
+  pooled = ref.layer_norm(ref.mha(p["img_pool"]["attention"], probe, tokens),
+                          p["img_pool"]["ln"])[:, 0]
+  unit = lambda e: e / np.linalg.norm(e, axis=-1, keepdims=True)  # noqa: E731
+  mask = texts != 0
+  pos = np.maximum(np.cumsum(mask, 1) - 1, 0)
+  x = p["embedding"]["embedding"][texts] + p["posemb"]["pos_embedding"][pos]
+  x = np.concatenate([x, np.broadcast_to(p["cls"], (2, 1, 8))], 1)
+  h = _decoder(p["unimodal"], x, np.concatenate(
+      [mask, np.ones((2, 1), bool)], 1), 2)
+  y = _decoder(p["multimodal"], h[:, :-1], mask, 1, context=tokens)
+  want_logits = y @ p["embedding"]["embedding"].T
+  np.testing.assert_allclose(np.asarray(logits)[mask], want_logits[mask],
+                             rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(np.asarray(extras["img_emb"]),
+                             unit(pooled @ p["img_head"]["kernel"]),
+                             rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(np.asarray(extras["txt_emb"]),
+                             unit(h[:, -1] @ p["txt_head"]["kernel"]),
+                             rtol=1e-5, atol=1e-5)
+  assert float(extras["logit_scale"]) == pytest.approx(
+      math.exp(min(float(p["logit_scale"]), math.log(100.0))), rel=1e-6)
