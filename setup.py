@@ -18,25 +18,35 @@ INSTALL_REQUIRES = [
     "tqdm>=4.66",
     "sentencepiece>=0.2",
     "easy-vqa==1.0",
-    "pillow>=10",  # the notebook's attention sheet
+    "pillow>=10",  # image decoding; the notebook's attention sheet
+    "ftfy>=6", "regex>=2023",  # ClipBpeTokenizer's text cleaning
+]
+
+# Weights in and out of Hugging Face transformers and open_clip
+# (mmtx.interop).
+INTEROP_REQUIRES = [
+    "torch>=2.4",
+    "transformers>=4.57,<5",
+    "open_clip_torch>=3.2,<4",
+    "safetensors>=0.4",
 ]
 
 # The experiment scripts' charts.
 EXPERIMENTS_REQUIRES = ["matplotlib>=3.8,<4"]
 
 # References the tests compare against: open_clip's losses, pycocoevalcap's
-# BLEU/CIDEr, librosa's mel spectrogram, Hugging Face CLIP (transformers 4.57
-# is the last release with the Flax models the CPU benchmark also runs).
+# BLEU/CIDEr, librosa's mel spectrogram, Hugging Face CLIP / SigLIP
+# (transformers 4.57 is the last release with the Flax models the CPU
+# benchmark also runs).
 # torch/torchvision are pinned as a pair that imports together (a mismatched
 # pair fails at import). setuptools builds the wheel that a test installs and
 # runs outside the checkout.
-TEST_REQUIRES = EXPERIMENTS_REQUIRES + [
+TEST_REQUIRES = EXPERIMENTS_REQUIRES + INTEROP_REQUIRES + [
     "setuptools>=70.1",
     "pytest>=8",
     "pytest-xdist>=3.5",
     "torch==2.14.1",
     "torchvision==0.29.1",
-    "open_clip_torch>=3.2,<4",
     "pycocoevalcap==1.2",
     "transformers>=4.57,<4.58",
     "librosa>=0.10,<2",   # the log-mel front end's reference
@@ -50,5 +60,6 @@ setuptools.setup(
     python_requires=">=3.11",
     install_requires=INSTALL_REQUIRES,
     extras_require={"experiments": EXPERIMENTS_REQUIRES,
+                    "interop": INTEROP_REQUIRES,
                     "test": TEST_REQUIRES},
 )
