@@ -104,6 +104,36 @@ def time_ingest(pattern, name, data_dir, workers):
   return secs, peak[0], records
 
 
+def _tree_cpu(pid: int) -> float:
+  """CPU seconds (user + system) of `pid` and its live descendants."""
+  total, todo = 0.0, [pid]
+  tick = os.sysconf("SC_CLK_TCK")
+  while todo:
+    p = todo.pop()
+    try:
+      with open(f"/proc/{p}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+      total += (int(fields[11]) + int(fields[12])) / tick
+      for task in os.listdir(f"/proc/{p}/task"):
+        with open(f"/proc/{p}/task/{task}/children") as f:
+          todo += [int(c) for c in f.read().split()]
+    except (OSError, ValueError):
+      continue
+  return total
+
+
+def _time(it, batches, batch_size):
+  """(images/s, images per CPU second of this process tree) over `batches`
+  batches of a started iterator."""
+  next(it)   # starts the workers, opens the files
+  cpu, start = _tree_cpu(os.getpid()), time.perf_counter()
+  for _ in range(batches):
+    next(it)
+  secs = time.perf_counter() - start
+  cpu = _tree_cpu(os.getpid()) - cpu
+  return batches * batch_size / secs, batches * batch_size / max(cpu, 1e-9)
+
+
 def time_mmtx(name, data_dir, batches, batch_size, workers):
   from mmtx import data  # pylint: disable=g-import-not-at-top
   it, _ = data.get_dataset(name, "train", "contrastive", batch_size=batch_size,
@@ -111,14 +141,10 @@ def time_mmtx(name, data_dir, batches, batch_size, workers):
                            data_dir=data_dir, shard=(0, 1),
                            num_threads=1, num_workers=workers, cache_mb=0,
                            prefetch=2)
-  next(it)   # starts the workers, opens the files
-  start = time.perf_counter()
-  for _ in range(batches):
-    next(it)
-  secs = time.perf_counter() - start
+  rates = _time(it, batches, batch_size)
   if hasattr(it, "close"):
     it.close()
-  return batches * batch_size / secs
+  return rates
 
 
 def time_peer(pattern, batches, batch_size, workers):
@@ -166,13 +192,9 @@ def _peer(torch, transforms, urls, batches, batch_size, workers):
       _IterableWrap(_TarPairs(urls, transform)), batch_size=batch_size,
       num_workers=workers, persistent_workers=False)
   it = iter(loader)
-  next(it)
-  start = time.perf_counter()
-  for _ in range(batches):
-    next(it)
-  secs = time.perf_counter() - start
+  rates = _time(it, batches, batch_size)
   del it
-  return batches * batch_size / secs
+  return rates
 
 
 class _IterableWrap:
@@ -194,14 +216,12 @@ def run(args):
   src = os.path.join(root, "src")
   os.makedirs(src, exist_ok=True)
   start = time.perf_counter()
-  pattern = write_shards(src, args.pairs, args.per_shard)
-  print(f"generated {args.pairs:,} JPEG pairs (256-512 px) in "
+  pattern = _shards(src, args.pairs, args.per_shard, 0)
+  print(f"{args.pairs:,} JPEG pairs (256-512 px) ready in "
         f"{time.perf_counter() - start:.0f} s under {src}")
-  qdir = os.path.join(root, "quarter")
-  os.makedirs(qdir, exist_ok=True)
-  quarter = write_shards(qdir, max(1, args.pairs // 4), args.per_shard, seed=1)
+  quarter = _shards(os.path.join(root, "quarter"), max(1, args.pairs // 4),
+                    args.per_shard, 1)
   ddir = os.path.join(root, "data")
-  rows = []
   q_secs, q_peak, _ = time_ingest(quarter, "bench_q", ddir, args.workers)
   secs, peak, records = time_ingest(pattern, "bench", ddir, args.workers)
   w = max(args.workers, 1)
@@ -209,21 +229,43 @@ def run(args):
         f" = {records / secs:,.0f} pairs/s = {records / secs / w:,.0f} pairs/s"
         f" per worker; peak memory {peak / 2**20:,.0f} MiB "
         f"({q_peak / 2**20:,.0f} MiB for a quarter of the pairs)")
+  rows = []
   for workers in (0, args.workers):
-    cores = max(workers, 1)
-    mm = time_mmtx("bench", ddir, args.batches, args.batch_size, workers)
-    peer = time_peer(pattern, args.batches, args.batch_size, workers)
-    rows.append((workers, cores, mm, peer))
-  print("\n| loader processes | mmtx img/s | peer img/s | mmtx / core | "
-        "peer / core | mmtx / peer |")
+    mm, peer = [], []
+    for r in range(args.rounds):   # interleaved: load changes hit both
+      for who in ((0, 1) if r % 2 == 0 else (1, 0)):
+        if who == 0:
+          mm.append(time_mmtx("bench", ddir, args.batches, args.batch_size,
+                              workers))
+        else:
+          peer.append(time_peer(pattern, args.batches, args.batch_size,
+                                workers))
+    mm, peer = np.median(mm, 0), np.median(peer, 0)
+    rows.append((workers, mm, peer))
+  print("\n| loader | mmtx img/s | peer img/s | mmtx img/CPU-s | "
+        "peer img/CPU-s | mmtx / peer per core |")
   print("|---|---|---|---|---|---|")
-  for workers, cores, mm, peer in rows:
-    label = "main process" if workers == 0 else f"{workers} workers"
-    print(f"| {label} | {mm:,.0f} | {peer:,.0f} | {mm / cores:,.0f} | "
-          f"{peer / cores:,.0f} | {mm / peer:.2f} |")
-  print(f"\n(224 px random resized crops, batch {args.batch_size}, "
-        f"{args.batches} batches timed; {os.cpu_count()} CPU cores)")
+  for workers, mm, peer in rows:
+    label = "main process" if workers == 0 else f"{workers} worker(s)"
+    print(f"| {label} | {mm[0]:,.0f} | {peer[0]:,.0f} | {mm[1]:,.0f} | "
+          f"{peer[1]:,.0f} | {mm[1] / peer[1]:.2f} |")
+  print(f"\n(224 px random resized crops, batch {args.batch_size}, median "
+        f"of {args.rounds} interleaved rounds of {args.batches} batches; "
+        f"img/CPU-s = images per CPU second of the whole process tree; "
+        f"{os.cpu_count()} CPU cores)")
   return rows
+
+
+def _shards(directory, pairs, per_shard, seed):
+  """write_shards, or the shards an earlier run left in `directory`."""
+  os.makedirs(directory, exist_ok=True)
+  shards = -(-pairs // per_shard)
+  pattern = os.path.join(directory, f"pairs-{{00000..{shards - 1:05d}}}.tar")
+  stamp = os.path.join(directory, f"done-{pairs}-{per_shard}-{seed}")
+  if not os.path.exists(stamp):
+    write_shards(directory, pairs, per_shard, seed)
+    open(stamp, "w").close()
+  return pattern
 
 
 def main(argv=None):
@@ -234,7 +276,9 @@ def main(argv=None):
                  default=max(1, (os.cpu_count() or 2) - 1))
   p.add_argument("--batches", type=int, default=20)
   p.add_argument("--batch_size", type=int, default=64)
-  p.add_argument("--out", default="", help="keep the files here")
+  p.add_argument("--rounds", type=int, default=3)
+  p.add_argument("--out", default="", help="keep the files here (and reuse "
+                 "them on the next run)")
   run(p.parse_args(argv))
 
 
