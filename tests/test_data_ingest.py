@@ -330,6 +330,10 @@ def test_a_source_wrong_as_a_whole_is_one_error_before_any_work(tmp_path):
   assert not os.path.exists(ddir)   # nothing was written
   ingest.ingest("csv", str(tmp_path / "ok.csv"), "mine", data_dir=ddir,
                 workers=0, verbose=False)
+  s = ingest.ingest("csv", str(tmp_path / "cols.csv"), "cols", data_dir=ddir,
+                    workers=0, verbose=False, image_column="path",
+                    text_column="caption")   # the columns named by flags
+  assert s["records"] == {"train": 1}
   with pytest.raises(ingest_sources.SourceError, match="--overwrite"):
     ingest.ingest("csv", str(tmp_path / "ok.csv"), "mine", data_dir=ddir,
                   workers=0, verbose=False)
