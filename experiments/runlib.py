@@ -26,8 +26,11 @@ def train_run(cfg, workdir: str, mode: str = "train") -> dict:
   task = tasks.get_task(cfg.task)
   first = max(checkpoint_steps(workdir), default=0)
   start = time.time()
-  metrics = train.train_and_evaluate(cfg, workdir, task, mode=mode,
-                                     progress=False)
+  try:
+    metrics = train.train_and_evaluate(cfg, workdir, task, mode=mode,
+                                       progress=False)
+  except train.Preempted:   # SIGTERM: saved; the check below stops the script
+    metrics = {}
   wall = time.time() - start
   last = max(checkpoint_steps(workdir), default=0)
   if mode == "train":

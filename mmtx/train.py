@@ -131,6 +131,27 @@ class MetricWriter:
         self.tb.add_scalar(k, float(v), int(step))
       self.tb.flush()
 
+  def drop_after(self, step: int):
+    """Drops the rows past `step`: training a resumed run repeats from its
+    checkpoint (after a kill, or a fallback from a damaged checkpoint), so
+    the file keeps one history instead of two copies of those steps."""
+    if not self.enabled or not os.path.exists(self.path):
+      return
+    with open(self.path) as f:
+      lines = f.readlines()
+    keep = []
+    for line in lines:
+      try:
+        if json.loads(line)["step"] <= step:
+          keep.append(line)
+      except (ValueError, KeyError):  # a row cut short by a kill
+        pass
+    if len(keep) < len(lines):
+      tmp = f"{self.path}.tmp{os.getpid()}"
+      with open(tmp, "w") as f:
+        f.writelines(keep)
+      os.replace(tmp, self.path)
+
   def close(self):
     if self.tb is not None:
       self.tb.close()
@@ -287,6 +308,8 @@ def train_and_evaluate(config, workdir: str, task, *, mode: str = "train",
           f"(fresh init): {missing}", flush=True)
 
   writer = MetricWriter(workdir, enabled=is_main)
+  if mode == "train":
+    writer.drop_after(int(state.step))
   step_fn = jax.jit(make_train_step(task, model, tx),
                     in_shardings=(shardings, sharding.batch_sharding(mesh)),
                     out_shardings=(shardings, sharding.replicated(mesh)),

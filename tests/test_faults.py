@@ -9,6 +9,7 @@ In-process runs use the small regression task (tests/toy_task.py); the exit
 statuses go through the CLI on the tiny built-in data (tests/test_main.py).
 """
 import glob
+import json
 import os
 import signal
 import subprocess
@@ -43,6 +44,13 @@ def _snapshot(workdir):
   return out
 
 
+def _train_rows(workdir):
+  """(step, loss) of every training row of metrics.jsonl."""
+  with open(os.path.join(workdir, "metrics.jsonl")) as f:
+    rows = [json.loads(line) for line in f]
+  return [(r["step"], r["train/loss"]) for r in rows if "train/loss" in r]
+
+
 def _assert_same_params(a, b):
   for x, y in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)):
     np.testing.assert_array_equal(x, y)
@@ -70,6 +78,7 @@ def test_corrupt_final_checkpoint_is_repaired_by_saving_over_it(tmp_path,
                                                                  capsys):
   _train(tmp_path, total_steps=6)
   _, good = _params(tmp_path)
+  logged = _train_rows(tmp_path)
   for f in glob.glob(str(tmp_path / "checkpoints" / "6" / "state" / "**"),
                      recursive=True):
     if os.path.isfile(f):
@@ -83,6 +92,8 @@ def test_corrupt_final_checkpoint_is_repaired_by_saving_over_it(tmp_path,
   steps, repaired = _params(tmp_path)
   assert steps[-1] == 6
   _assert_same_params(good, repaired)    # resume is exact
+  # One history: the retrained steps replace their rows, not repeat them.
+  assert _train_rows(tmp_path) == logged
   _train(tmp_path, total_steps=6)        # the next rerun finds it whole
   out = capsys.readouterr().out
   assert "corrupt or partial" not in out
