@@ -648,3 +648,27 @@ def test_max_side_shrinks_only_larger_images(tmp_path):
     diff = np.abs(np.asarray(image.convert("RGB"), np.float64)
                   - np.asarray(ref, np.float64))
     assert diff.mean() < (1e-9 if fmt == "PNG" else 12)
+
+
+def test_builtin_datasets_take_the_model_normalisation(data_dir):
+  """normalize='imagenet' on a built-in dataset: the record's pixels by the
+  ImageNet constants; with augment, the same jitter as minus_one_one,
+  mapped from [-1, 1] to those constants."""
+  mean = np.array([0.485, 0.456, 0.406])
+  std = np.array([0.229, 0.224, 0.225])
+
+  def first(**kw):
+    it, info = data.get_dataset(NAME, "train", "caption", batch_size=4,
+                                seed=5, data_dir=data_dir, shard=(0, 1), **kw)
+    return next(it), info
+
+  batch, info = first(normalize="imagenet", shuffle=False)
+  for row in range(4):
+    rec = info.record(int(batch["index"][row]))
+    np.testing.assert_allclose(batch["image"][row],
+                               (rec["image"] / 255 - mean) / std, atol=1e-5)
+  jittered, _ = first(augment=True)
+  renormed, _ = first(augment=True, normalize="imagenet")
+  np.testing.assert_allclose(renormed["image"],
+                             ((jittered["image"] + 1) / 2 - mean) / std,
+                             atol=1e-5)
