@@ -317,8 +317,9 @@ def get_dataset(name: str, split: str, task: str, *, batch_size: int,
   """A checkpointable iterator of batches, and a `DataInfo`.
 
   Args:
-    name: 'sort_of_clevr' (or 'sort_of_clevr/tiny'), 'easy_vqa', or a TFDS
-      catalog dataset with an image and a text feature (see `fields`).
+    name: 'sort_of_clevr' (or 'sort_of_clevr/tiny'), 'easy_vqa', a dataset
+      `python -m mmtx.data ingest` wrote into `data_dir`, or a TFDS catalog
+      dataset with an image and a text feature (see `fields`).
     split: a split name ('train', 'test', 'test_large') or TFDS slice.
     task: 'vqa', 'caption', 'contrastive' or 'dialogue' (views.py lists the
       batch keys of each).
@@ -326,7 +327,7 @@ def get_dataset(name: str, split: str, task: str, *, batch_size: int,
     seed: shuffling and augmentation seed, in [0, 2**32).
     tokenizer: a `tokenizers.Tokenizer`, a path to a saved one (.json word
       vocabulary or SentencePiece .model), or None for the dataset's word
-      vocabulary (mmtx's own datasets only).
+      vocabulary (mmtx's own and ingested datasets only).
     max_len: token length L of 'question' / 'text' / 'history'.
     shuffle, repeat, drop_remainder: default to True for a split whose name
       starts with 'train' (`repeat` and `drop_remainder` default to `shuffle`).
