@@ -3,6 +3,12 @@
 
 With no flags it runs configs/default.py (a cross-attention VQA model on the
 built-in sort_of_clevr data, built on first use) in runs/default.
+
+Exit status: 0 done; 1 the run could not do what was asked (checkpoints that
+do not fit the model or cannot be read, eval without a checkpoint, bad data,
+a non-finite loss); 2 a bad command line or config value; 143 (128 +
+SIGTERM) stopped by SIGTERM after saving a checkpoint - the same command
+resumes. Each error prints one line saying what is wrong and what to do.
 """
 from __future__ import annotations
 
@@ -162,9 +168,8 @@ def main(argv):
   name = os.path.splitext(os.path.basename(
       flags.FLAGS["config"].config_filename))[0]
   workdir = _WORKDIR.value or os.path.join("runs", name)
-  # Errors a user acts on print their message, not a traceback. Exit status:
-  # 2 a bad config value, 1 a run that could not do what was asked,
-  # train.EXIT_PREEMPTED (143) stopped by SIGTERM after saving.
+  # Errors a user acts on print their message, not a traceback (exit
+  # statuses: the module docstring).
   try:
     task = tasks.get_task(config.task)
     devices = jax.devices()
