@@ -120,3 +120,50 @@ def test_two_processes_shards_report_the_same_metrics(data_dir, tmp_path):
         for k in ("bleu_1", "bleu_2", "bleu_3", "bleu_4", "cider"):
           assert got[name].pop(k) == pytest.approx(want.pop(k), abs=1e-6), k
       _check(got[name], want)
+
+
+def test_pretrain_itm_negative_of_the_same_image_never_counts(mesh):
+  """An image with 20 captions alone in its eval batch: every pair's ITM
+  negative (the next row of its chunk) shows the same image, so none
+  counts - also for captions 15-18, whose next caption lies beyond the 16
+  fingerprints of the caption set and only the same-image test excludes.
+  Another image with 3 captions: same, and its last row's next row is
+  padding. So the ITM accuracy is the positives' alone."""
+  import types
+  import numpy as np
+  from mmtx.data import tokenizers
+  from mmtx.tasks import get_task
+  caps = [[f"caption {w} of the first image" for w in
+           ("one two three four five six seven eight nine ten eleven "
+            "twelve thirteen fourteen fifteen sixteen seventeen eighteen "
+            "nineteen twenty").split()],
+          ["a second image", "the second image", "one more image"]]
+  tok = tokenizers.WordTokenizer.fit([c for cs in caps for c in cs])
+  rs = np.random.RandomState(0)
+  u8 = rs.randint(0, 256, (2, 6, 6, 3)).astype(np.uint8)
+  info = types.SimpleNamespace(
+      name="two_images", split="test", tokenizer=tok, image_shape=(6, 6, 3),
+      record=lambda i: {"caption": caps[i]})
+  batches = [{"image": np.zeros((4, 6, 6, 3), np.float32),
+              "index": np.zeros(4, np.int32), "valid": np.arange(4) < 1}
+             for _ in range(2)]
+  for i, b in enumerate(batches):
+    b["image"][0] = u8[i] / 127.5 - 1.0
+    b["index"][0] = i
+  cfg = eval_stub.config("pretrain", "", ("test",), 4)
+  w = eval_stub.hash_weights((6, 6, 3), eval_stub.MAX_LEN)
+  ids = [tok.encode_batch(c, eval_stub.MAX_LEN)[0] for c in caps]
+  pair_keys = [eval_stub.np_keys(np.repeat(u8[i][None], len(ids[i]), 0),
+                                 ids[i], w) for i in range(2)]
+  params = eval_stub.embedding_params(w, u8, pair_keys, vocab=tok.vocab_size,
+                                      mlm_guess=[i[0] for i in ids])
+  task = get_task("pretrain")
+  task.loss_cfg, task.vocab_size = cfg.loss, tok.vocab_size
+  task.eval_iterator = lambda config, split: (iter(batches), info)
+  got, table = task.evaluate(eval_stub.Stub("fusion"), params, cfg, mesh)
+  pos = eval_stub.np_itm_pred(np.concatenate(pair_keys)) == 1
+  assert 0 < pos.mean() < 1
+  assert got["itm_accuracy/positive"] == pytest.approx(pos.mean())
+  assert got["itm_accuracy"] == pytest.approx(pos.mean())
+  assert got["itm_accuracy/negative"] == 0.0
+  assert re.search(r"on mismatched pairs\s+\|\s+\S+\s+\|\s+0\s", table), table
