@@ -69,9 +69,15 @@ def data(name, **kw) -> ml_collections.ConfigDict:
   # questions_per_image (VQA training only): 0 = one example per question;
   # Q > 0 = one example per image with Q of its questions, so the image
   # tower runs once per Q questions (batch_size then counts images).
+  # Encoded images (ingested datasets): image_size, the crop's side (0 = the
+  # dataset's own size); normalize, the model's constants ('minus_one_one',
+  # 'clip', 'imagenet'); hflip, random training flips where no text says
+  # left or right; num_workers, grain processes that decode (0 = threads).
   d = dict(name=name, train_split="train", eval_splits=("test",),
            eval_batch_size=256, max_len=16, augment=False, data_dir="",
-           tokenizer="", train_fraction=1.0, questions_per_image=0)
+           tokenizer="", train_fraction=1.0, questions_per_image=0,
+           image_size=0, normalize="minus_one_one", hflip=False,
+           num_workers=0)
   d.update(kw)
   return ml_collections.ConfigDict(d)
 
