@@ -295,7 +295,8 @@ def train_and_evaluate(config, workdir: str, task, *, mode: str = "train",
           f"{step0} the checkpoint in {ck.directory} is at: nothing to "
           f"train. Raise --config.total_steps to train on, or use "
           f"--mode=eval to evaluate it.")
-  elif mode == "eval":
+  elif mode == "eval" and not (config.init_from.workdir or
+                                config.init_from.get("weights")):
     ck.close()
     raise FileNotFoundError(
         f"--mode=eval: no checkpoint in {ck.directory} to evaluate. Train "
@@ -303,6 +304,13 @@ def train_and_evaluate(config, workdir: str, task, *, mode: str = "train",
   elif config.init_from.workdir:
     params, loaded, missing = load_transfer_params(config, state.params)
     state = state.replace(params=params)
+    if mode == "eval" and missing:
+      ck.close()
+      raise FileNotFoundError(
+          f"--mode=eval: no checkpoint in {ck.directory}, and init_from "
+          f"leaves {len(missing)} params at their random init ({missing[:3]}"
+          f"{' ...' if len(missing) > 3 else ''}): train first "
+          f"(--mode=train).")
     print(f"mmtx: initialised {loaded} params from "
           f"{config.init_from.workdir}; {len(missing)} not in the checkpoint "
           f"(fresh init): {missing}", flush=True)

@@ -157,10 +157,19 @@ def test_total_steps_below_the_resumed_step_is_an_error(tmp_path):
   assert _snapshot(tmp_path) == before
 
 
-def test_eval_needs_a_checkpoint(tmp_path):
+def test_eval_needs_a_checkpoint_or_every_param_from_init_from(tmp_path):
+  def evaluate(workdir, **kw):
+    return train.train_and_evaluate(base_config(**kw), str(workdir),
+                                    RegressionTask(), mode="eval",
+                                    progress=False)
   with pytest.raises(FileNotFoundError, match="--mode=eval: no checkpoint"):
-    train.train_and_evaluate(base_config(), str(tmp_path), RegressionTask(),
-                             mode="eval", progress=False)
+    evaluate(tmp_path / "new")
+  _train(tmp_path / "src", total_steps=3)
+  src = {"init_from.workdir": str(tmp_path / "src")}
+  assert "neg_mse" in evaluate(tmp_path / "dst", **src)  # all params loaded
+  with pytest.raises(FileNotFoundError, match="init_from leaves 3 params at "
+                     "their random init"):
+    evaluate(tmp_path / "dst2", **src, **{"model.hidden": 8})
 
 
 def test_a_file_where_the_checkpoints_go_is_an_error(tmp_path):
