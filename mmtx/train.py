@@ -171,10 +171,13 @@ def create_train_state(config, task, model, tx, mesh, rng):
 
   abstract = jax.eval_shape(init, rng)
   repl = sharding.replicated(mesh)
+  # Frozen params (optimizer.freeze) leave an empty MaskedNode in the
+  # optimizer state where their moments would be: it keeps that place.
   opt_shard = optax.tree_map_params(
-      tx, lambda _, s: s, abstract.opt_state, p_shard,
-      transform_non_params=lambda _: repl,
-      is_leaf=lambda x: isinstance(x, jax.ShapeDtypeStruct))
+      tx, lambda s, sh: s if isinstance(s, optax.MaskedNode) else sh,
+      abstract.opt_state, p_shard, transform_non_params=lambda _: repl,
+      is_leaf=lambda x: isinstance(x, (jax.ShapeDtypeStruct,
+                                       optax.MaskedNode)))
   shardings = TrainState(step=repl, params=p_shard, opt_state=opt_shard,
                          rng=repl)
   state = jax.jit(init, out_shardings=shardings)(rng)
