@@ -8,6 +8,7 @@ A task (mmtx/tasks/*) provides:
   train_iterator(config, shard_index, shard_count) -> iterator with
     get_state() / set_state(state)
   evaluate(model, params, config, mesh) -> (metrics dict, printable table)
+  import_weights(config) -> params (only for config.init_from.weights)
 
 Per step: batch -> `put_batch` (sharded over data x fsdp) -> jitted
 `train_step` (grad of task.loss_fn, optax update) -> metrics. Checkpoints hold
@@ -200,21 +201,29 @@ def make_train_step(task, model, tx):
   return train_step
 
 
-def load_transfer_params(config, params):
-  """config.init_from: {workdir, rules: [[from_regex, to_template], ...]}.
+def load_transfer_params(config, params, task=None):
+  """config.init_from: {workdir, rules: [[from_regex, to_template], ...],
+  weights}.
 
-  Loads params from another run's latest checkpoint; each target path is
-  renamed by the first matching rule; params missing there keep their fresh
-  init and are reported by name."""
-  src_dir = config.init_from.workdir
-  ck = ckpt_lib.Checkpointer(os.path.join(src_dir, "checkpoints"),
-                             async_save=False)
-  src = ck.restore_params()["params"]
-  ck.close()
+  Loads params from another run's latest checkpoint (workdir), or from
+  released weights that `task.import_weights(config)` converts (weights);
+  each target path is renamed by the first matching rule. From a checkpoint,
+  params missing there keep their fresh init and are reported by name; from
+  weights, a missing or misshapen param or a source param left unused is a
+  ValueError naming them (and both shapes), raised before any training."""
+  weights = config.init_from.get("weights", "")
+  if weights:
+    src = task.import_weights(config)
+  else:
+    ck = ckpt_lib.Checkpointer(
+        os.path.join(config.init_from.workdir, "checkpoints"),
+        async_save=False)
+    src = ck.restore_params()["params"]
+    ck.close()
   src_flat = {optimizers.path_str(p): v for p, v in
               jax.tree_util.tree_flatten_with_path(src)[0]}
   rules = [(r, t) for r, t in (config.init_from.rules or [])]
-  missing, loaded = [], 0
+  missing, misshapen, used, loaded = [], [], set(), 0
 
   import re
 
@@ -229,11 +238,21 @@ def load_transfer_params(config, params):
     v = src_flat.get(src_name)
     if v is None or tuple(np.shape(v)) != tuple(leaf.shape):
       missing.append(name)
+      if v is not None:
+        misshapen.append(f"{src_name}: {tuple(np.shape(v))} in the source, "
+                         f"{tuple(leaf.shape)} in the model")
       return leaf
+    used.add(src_name)
     loaded += 1
     return jax.device_put(jnp.asarray(v, leaf.dtype), leaf.sharding)
 
   new = jax.tree_util.tree_map_with_path(one, params)
+  unused = sorted(set(src_flat) - used)
+  if weights and (missing or unused):
+    raise ValueError(
+        f"init_from.weights={weights} does not fit config.model (whose input "
+        f"shapes come from config.data: image size, max_len): misshapen "
+        f"{misshapen}, missing {missing}, unused source params {unused}.")
   return new, loaded, missing
 
 
@@ -304,8 +323,13 @@ def train_and_evaluate(config, workdir: str, task, *, mode: str = "train",
     raise FileNotFoundError(
         f"--mode=eval: no checkpoint in {ck.directory} to evaluate. Train "
         f"first (--mode=train), or pass the --workdir of a trained run.")
-  elif config.init_from.workdir:
-    params, loaded, missing = load_transfer_params(config, state.params)
+  elif config.init_from.workdir or config.init_from.get("weights"):
+    try:
+      params, loaded, missing = load_transfer_params(config, state.params,
+                                                     task)
+    except Exception:
+      ck.close()
+      raise
     state = state.replace(params=params)
     if mode == "eval" and missing:
       ck.close()
@@ -315,8 +339,9 @@ def train_and_evaluate(config, workdir: str, task, *, mode: str = "train",
           f"{' ...' if len(missing) > 3 else ''}): train first "
           f"(--mode=train).")
     print(f"mmtx: initialised {loaded} params from "
-          f"{config.init_from.workdir}; {len(missing)} not in the checkpoint "
-          f"(fresh init): {missing}", flush=True)
+          f"{config.init_from.workdir or config.init_from.weights}; "
+          f"{len(missing)} not in the checkpoint (fresh init): {missing}",
+          flush=True)
 
   writer = MetricWriter(workdir, enabled=is_main)
   if mode == "train":

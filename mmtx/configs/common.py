@@ -56,8 +56,12 @@ def base(**overrides) -> ml_collections.ConfigDict:
       end_lr_factor=0.01, grad_clip_norm=1.0, accumulate_steps=1,
       freeze=(), lr_multipliers=(), layer_decay=0.0))
   # Pretrain -> fine-tune: params from another run's latest checkpoint, with
-  # [regex, replacement] rules mapping this model's param paths to its paths.
-  c.init_from = ml_collections.ConfigDict(dict(workdir="", rules=()))
+  # [regex, replacement] rules mapping this model's param paths to its paths;
+  # or released weights (weights: a Hugging Face directory or hub name, or an
+  # open_clip file of the architecture `preset` names: mmtx.interop.weights),
+  # which the task imports and every param must come from.
+  c.init_from = ml_collections.ConfigDict(dict(workdir="", rules=(),
+                                               weights="", preset=""))
   for k, v in overrides.items():
     setattr(c, k, v)
   return c

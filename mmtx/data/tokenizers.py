@@ -485,10 +485,19 @@ class SiglipTokenizer(Tokenizer):
 
 
 def load_tokenizer(path: str) -> Tokenizer:
-  """A saved word vocabulary (.json) or a SentencePiece model (.model)."""
+  """A saved word vocabulary (.json), a SentencePiece model (.model), or a
+  released model's own tokenizer: 'clip' (`ClipBpeTokenizer` with open_clip's
+  vocabulary), 'clip:MERGES' (with that merges file) or 'siglip:MODEL'
+  (`SiglipTokenizer` on that SentencePiece model)."""
+  kind, sep, arg = path.partition(":")
+  if kind == "clip":
+    return ClipBpeTokenizer(arg or None)
+  if kind == "siglip" and sep:
+    return SiglipTokenizer.load(arg)
   if path.endswith(".json"):
     return WordTokenizer.load(path)
   if path.endswith(".model"):
     return SentencePieceTokenizer.load(path)
   raise ValueError(f"load_tokenizer: {path} is neither a .json word vocabulary "
-                   "nor a SentencePiece .model file.")
+                   "nor a SentencePiece .model file, 'clip[:MERGES]' or "
+                   "'siglip:MODEL'.")

@@ -1,4 +1,5 @@
 """Weights in and out, each as (config, params) for `mmtx.models.DualEncoder`:
 `hf_clip` (transformers CLIPModel, both ways), `hf_siglip` (SiglipModel, both
 ways), `open_clip` (open_clip CLIP / SigLIP models, in), `presets` (configs at
-the published sizes). `mapping` is the rule table they share."""
+the published sizes), `weights` (any of them by path or hub name, for
+configs/clip.py:init=). `mapping` is the rule table they share."""

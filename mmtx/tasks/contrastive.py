@@ -80,6 +80,21 @@ class ContrastiveTask(common.Task):
     cfg = common.model_config(config, vocab_size=info.tokenizer.vocab_size)
     return DualEncoder(cfg)
 
+  def import_weights(self, config):
+    """The params of config.init_from.weights (mmtx.interop.weights), for
+    the trainer's init_from; the tokenizer must be the weights' own."""
+    from mmtx.interop import weights  # pylint: disable=g-import-not-at-top
+    if not config.data.tokenizer:
+      raise ValueError(
+          f"init_from.weights={config.init_from.weights}: config.data."
+          f"tokenizer is unset, so the texts would be the dataset's word ids, "
+          f"not those the weights were trained on; pass --config.data."
+          f"tokenizer=siglip:PATH/spiece.model (SigLIP) or =clip (CLIP).")
+    _, params = weights.load(config.init_from.weights,
+                             config.init_from.preset)
+    weights.load.cache_clear()
+    return params
+
   def loss_fn(self, model, params, batch, rng, train):
     img_emb, txt_emb, extras = model.apply(
         {"params": params}, batch["image"], batch["text"],
