@@ -242,6 +242,7 @@ class AvScenes(tfds_base.Builder):
             answers=list(ANSWERS), qtypes=list(QTYPES),
             qsubtypes=[list(s) for s in QSUBTYPES],
             frames=FRAMES, size=SIZE, sample_rate=SAMPLE_RATE,
+            audio_samples=FRAMES * SAMPLES_PER_FRAME,
             colors=list(COLORS), shapes=list(SHAPES),
             directions=list(DIRECTIONS), pitches_hz=list(PITCHES_HZ)),
     )

@@ -254,7 +254,8 @@ def _open_source(name, split, data_dir, build, fields, image_size):
                        f"{splits} (a TFDS slice like 'train[:10%]' also works).")
     source = _FileSource(builder.as_data_source(split), name, split,
                          build_lib.build_command(name, data_dir))
-    shape = tuple(builder.info.features["image"].shape)
+    features = builder.info.features
+    shape = tuple(features["image" if "image" in features else "video"].shape)
     return (source, _identity, shape, dict(builder.info.metadata),
             build_lib.build_command(name, data_dir), builder)
   if ingest_lib.is_ingested(name, data_dir):

@@ -9,13 +9,17 @@ Record schema (what mmtx's builders and `catalog.to_record` produce):
   'dialogue_question' str [D, T] and 'dialogue_answer' int32 [D, T].
   Ingested VQA datasets also have 'answer_ids' int32 [Q, 10], the human
   answers' ids (-1: not in the vocabulary, -2: none), and 'answer' -1 for a
-  question none of whose answers is in the vocabulary.
+  question none of whose answers is in the vocabulary. Audio-visual clips
+  (av_scenes) have 'video' uint8 [T, H, W, 3] and 'audio' float32 [samples]
+  in place of 'image'.
 
 Example keys (the pipeline stacks them into batches with a leading [B]):
   every task: 'image' float32 [H, W, 3] in [-1, 1] (or normalised with
     `ViewSpec.normalize`; encoded images are decoded and cropped as
     `ViewSpec.image_policy` says, images.py); 'index' int32, the
     record's index in its split; 'valid' bool, False for padding examples.
+    Audio-visual clips: 'video' float32 [T, H, W, 3] in [-1, 1] and 'audio'
+    float32 [samples] instead of 'image'.
   'vqa' (one example per question): 'question' int32 [L] (0 = pad),
     'question_mask' bool [L], 'answer' int32, 'qtype' int32, 'qsubtype' int32
     (0 when the dataset has none), and 'question_encoding' float32 [E] when
@@ -247,14 +251,17 @@ def _turn_group(spec: ViewSpec, record, rng) -> dict:
 def make_example(spec: ViewSpec, record, index: int, unit: int,
                  rng: np.random.Generator | None) -> dict:
   """Example `unit` of record number `index` (see the module docstring)."""
-  image = record["image"]
+  # Audio-visual clips carry 'video' (uint8 [T, H, W, 3], spec.image_shape)
+  # and 'audio' (float32 [samples]) instead of an image.
+  image = record["video"] if "video" in record else record["image"]
   encoded = isinstance(image, (bytes, np.bytes_))
   if not encoded:
     image = np.asarray(image)
   if not encoded and (image.shape != tuple(spec.image_shape)
                       or image.dtype != np.uint8):
-    _fail(spec, record, f"image has shape {image.shape} and dtype "
-          f"{image.dtype}, expected uint8 {tuple(spec.image_shape)}")
+    _fail(spec, record, f"{'video' if 'video' in record else 'image'} has "
+          f"shape {image.shape} and dtype {image.dtype}, expected uint8 "
+          f"{tuple(spec.image_shape)}")
   count = units_per_record(spec.task, record, spec.questions_per_image)
   if not 0 <= unit < count:
     _fail(spec, record, f"it has {count} {spec.task} examples but example "
@@ -301,7 +308,10 @@ def make_example(spec: ViewSpec, record, index: int, unit: int,
     turns = np.asarray(record["dialogue_answer"]).shape[1]
     ex.update(_turn(spec, record, *divmod(unit, turns)))
   # Last, so that turning augmentation on does not change the text drawn.
-  if encoded:
+  if "video" in record:
+    ex["video"] = normalize_image(image)
+    ex["audio"] = np.asarray(record["audio"], np.float32)
+  elif encoded:
     ex["image"] = _decoded_image(spec, record, bytes(image), rng)
   elif spec.augment and rng is not None:
     ex["image"] = _renormalize(augment_image(image, rng), spec.normalize)

@@ -8,6 +8,7 @@ import importlib
 # name -> "module:Class" (imported on first use).
 TASKS = {
     "vqa": "mmtx.tasks.vqa:VqaTask",
+    "avqa": "mmtx.tasks.avqa:AvqaTask",
     "contrastive": "mmtx.tasks.contrastive:ContrastiveTask",
     "caption": "mmtx.tasks.caption:CaptionTask",
     "dialogue": "mmtx.tasks.dialogue:DialogueTask",

@@ -32,8 +32,12 @@ class VqaTask(common.Task):
                               num_answers=len(info.answers))
     return FusionModel(cfg)
 
+  def inputs(self, batch):
+    """The model's positional inputs from a batch."""
+    return batch["image"], batch["question"]
+
   def loss_fn(self, model, params, batch, rng, train):
-    out, _ = model.apply({"params": params}, batch["image"], batch["question"],
+    out, _ = model.apply({"params": params}, *self.inputs(batch),
                          deterministic=not train, rngs={"dropout": rng})
     return common.answer_loss(out["vqa_logits"], batch["answer"], batch)
 
@@ -43,7 +47,7 @@ class VqaTask(common.Task):
       it, info = self.eval_iterator(config, split)
       nt = len(info.qtypes or ("all",))
       ns = max((len(s) for s in info.qsubtypes), default=1) if info.qsubtypes else 1
-      counts = _eval_counts(model, params, it, mesh, nt, ns)
+      counts = _eval_counts(model, params, it, mesh, nt, ns, self.inputs)
       correct, total = counts
       prefix = "" if split == config.data.eval_splits[0] else f"{split}/"
       metrics[f"{prefix}accuracy"] = float(correct.sum() / max(total.sum(), 1))
@@ -83,10 +87,10 @@ def vqa_soft_accuracy(pred, answer_ids):
   return jnp.where(n == 1, match.any(-1), soft).astype(jnp.float32)
 
 
-def _eval_counts(model, params, it, mesh, nt, ns):
+def _eval_counts(model, params, it, mesh, nt, ns, inputs):
   @jax.jit
   def step(params, batch):
-    out, _ = model.apply({"params": params}, batch["image"], batch["question"])
+    out, _ = model.apply({"params": params}, *inputs(batch))
     correct = (jnp.argmax(out["vqa_logits"], -1) == batch["answer"])
     if "answer_ids" in batch:   # ingested VQA: the official accuracy
       correct = vqa_soft_accuracy(jnp.argmax(out["vqa_logits"], -1),

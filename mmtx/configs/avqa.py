@@ -1,0 +1,51 @@
+"""Audio-visual QA on the built-in AV-Scenes clips: ViViT video tokens, AST
+audio tokens and the question's tokens into one fusion strategy.
+
+  python -m mmtx.main --config=configs/avqa.py
+  python -m mmtx.main --config=configs/avqa.py:fusion=bottleneck
+  python -m mmtx.main --config=configs/avqa.py:zero=video+audio   # floor
+
+Args: fusion (a FUSIONS name), steps, width, questions (per clip and
+training example), zero ('' or 'video', 'audio', 'video+audio': those
+inputs replaced by zeros, the floors at an equal parameter count).
+"""
+import ml_collections
+
+from mmtx import fusion as fusion_lib
+from mmtx.configs import common
+
+
+def get_config(arg: str = ""):
+  args = common.parse_args(arg, "configs/avqa.py", steps=3000, width=64,
+                           fusion="cross_attention", questions=4, zero="")
+  zero = tuple(z for z in args["zero"].split("+") if z)
+  c = common.base(task="avqa", total_steps=args["steps"], batch_size=32,
+                  log_every=100, eval_every=args["steps"],
+                  checkpoint_every=1000)
+  # Questions are at most 12 words (14 tokens with bos / eos).
+  c.data = common.data("av_scenes", eval_splits=("validation", "test"),
+                       max_len=14, eval_batch_size=100,
+                       questions_per_image=args["questions"])
+  w = args["width"]
+  name = args["fusion"]
+  directional = issubclass(fusion_lib.FUSIONS[name],
+                           fusion_lib.DirectionalFusion) if (
+                               name in fusion_lib.FUSIONS) else False
+  fusion = dict(name=name, dim=w, num_heads=4, num_layers=2, mlp_dim=2 * w)
+  if directional:
+    fusion["target"] = "text"
+  c.model = ml_collections.ConfigDict(dict(
+      # 8 frames of 32x32 -> 4 x 4 x 4 tubelets of 2 x 8 x 8.
+      video=dict(width=w, depth=1, mlp_dim=2 * w, num_heads=4,
+                 patch_size=(2, 8, 8), attention="joint"),
+      # 1 s at 8 kHz -> 33 frames x 32 mels; 4 x 8 patches (one per 125 ms).
+      audio=dict(width=w, depth=1, mlp_dim=2 * w, num_heads=4,
+                 patch_size=(4, 8), strides=(4, 8),
+                 mel=dict(sample_rate=8000, n_fft=256, hop_length=250,
+                          n_mels=32)),
+      text=dict(vocab_size=-1, width=w, depth=1, mlp_dim=2 * w, num_heads=4,
+                max_len=14),
+      fusion=fusion, num_answers=-1, head_hidden=128, zero=zero))
+  c.optimizer.learning_rate = 1e-3
+  c.optimizer.warmup_steps = 200
+  return c
