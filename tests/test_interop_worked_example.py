@@ -116,13 +116,20 @@ def _mmtx_embeddings(model_config, params, pixels, ids):
   return np.asarray(img), np.asarray(txt)
 
 
-def _hf_zero_shot(hf, kind, path, info):
-  """Zero-shot 'how many circles' top-1 on every test image from
-  transformers' embeddings: prompts ensembled by their mean."""
+def _hf_zero_shot(hf, kind, path, info, labelled):
+  """Zero-shot top-1 on every test image from transformers' embeddings,
+  prompts ensembled by their mean: 'which shape is the red object'
+  (labelled: the record field objects.shape.0 and class names x templates)
+  or Sort-of-CLEVR's default 'how many circles'."""
   records = [info.record(i) for i in range(info.num_records)]
   raw = np.stack([np.asarray(r["image"]) for r in records])
-  n_objects = len(np.asarray(records[0]["objects"]["shape"]))
-  prompts = contrastive.circle_count_prompts(n_objects)
+  if labelled:
+    prompts = [[t.format(c) for t in RED_TEMPLATES] for c in SHAPES]
+    labels = [int(r["objects"]["shape"][0]) for r in records]
+  else:
+    prompts = contrastive.circle_count_prompts(
+        len(np.asarray(records[0]["objects"]["shape"])))
+    labels = [contrastive.circle_count_label(r["objects"]) for r in records]
   flat = [p for cls in prompts for p in cls]
   if kind == "clip":
     pixels = transformers.CLIPImageProcessor(
@@ -143,8 +150,12 @@ def _hf_zero_shot(hf, kind, path, info):
   txt = txt / np.linalg.norm(txt, axis=1, keepdims=True)
   cls = txt.reshape(len(prompts), len(prompts[0]), -1).mean(1)
   cls /= np.linalg.norm(cls, axis=1, keepdims=True)
-  labels = [contrastive.circle_count_label(r["objects"]) for r in records]
   return float(np.mean(np.argmax(img @ cls.T, 1) == labels))
+
+
+# Sort-of-CLEVR's object 0 is the red one; shape 0 is a circle, 1 a square.
+SHAPES = ("circle", "square")
+RED_TEMPLATES = ("a red {}.", "the red object is a {}.")
 
 
 # CLIP with locked-image tuning (lit=1); SigLIP fully fine-tuned (-m slow:
@@ -166,6 +177,9 @@ def test_worked_example(kind, lit, tmp_path, data_dir):
     config.update(batch_size=8, log_every=1, eval_every=3,
                   checkpoint_every=3)
     config.optimizer.update(warmup_steps=1, learning_rate=3e-3)
+    if kind == "clip":  # the labelled-dataset evaluator; SigLIP: the default
+      config.zero_shot.update(label="objects.shape.0", classes=SHAPES,
+                              templates=RED_TEMPLATES)
   task = tasks.get_task(config.task)
 
   # Imported: mmtx's embeddings equal transformers' on Sort-of-CLEVR images
@@ -188,9 +202,11 @@ def test_worked_example(kind, lit, tmp_path, data_dir):
   # same classifier built from transformers' embeddings.
   mesh = sharding.make_mesh(**config.mesh)
   model = task.build_model(config)
-  before, _ = task.evaluate(model, imported, config, mesh)
+  before, table = task.evaluate(model, imported, config, mesh)
   assert before["zero_shot/top1"] == pytest.approx(
-      _hf_zero_shot(hf, kind, src, info), abs=1e-9)
+      _hf_zero_shot(hf, kind, src, info, kind == "clip"), abs=1e-9)
+  assert ("zero-shot 'objects.shape.0' (2 classes x 2 prompts)" in table
+          if kind == "clip" else "'how many circles'" in table)
 
   # Fine-tune a few steps through the one trainer, from the weights.
   after = train.train_and_evaluate(config, str(tmp_path / "run"), task,

@@ -64,6 +64,12 @@ def get_config(arg: str = ""):
                   checkpoint_every=1000, best_metric="t2i_r1")
   # Captions of Sort-of-CLEVR are at most 48 words: 50 tokens keeps them all.
   c.data = common.data("sort_of_clevr", eval_splits=("test",), max_len=50)
+  # Zero-shot classification in every eval (mmtx.tasks.contrastive): label,
+  # the record field of each image's class id, a dotted path ('label',
+  # 'objects.shape.0'; '' = Sort-of-CLEVR's circle count); classes, their
+  # names; templates, the prompts ('{}' = a class name), ensembled.
+  c.zero_shot = ml_collections.ConfigDict(dict(
+      label="", classes=(), templates=("a photo of a {}.",)))
   model = _model(args["width"], loss)
   if args["preset"] or args["init"]:
     from mmtx.interop import presets, weights  # pylint: disable=g-import-not-at-top

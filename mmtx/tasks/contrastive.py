@@ -8,11 +8,13 @@ model's learned logit_scale (and logit_bias).
 
 Evaluation, per split of config.data.eval_splits: image <-> text retrieval
 recall@1/5/10 over all captions of each image (`retrieval`), and zero-shot
-classification from text prompts on datasets whose records carry
-Sort-of-CLEVR 'objects': the class is the number of circles k in 0..N
-(N objects; the rest are squares), the prompts say it in the dataset's own
-caption wording, "there are four circles and two squares." and "4 circles
-and 2 squares." (CLIP prompt ensembling). Datasets without 'objects' skip it.
+classification from text prompts with their embeddings ensembled (CLIP):
+on any labelled dataset, config.zero_shot's class names x prompt templates
+and the record field holding each image's class; by default, on records
+with Sort-of-CLEVR 'objects', the number of circles k in 0..N (N objects;
+the rest are squares), said in the dataset's own caption wording, "there
+are four circles and two squares." and "4 circles and 2 squares.".
+Datasets without either skip it.
 """
 from __future__ import annotations
 
@@ -126,34 +128,72 @@ class ContrastiveTask(common.Task):
           ["direction", "R@1", "R@5", "R@10"], retrieval.recall_rows(rec)))
       zs = zero_shot(step, params, config, mesh, info, pairs)
       if zs is not None:
-        values, counts = zs
+        values, counts, title = zs
         out.update({f"{prefix}zero_shot/{k}": v for k, v in values.items()})
         lines.append(common.table(
-            f"{info.name} {split}: zero-shot 'how many circles' "
-            f"({len(counts)} classes)",
-            ["metric", "value"],
-            [("top-1 accuracy", f"{100 * values['top1']:.2f}%"),
-             ("top-5 accuracy", f"{100 * values['top5']:.2f}%"),
-             ("majority-class top-1",
+            f"{info.name} {split}: {title}", ["metric", "value"],
+            [(f"top-{k[3:]} accuracy", f"{100 * v:.2f}%")
+             for k, v in values.items()] +
+            [("majority-class top-1",
               f"{100 * counts.max() / counts.sum():.2f}%"),
              ("images per class", " ".join(map(str, counts)))]))
     return out, "\n".join(lines)
 
 
+def record_field(record, path: str):
+  """The value at a dotted `path` of a record: dict keys and, for arrays,
+  integer indices ('label', 'objects.shape.0')."""
+  value = record
+  for part in path.split("."):
+    if isinstance(value, dict):
+      if part not in value:
+        raise ValueError(f"config.zero_shot.label={path!r}: the records have "
+                         f"no {part!r} (they have {sorted(value)}).")
+      value = value[part]
+    else:
+      value = np.asarray(value)[int(part)]
+  return int(np.asarray(value))
+
+
+def class_prompts(classes, templates) -> list[list[str]]:
+  """Prompts `[classes][templates]`: each template with '{}' filled by the
+  class name (CLIP's prompt ensembling, Radford et al. 2021, Sec. 3.1.4)."""
+  if not classes or not templates or any("{}" not in t for t in templates):
+    raise ValueError(f"config.zero_shot: classes must name every class and "
+                     f"every template hold '{{}}' for the name, got classes="
+                     f"{tuple(classes)!r}, templates={tuple(templates)!r}.")
+  return [[t.format(c) for t in templates] for c in classes]
+
+
 def zero_shot(step, params, config, mesh, info, pairs):
-  """(metrics, images per class) of the circle-count zero-shot classifier,
-  or None when the records have no 'objects'."""
-  if any(o is None for o in pairs.objects):
-    return None
-  sizes = {len(np.asarray(o["shape"])) for o in pairs.objects}
-  if len(sizes) != 1:
-    return None
-  prompts = circle_count_prompts(sizes.pop())
+  """(metrics, images per class, title) of zero-shot classification, or
+  None. With config.zero_shot.label set, each image's class is that record
+  field and the classifier is config.zero_shot.classes x templates;
+  otherwise, on records with Sort-of-CLEVR 'objects', the circle count."""
+  spec = config.get("zero_shot")
+  if spec is not None and spec.label:
+    prompts = class_prompts(spec.classes, spec.templates)
+    labels = np.array([record_field(info.record(int(i)), spec.label)
+                       for i in pairs.indices])
+    if labels.min() < 0 or labels.max() >= len(prompts):
+      raise ValueError(f"config.zero_shot.label={spec.label!r} has class ids "
+                       f"in [{labels.min()}, {labels.max()}]; "
+                       f"config.zero_shot.classes names {len(prompts)}.")
+    title = (f"zero-shot '{spec.label}' ({len(prompts)} classes x "
+             f"{len(prompts[0])} prompts)")
+  else:
+    if any(o is None for o in pairs.objects):
+      return None
+    sizes = {len(np.asarray(o["shape"])) for o in pairs.objects}
+    if len(sizes) != 1:
+      return None
+    prompts = circle_count_prompts(sizes.pop())
+    labels = np.array([circle_count_label(o) for o in pairs.objects])
+    title = f"zero-shot 'how many circles' ({len(prompts)} classes)"
   txt_emb = retrieval.text_outputs(step, params, config, mesh, info,
                                    [p for cls in prompts for p in cls])
   class_emb = txt_emb["txt_emb"].reshape(len(prompts), len(prompts[0]), -1)
-  labels = np.array([circle_count_label(o) for o in pairs.objects])
   img_emb = pairs.outputs["img_emb"][pairs.first_pair]
-  values = metrics_lib.zero_shot_accuracy(img_emb, class_emb, labels,
-                                          ks=(1, 5))
-  return values, np.bincount(labels, minlength=len(prompts))
+  values = metrics_lib.zero_shot_accuracy(
+      img_emb, class_emb, labels, ks=(1, 5) if len(prompts) > 5 else (1,))
+  return values, np.bincount(labels, minlength=len(prompts)), title
