@@ -344,3 +344,22 @@ def test_a_run_stopped_by_sigterm_is_not_a_row(tmp_path):
   assert (f"training stopped at step {steps[0]} of 100000; rerun the same "
           "command to resume") in err, err[-2000:]
   assert runlib.checkpoint_steps(str(tmp_path / "nothing")) == []
+
+
+@pytest.mark.slow
+def test_wise_ft_script_writes_its_alpha_table(tmp_path):
+  """alpha 0 and 1 are the zero-shot and the fine-tuned runs' own weights:
+  their rows equal the trainer's final evals of those runs."""
+  out_dir = tmp_path / "wise"
+  _script(tmp_path, "wise_ft.py", "--quick", f"--out={out_dir}")
+  md = (out_dir / "results.md").read_text()
+  assert "| alpha | i2t R@1 | t2i R@1 | zero-shot top-1 |" in md
+  assert "on 'test_large' (reported once)" in md
+  res = json.loads((out_dir / "results.json").read_text())
+  rows = {r["alpha"]: r["metrics"] for r in res["rows"]}
+  assert sorted(rows) == [0.0, 0.5, 1.0]
+  for alpha, run in ((0.0, "zero_shot"), (1.0, "fine_tuned")):
+    last = [json.loads(line) for line in open(out_dir / run /
+                                              "metrics.jsonl")][-1]
+    for key, value in rows[alpha].items():
+      assert value == pytest.approx(last[f"eval/{key}"], abs=1e-9), (run, key)

@@ -2,4 +2,5 @@
 `hf_clip` (transformers CLIPModel, both ways), `hf_siglip` (SiglipModel, both
 ways), `open_clip` (open_clip CLIP / SigLIP models, in), `presets` (configs at
 the published sizes), `weights` (any of them by path or hub name, for
-configs/clip.py:init=). `mapping` is the rule table they share."""
+configs/clip.py:init=), `wise_ft` (interpolating fine-tuned weights with the
+zero-shot ones). `mapping` is the rule table they share."""
