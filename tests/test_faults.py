@@ -205,7 +205,8 @@ def test_cli_sigterm_saves_and_exits_with_the_preemption_status(tmp_path):
   proc = subprocess.Popen(
       [sys.executable, "-m", "mmtx.main", f"--workdir={tmp_path / 'run'}",
        *args, "--config.total_steps=100000", "--config.checkpoint_every=50000",
-       "--config.eval_every=0", "--progress=true"],
+       "--config.eval_every=0", "--config.model.fusion.num_layers=1",
+       "--config.mesh.cpu_devices=1", "--progress=true"],
       cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
   seen = b""
   while b"train:" not in seen:   # the progress bar: the handler is set
