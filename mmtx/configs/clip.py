@@ -73,7 +73,8 @@ def get_config(arg: str = ""):
   model = _model(args["width"], loss)
   if args["preset"] or args["init"]:
     from mmtx.interop import presets, weights  # pylint: disable=g-import-not-at-top
-    given = [k for k in ("loss", "width") if f"{k}=" in arg]
+    named = {item.partition("=")[0] for item in arg.split(",")}
+    given = [k for k in ("loss", "width") if k in named]
     if given:
       raise ValueError(f"configs/clip.py: {given} cannot be combined with "
                        f"preset= or init=, which set the model.")

@@ -39,6 +39,10 @@ def load(spec: str, preset: str = ""):
           f"{preset!r}); a Hugging Face model is a save_pretrained "
           f"directory.")
     return open_clip.load(OPEN_CLIP_NAMES[preset], pretrained=spec)
+  if preset:
+    raise ValueError(f"init={spec}: preset= names the architecture of an "
+                     f"open_clip checkpoint file; a Hugging Face directory or "
+                     f"hub name carries its own config (drop preset=).")
   import transformers  # pylint: disable=g-import-not-at-top
   try:
     kind = transformers.AutoConfig.from_pretrained(spec).model_type
