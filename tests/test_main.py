@@ -76,7 +76,7 @@ def test_every_config_file_checks_its_args(name):
   import importlib
   mod = importlib.import_module(f"mmtx.configs.{name}")
   with pytest.raises(ValueError, match=f"configs/{name}.py: unknown arg "
-                     "'stpes'.*closest: \\['steps'\\]"):
+                     "'stpes'.*closest: \\['steps'[],]"):
     mod.get_config("stpes=10")
   with pytest.raises(ValueError, match="not key=value"):
     mod.get_config("steps")
