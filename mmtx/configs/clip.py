@@ -47,7 +47,6 @@ def _full(model: dict) -> dict:
   out = _model(model["embed_dim"], loss)
   for key in ("image", "text"):
     out[key].update(model[key])
-    out[key].setdefault("dtype", "float32")
   out.update({k: v for k, v in model.items() if k not in ("image", "text")})
   return out
 
