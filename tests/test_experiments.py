@@ -137,12 +137,12 @@ def test_quickstart_notebook_runs_top_to_bottom(tmp_path):
   assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-3000:]
   assert "pred=" in out.stdout and "true=" in out.stdout
   import importlib.util
-  if importlib.util.find_spec("transformers") and importlib.util.find_spec(
-      "torch"):   # the interop cell: imported, LiT-tuned, exported
+  if all(importlib.util.find_spec(m) for m in (
+      "torch", "transformers", "open_clip")):  # imported, LiT-tuned, exported
     assert "zero_shot/top1: " in out.stdout, out.stdout[-2000:]
     assert "export matches transformers: True" in out.stdout
   else:
-    assert "skipped: this cell needs torch and transformers" in out.stdout
+    assert "skipped: this cell needs torch, transformers" in out.stdout
   from PIL import Image
   img = Image.open(wd / "attention.png")
   assert img.size[0] == 6 * (75 * 4 + 8) and img.size[1] == 75 * 4 + 44
