@@ -370,3 +370,26 @@ def test_wise_ft_script_writes_its_alpha_table(tmp_path):
                                               "metrics.jsonl")][-1]
     for key, value in rows[alpha].items():
       assert value == pytest.approx(last[f"eval/{key}"], abs=1e-9), (run, key)
+
+
+@pytest.mark.slow
+def test_av_ablation_rows_costs_and_table(tmp_path):
+  """--quick on two strategies (~70 s of CPU): each row gets XLA's forward
+  FLOPs (late fusion, with no attention layers, costs less than bottleneck
+  tokens), and the table's cells are its rows' numbers."""
+  out = tmp_path / "av"
+  _script(tmp_path, "av_ablation.py", "--quick", "--fusions=late,bottleneck",
+          "--no-floors", f"--out={out}", timeout=900)
+  rows = {r["name"]: r for r in json.loads(
+      (out / "results.json").read_text())["rows"]}
+  assert sorted(rows) == ["bottleneck", "late"]
+  assert 0 < rows["late"]["gflops"] < rows["bottleneck"]["gflops"]
+  md = (out / "results.md").read_text()
+  for name, r in rows.items():
+    acc = r["metrics"]
+    assert (f"| {name} | {r['params'] / 1e3:.0f}k | {r['gflops']:.4f} |"
+            in md), md
+    assert (f"| {100 * acc['accuracy']:.1f}% | {100 * acc['accuracy/sight']:.1f}%"
+            in md), md
+  _chart(out / "accuracy.png")
+  _chart(out / "cost.png")

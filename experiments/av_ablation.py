@@ -1,0 +1,194 @@
+"""Audio-visual fusion ablation on AV-Scenes (configs/avqa.py): fusion
+strategies over video, audio and question tokens against the video-only,
+audio-only and question-only floors; accuracy per question type (sight /
+sound / both), parameters, forward FLOPs per (clip, question) and
+questions/s - MBT's accuracy-against-cost table (Nagrani et al. 2021).
+
+  ./run.sh python experiments/av_ablation.py --steps=3000 --seeds=0,1,2 \
+      --out=runs/av_ablation
+  ./run.sh python experiments/av_ablation.py --quick      # smoke run
+
+Rows are reported on the test split; nothing here is chosen on it (every row
+runs the config's recipe). Finished rows are kept in OUT/results.json:
+rerunning resumes. results.md, results.json, accuracy.png (per question type)
+and cost.png (accuracy against GFLOPs) go to OUT, one workdir per run under
+OUT/runs.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+
+_REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, _REPO)
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import runlib  # noqa: E402
+
+TYPES = ("accuracy", "accuracy/sight", "accuracy/sound", "accuracy/both")
+FUSIONS = ("bottleneck", "cross_attention", "concat", "late", "m_modal")
+# Floors: the cross-attention model with inputs replaced by zeros.
+FLOORS = {"video_only": "audio", "audio_only": "video",
+          "question_only": "video+audio"}
+
+
+def config_for(name, seed, args):
+  from mmtx.configs import avqa
+  floor = FLOORS.get(name)
+  cfg = avqa.get_config(f"steps={args.steps},fusion="
+                        f"{'cross_attention' if floor else name}"
+                        + (f",zero={floor}" if floor else ""))
+  with cfg.unlocked():
+    cfg.seed = seed
+    cfg.checkpoint_every = args.steps
+    cfg.keep_checkpoints = 1
+    cfg.log_every = max(args.steps // 10, 1)
+    cfg.data.eval_splits = ("test",)
+    if args.quick:
+      cfg.data.name = "av_scenes/tiny"
+      cfg.batch_size = 4
+      cfg.data.eval_batch_size = 16
+      cfg.model.video.width = cfg.model.audio.width = 16
+  return cfg
+
+
+def forward_flops(cfg) -> float:
+  """XLA's FLOP count of the model's forward pass on one clip with one
+  question."""
+  import jax
+  import numpy as np
+  from mmtx import tasks
+  task = tasks.get_task(cfg.task)
+  model = task.build_model(cfg)
+  with cfg.unlocked():
+    cfg.batch_size = 1
+  batch = task.init_batch(cfg)
+  params = jax.eval_shape(lambda: task.init_variables(
+      model, jax.random.key(0), batch))["params"]
+  inputs = [jax.ShapeDtypeStruct(np.shape(x), np.asarray(x).dtype)
+            for x in task.inputs(batch)]
+  compiled = jax.jit(lambda p, *x: model.apply({"params": p}, *x)).lower(
+      params, *inputs).compile()
+  cost = compiled.cost_analysis()
+  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+  return float(cost["flops"])
+
+
+def run_one(name, seed, args):
+  cfg = config_for(name, seed, args)
+  workdir = os.path.join(args.out, "runs", f"{name}_seed{seed}")
+  r = runlib.train_run(cfg, workdir)
+  return {"name": name, "seed": seed, "steps": args.steps,
+          "wall_s": r["wall_s"], "params": r["params"],
+          "questions_per_sec": r["questions_per_sec"],
+          "gflops": forward_flops(config_for(name, seed, args)) / 1e9,
+          "metrics": {k: r["metrics"].get(k) for k in TYPES},
+          "date": time.strftime("%Y-%m-%d"), "machine": runlib.machine()}
+
+
+def _label(name):
+  return f"floor: {name.replace('_', ' ')}" if name in FLOORS else name
+
+
+def ordered(results):
+  import numpy as np
+  return sorted({r["name"] for r in results},
+                key=lambda n: (n in FLOORS, -np.mean([
+                    r["metrics"]["accuracy"] for r in results
+                    if r["name"] == n])))
+
+
+def table(results, args):
+  import numpy as np
+  head = ["model", "params", "GFLOPs / question", "questions/s", "seeds",
+          "all", "sight", "sound", "both"]
+  rows = []
+  for n in ordered(results):
+    rs = [r for r in results if r["name"] == n]
+    cells = [_label(n), f"{rs[0]['params'] / 1e3:.0f}k",
+             f"{rs[0]['gflops']:.4f}",
+             f"{np.median([r['questions_per_sec'] or 0 for r in rs]):.0f}",
+             ",".join(str(r["seed"]) for r in sorted(rs, key=lambda r: r["seed"]))]
+    cells += [runlib.pct_cell([r["metrics"][k] for r in rs]) for k in TYPES]
+    rows.append(cells)
+  dates = sorted({r["date"] for r in results})
+  machines = sorted({r["machine"] for r in results})
+  meta = (f"AV-Scenes test split; {args.steps} steps; mean ± std over a row's "
+          f"seeds; machine: {'; '.join(machines)}; measured {dates[0]}"
+          f"{f' to {dates[-1]}' if len(dates) > 1 else ''}.")
+  return runlib.markdown_table(head, rows) + "\n\n" + meta + "\n"
+
+
+def cost_chart(results, path):
+  """cost.png: mean test accuracy against forward GFLOPs, one point per
+  row."""
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+  import numpy as np
+  fig, ax = plt.subplots(figsize=(5.5, 3.6))
+  for n in ordered(results):
+    rs = [r for r in results if r["name"] == n]
+    acc = 100 * np.mean([r["metrics"]["accuracy"] for r in rs])
+    ax.scatter(rs[0]["gflops"], acc, marker="x" if n in FLOORS else "o")
+    ax.annotate(_label(n), (rs[0]["gflops"], acc), fontsize=7,
+                xytext=(3, 3), textcoords="offset points")
+  ax.set_xlabel("forward GFLOPs per (clip, question)")
+  ax.set_ylabel("test accuracy (%)")
+  ax.set_title("AV-Scenes: accuracy against cost", fontsize=9)
+  ax.grid(alpha=0.3)
+  fig.tight_layout()
+  fig.savefig(path, dpi=120)
+  plt.close(fig)
+  return path
+
+
+def main(argv=None):
+  p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  p.add_argument("--steps", type=int, default=3000)
+  p.add_argument("--seeds", default="0,1,2")
+  p.add_argument("--fusions", default=",".join(FUSIONS))
+  p.add_argument("--floors", action=argparse.BooleanOptionalAction,
+                 default=True, help="also train the three floors")
+  p.add_argument("--out", default="runs/av_ablation")
+  p.add_argument("--quick", action="store_true",
+                 help="tiny data, 2 steps, seed 0: checks every row runs")
+  args = p.parse_args(argv)
+  from mmtx.fusion import FUSIONS as ALL
+  if args.quick:
+    args.steps, args.seeds = 2, "0"
+  names = [f for f in args.fusions.split(",") if f]
+  unknown = sorted(set(names) - set(ALL))
+  if unknown:
+    raise SystemExit(f"av_ablation: unknown fusion(s) {unknown}; known: "
+                     f"{sorted(ALL)}")
+  if args.floors:
+    names += list(FLOORS)
+  os.makedirs(args.out, exist_ok=True)
+  path = os.path.join(args.out, "results.json")
+  done = runlib.load_rows(path)
+  for seed in [int(s) for s in args.seeds.split(",")]:
+    for n in names:
+      if (n, seed, args.steps) in done:
+        continue
+      r = done[(n, seed, args.steps)] = run_one(n, seed, args)
+      runlib.save_rows(path, done.values())
+      print(f"{n} seed {seed}: " + " ".join(
+          f"{k.split('/')[-1]}={100 * v:.1f}" for k, v in r["metrics"].items()
+          if v is not None), flush=True)
+  mine = [r for r in done.values() if r["steps"] == args.steps
+          and r["name"] in names]
+  md = table(mine, args)
+  open(os.path.join(args.out, "results.md"), "w").write(md)
+  series = runlib.seed_series(mine, ordered(mine), TYPES, label=_label)
+  runlib.bar_chart(os.path.join(args.out, "accuracy.png"),
+                   ["all", "sight", "sound", "both"], series,
+                   title="AV-Scenes fusion ablation, test")
+  cost_chart(mine, os.path.join(args.out, "cost.png"))
+  print(md)
+  return mine
+
+
+if __name__ == "__main__":
+  main()
