@@ -82,9 +82,9 @@ def mmtx_model_config(a) -> dict:
       loss="softmax", embed_dim=a.embed_dim, logit_scale_init=1 / 0.07,
       max_logit_scale=100.0,
       image=dict(patch_size=a.patch, posemb="learned", pool="cls",
-                 patch_bias=False, ln_pre=True, **tower),
+                 cls_posemb=True, patch_bias=False, ln_pre=True, **tower),
       text=dict(vocab_size=a.vocab, max_len=a.text_len, causal=True,
-                pool="argmax", **tower))
+                pool="argmax", mask_padding=False, **tower))
 
 
 def batch_arrays(a):
