@@ -35,7 +35,8 @@ def test_wise_ft_refuses_other_models_and_alphas():
   zs = {"a": jnp.zeros(3), "b": jnp.zeros(2)}
   with pytest.raises(ValueError, match=r"path or shape at \[\"\['a'\]\"\]:"):
     wise_ft.interpolate(zs, {"a": jnp.zeros(4), "b": jnp.zeros(2)}, 0.5)
-  with pytest.raises(ValueError, match=r"shape at \[\"\['b'\]\", \"\['c'\]\"\]"):
+  with pytest.raises(ValueError,
+                     match=r"shape at \[\"\['b'\]\", \"\['c'\]\"\]"):
     wise_ft.interpolate(zs, {"a": jnp.zeros(3), "c": jnp.zeros(2)}, 0.5)
   with pytest.raises(ValueError, match="alpha must be in"):
     wise_ft.interpolate(zs, zs, 1.5)

@@ -71,7 +71,9 @@ def get_config(arg: str = ""):
       label="", classes=(), templates=("a photo of a {}.",)))
   model = _model(args["width"], loss)
   if args["preset"] or args["init"]:
-    from mmtx.interop import presets, weights  # pylint: disable=g-import-not-at-top
+    # Imported here: the interop pulls in the models, which a plain run's
+    # config does not need.
+    from mmtx.interop import presets, weights  # noqa: E402
     named = {item.partition("=")[0] for item in arg.split(",")}
     given = [k for k in ("loss", "width") if k in named]
     if given:
