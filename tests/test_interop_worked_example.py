@@ -1,8 +1,9 @@
 """Issue 28's worked example, offline: a small random-init Hugging Face CLIP
 and SigLIP saved with save_pretrained, started from through
 configs/clip.py:init=DIR, fine-tuned a few steps on Sort-of-CLEVR captions by
-the one trainer, evaluated zero-shot before and after, exported, and reloaded
-in transformers with the same outputs.
+the one trainer (CLIP with the image tower locked, LiT), evaluated zero-shot
+before and after, exported, and reloaded in transformers with the same
+outputs.
 
 References: transformers' own forward passes, fed by its image processors
 and by open_clip's / transformers' tokenizers on the raw records."""
