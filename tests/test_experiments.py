@@ -31,6 +31,7 @@ def _chart(path):
   assert len(np.unique(px.reshape(-1, 3), axis=0)) > 8, path
 
 
+@pytest.mark.slow   # ~2 min of CPU: a reproduction script's smoke run
 def test_sort_of_clevr_script_writes_its_table(tmp_path):
   _script(tmp_path, "sort_of_clevr.py", "--quick", "--eval_every=2",
           f"--out={tmp_path / 'soc'}")
@@ -167,6 +168,7 @@ def test_easy_vqa_script_writes_its_table(tmp_path):
   _chart(tmp_path / "evq" / "accuracy.png")
 
 
+@pytest.mark.slow   # ~2 min of CPU: a reproduction script's smoke run
 def test_pretrain_transfer_script_writes_its_table(tmp_path):
   """--quick: a 2-step pretraining run, then scratch and pretrained
   fine-tuning at 10 % and 100 % of the labels; the pretrained rows load the
@@ -184,6 +186,7 @@ def test_pretrain_transfer_script_writes_its_table(tmp_path):
   _chart(tmp_path / "tr" / "transfer.png")
 
 
+@pytest.mark.slow   # ~2 min of CPU: a reproduction script's smoke run
 def test_downstream_script_writes_its_tables(tmp_path):
   out_dir = tmp_path / "ds"
   _script(tmp_path, "downstream_tasks.py", "--quick", f"--out={out_dir}",

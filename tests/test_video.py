@@ -96,7 +96,8 @@ def test_factorised_encoder_is_spatial_per_frame_then_temporal():
   np.testing.assert_allclose(np.asarray(out), ref.mean(axis=1), atol=1e-5)
 
 
-@pytest.mark.parametrize("attention", ["joint", "factorised"])
+@pytest.mark.parametrize("attention", [
+    "joint", pytest.param("factorised", marks=pytest.mark.slow)])
 def test_vivit_learns_which_way_a_square_moves(attention):
   """A square moves 2 px per frame left or right from a random start: one
   frame says nothing (chance 50 %), the clip says it all."""
