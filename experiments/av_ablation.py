@@ -155,30 +155,16 @@ def main(argv=None):
   p.add_argument("--quick", action="store_true",
                  help="tiny data, 2 steps, seed 0: checks every row runs")
   args = p.parse_args(argv)
-  from mmtx.fusion import FUSIONS as ALL
   if args.quick:
     args.steps, args.seeds = 2, "0"
-  names = [f for f in args.fusions.split(",") if f]
-  unknown = sorted(set(names) - set(ALL))
-  if unknown:
-    raise SystemExit(f"av_ablation: unknown fusion(s) {unknown}; known: "
-                     f"{sorted(ALL)}")
+  names = runlib.fusion_names(args.fusions, "av_ablation")
   if args.floors:
     names += list(FLOORS)
   os.makedirs(args.out, exist_ok=True)
   path = os.path.join(args.out, "results.json")
-  done = runlib.load_rows(path)
-  for seed in [int(s) for s in args.seeds.split(",")]:
-    for n in names:
-      if (n, seed, args.steps) in done:
-        continue
-      r = done[(n, seed, args.steps)] = run_one(n, seed, args)
-      runlib.save_rows(path, done.values())
-      print(f"{n} seed {seed}: " + " ".join(
-          f"{k.split('/')[-1]}={100 * v:.1f}" for k, v in r["metrics"].items()
-          if v is not None), flush=True)
-  mine = [r for r in done.values() if r["steps"] == args.steps
-          and r["name"] in names]
+  mine = runlib.run_missing(runlib.load_rows(path), path, names,
+                            [int(s) for s in args.seeds.split(",")],
+                            args.steps, lambda n, seed: run_one(n, seed, args))
   md = table(mine, args)
   open(os.path.join(args.out, "results.md"), "w").write(md)
   series = runlib.seed_series(mine, ordered(mine), TYPES, label=_label)

@@ -137,11 +137,7 @@ def main(argv=None):
   args = p.parse_args(argv)
   if args.quick:
     args.steps, args.seeds = 2, "0"
-  fusions = [f for f in args.fusions.split(",") if f]
-  unknown = sorted(set(fusions) - set(FUSIONS))
-  if unknown:
-    raise SystemExit(f"fusion_ablation: unknown fusion(s) {unknown}; known: "
-                     f"{sorted(FUSIONS)}")
+  fusions = runlib.fusion_names(args.fusions, "fusion_ablation")
   if args.floor:
     fusions.append(FLOOR)
   os.makedirs(args.out, exist_ok=True)
@@ -154,17 +150,9 @@ def main(argv=None):
   done.update(runlib.load_rows(path))   # rerunning the command resumes
   if done:
     runlib.save_rows(path, done.values())
-  for seed in [int(s) for s in args.seeds.split(",")]:
-    for f in fusions:
-      if (f, seed, args.steps) in done or args.table_only:
-        continue
-      r = done[(f, seed, args.steps)] = run_one(f, seed, args)
-      runlib.save_rows(path, done.values())
-      print(f"{f} seed {seed}: " + " ".join(
-          f"{k.split('/')[-1]}={100 * v:.1f}" for k, v in r["metrics"].items()
-          if v is not None), flush=True)
-  mine = [r for r in done.values() if r["steps"] == args.steps
-          and r["name"] in fusions]
+  seeds = [] if args.table_only else [int(s) for s in args.seeds.split(",")]
+  mine = runlib.run_missing(done, path, fusions, seeds, args.steps,
+                            lambda f, seed: run_one(f, seed, args))
   md = table(mine, args)
   open(os.path.join(args.out, "results.md"), "w").write(md)
   if mine:

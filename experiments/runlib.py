@@ -113,6 +113,36 @@ def save_rows(path: str, rows, **extra) -> None:
   os.replace(tmp, path)
 
 
+def fusion_names(text: str, script: str) -> list[str]:
+  """A --fusions flag ('a,b,...') as names of mmtx.fusion.FUSIONS; an
+  unknown one stops the script, naming the known ones."""
+  from mmtx.fusion import FUSIONS
+  names = [f for f in text.split(",") if f]
+  unknown = sorted(set(names) - set(FUSIONS))
+  if unknown:
+    raise SystemExit(f"{script}: unknown fusion(s) {unknown}; known: "
+                     f"{sorted(FUSIONS)}")
+  return names
+
+
+def run_missing(done: dict, path: str, names, seeds, steps: int,
+                run_one) -> list[dict]:
+  """Runs `run_one(name, seed)` for every (name, seed) with no row in
+  `done` (keyed by `row_key`), saving the rows to `path` after each run;
+  returns the rows of `names` at `steps`."""
+  for seed in seeds:
+    for n in names:
+      if (n, seed, steps) in done:
+        continue
+      r = done[(n, seed, steps)] = run_one(n, seed)
+      save_rows(path, done.values())
+      print(f"{n} seed {seed}: " + " ".join(
+          f"{k.split('/')[-1]}={100 * v:.1f}" for k, v in r["metrics"].items()
+          if v is not None), flush=True)
+  return [r for r in done.values() if r["steps"] == steps
+          and r["name"] in names]
+
+
 def mean_std(values) -> tuple[float, float]:
   """Fractions -> (mean, sample std) in percent; std 0 for one value."""
   import numpy as np
