@@ -54,7 +54,8 @@ def get_config(arg: str = ""):
                   args["tower"])
   # ALBEF weighs the three objectives equally; BERT masks 15% of tokens.
   # itm_random_negatives: the share of ITM negatives drawn uniformly instead
-  # of from the ITC similarities (ALBEF: 0, all hard; see README).
+  # of from the ITC similarities (ALBEF: 0, all hard; why 0.5:
+  # experiments/results/README.md, "Why ITM sat at its prior").
   c.loss = ml_collections.ConfigDict(dict(weight_itc=1.0, weight_itm=1.0,
                                           weight_mlm=1.0, mask_prob=0.15,
                                           itm_random_negatives=0.5))
