@@ -113,10 +113,19 @@ def dual_encoder_shapes(config, image_size) -> dict[str, tuple]:
 
 
 def check_model(hf_model, class_name: str, who: str, hint: str = ""):
+  """`hf_model` is a `class_name`, and its vision tower one mmtx's ViT can
+  hold (RGB, a whole number of patches)."""
   names = [c.__name__ for c in type(hf_model).__mro__]
   if class_name not in names:
     raise ValueError(f"{who}: expected a transformers {class_name}, got "
                      f"{type(hf_model).__name__}.{hint}")
+  vc = hf_model.config.vision_config
+  if vc.image_size % vc.patch_size:
+    raise ValueError(f"{who}: image_size {vc.image_size} is not divisible by "
+                     f"patch_size {vc.patch_size}.")
+  if vc.num_channels != 3:
+    raise ValueError(f"{who}: num_channels={vc.num_channels}; mmtx's "
+                     f"{class_name} import takes RGB images (3 channels).")
 
 
 def from_transformers(hf_model) -> tuple[ml_collections.ConfigDict, dict]:
@@ -125,12 +134,6 @@ def from_transformers(hf_model) -> tuple[ml_collections.ConfigDict, dict]:
   who = "hf_clip.from_transformers"
   check_model(hf_model, "CLIPModel", who, " (SigLIP: mmtx.interop.hf_siglip)")
   vc, tc = hf_model.config.vision_config, hf_model.config.text_config
-  if vc.image_size % vc.patch_size:
-    raise ValueError(f"{who}: image_size {vc.image_size} is not divisible by "
-                     f"patch_size {vc.patch_size}.")
-  if vc.num_channels != 3:
-    raise ValueError(f"{who}: num_channels={vc.num_channels}; mmtx's CLIP "
-                     f"takes RGB images (3 channels).")
   eos = getattr(tc, "eos_token_id", 2)
   pool = {"pool": "argmax"} if eos == 2 else {"pool": "eos", "eos_id": eos}
   scale = math.exp(float(hf_model.logit_scale.detach()))

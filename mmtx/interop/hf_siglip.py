@@ -71,12 +71,6 @@ def from_transformers(hf_model) -> tuple[ml_collections.ConfigDict, dict]:
   hf_clip.check_model(hf_model, "SiglipModel", who,
                       " (CLIP: mmtx.interop.hf_clip)")
   vc, tc = hf_model.config.vision_config, hf_model.config.text_config
-  if vc.image_size % vc.patch_size:
-    raise ValueError(f"{who}: image_size {vc.image_size} is not divisible by "
-                     f"patch_size {vc.patch_size}.")
-  if vc.num_channels != 3:
-    raise ValueError(f"{who}: num_channels={vc.num_channels}; mmtx's SigLIP "
-                     f"takes RGB images (3 channels).")
   if not getattr(vc, "vision_use_head", True):
     raise ValueError(f"{who}: vision_use_head=False leaves SiglipModel "
                      f"without image embeddings; there is nothing to map.")
