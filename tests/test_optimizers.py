@@ -1,21 +1,14 @@
 """config.optimizer features against hand-computed updates."""
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import optax
 import pytest
 
 from mmtx import optimizers
+from toy_task import optimizer_config as cfg
 
 
-def cfg(**kw):
-  c = dict(name="adamw", learning_rate=0.1, b1=0.9, b2=0.999, eps=1e-8,
-           weight_decay=0.0, warmup_steps=1, schedule="constant",
-           end_lr_factor=0.0, grad_clip_norm=0.0, accumulate_steps=1,
-           freeze=(), lr_multipliers=(), layer_decay=0.0)
-  c.update(kw)
-  return ml_collections.ConfigDict(c)
 
 
 PARAMS = {

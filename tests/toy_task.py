@@ -25,6 +25,17 @@ def base_config(**kw):
   return c
 
 
+def optimizer_config(**kw):
+  """A config.optimizer with nothing on but AdamW at a constant 0.1 (no
+  decay, clipping, accumulation or freezing); `kw` overrides."""
+  c = dict(name="adamw", learning_rate=0.1, b1=0.9, b2=0.999, eps=1e-8,
+           weight_decay=0.0, warmup_steps=1, schedule="constant",
+           end_lr_factor=0.0, grad_clip_norm=0.0, accumulate_steps=1,
+           freeze=(), lr_multipliers=(), layer_decay=0.0)
+  c.update(kw)
+  return ml_collections.ConfigDict(c)
+
+
 class Mlp(nn.Module):
   hidden: int
   dropout: float = 0.1
