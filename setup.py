@@ -50,6 +50,7 @@ TEST_REQUIRES = EXPERIMENTS_REQUIRES + INTEROP_REQUIRES + [
     "pycocoevalcap==1.2",
     "transformers>=4.57,<4.58",
     "librosa>=0.10,<2",   # the log-mel front end's reference
+    "webdataset>=0.2.100,<2",   # the image input benchmark's peer loader
 ]
 
 setuptools.setup(

@@ -14,13 +14,12 @@ fields plus noise, quality 90) with captions as webdataset tar shards, then:
      dataset: decode, random resized crop to 224, normalise, in one process
      with one reading thread (= one core), and with `--workers` grain
      worker processes;
-  3. peer: the open_clip training loader's recipe (webdataset tar stream +
-     PIL + torchvision RandomResizedCrop / ToTensor / Normalize in a torch
-     DataLoader), with the tar stream read by `tarfile` (the `webdataset`
-     package is not a dependency), in the main process and with
-     `--workers` DataLoader workers.
-Prints images/s, images/s per core and mmtx / peer. mmtx also tokenizes
-the caption (its view's work); the peer decodes images only.
+  3. peer: open_clip's training loader (`peer_loader`: the `webdataset`
+     package's pipeline + PIL + torchvision RandomResizedCrop / ToTensor /
+     Normalize + open_clip.tokenize), in the main process and with
+     `--workers` WebLoader workers.
+Prints images/s, images/s per core and mmtx / peer. Both decode, crop and
+normalise the image and tokenize the caption.
 """
 from __future__ import annotations
 
@@ -149,66 +148,40 @@ def time_mmtx(name, data_dir, batches, batch_size, workers):
 
 def time_peer(pattern, batches, batch_size, workers):
   import torch  # pylint: disable=g-import-not-at-top
-  from torchvision import transforms  # pylint: disable=g-import-not-at-top
   from mmtx.data import ingest_sources  # pylint: disable=g-import-not-at-top
-  urls = ingest_sources.expand_braces(pattern)
-  return _peer(torch, transforms, urls, batches, batch_size, workers)
-
-
-class _TarPairs:
-  """webdataset's tarfile_to_samples + decode('pil') + to_tuple, by hand."""
-
-  def __init__(self, urls, transform):
-    self.urls, self.transform = urls, transform
-
-  def __iter__(self):
-    import torch  # pylint: disable=g-import-not-at-top
-    from PIL import Image  # pylint: disable=g-import-not-at-top
-    info = torch.utils.data.get_worker_info()
-    urls = self.urls if info is None else self.urls[info.id::info.num_workers]
-    while True:
-      for url in urls:
-        with tarfile.open(url, "r|") as stream:
-          image = None
-          for member in stream:
-            payload = stream.extractfile(member).read()
-            if member.name.endswith(".jpg"):
-              image = Image.open(io.BytesIO(payload)).convert("RGB")
-            elif image is not None:
-              yield self.transform(image), payload.decode()
-              image = None
-
-
-def _peer(torch, transforms, urls, batches, batch_size, workers):
-  transform = transforms.Compose([
-      transforms.RandomResizedCrop(
-          224, scale=(0.35, 1.0),
-          interpolation=transforms.InterpolationMode.BICUBIC),
-      transforms.ToTensor(),
-      transforms.Normalize((0.48145466, 0.4578275, 0.40821073),
-                           (0.26862954, 0.26130258, 0.27577711))])
   torch.set_num_threads(1)
-  loader = torch.utils.data.DataLoader(
-      _IterableWrap(_TarPairs(urls, transform)), batch_size=batch_size,
-      num_workers=workers, persistent_workers=False)
+  loader = peer_loader(ingest_sources.expand_braces(pattern), batch_size,
+                       workers)
   it = iter(loader)
   rates = _time(it, batches, batch_size)
   del it
   return rates
 
 
-class _IterableWrap:
-  """Makes `_TarPairs` a torch IterableDataset without importing torch at
-  module import time (the benchmark runs without torch up to the peer)."""
-
-  def __new__(cls, inner):
-    import torch  # pylint: disable=g-import-not-at-top
-
-    class Wrapped(torch.utils.data.IterableDataset):
-      def __iter__(self):
-        return iter(inner)
-
-    return Wrapped()
+def peer_loader(urls, batch_size, workers):
+  """open_clip's training loader for webdataset shards, built from the
+  `webdataset` package as its `get_wds_dataset` builds it (resampled shards,
+  a sample shuffle buffer before decode, PIL decode, RandomResizedCrop with
+  bicubic resampling, CLIP normalisation, the caption tokenized by
+  `open_clip.tokenize`) and batched inside the workers of a `WebLoader`."""
+  import open_clip  # pylint: disable=g-import-not-at-top
+  import webdataset as wds  # pylint: disable=g-import-not-at-top
+  from torchvision import transforms  # pylint: disable=g-import-not-at-top
+  image = transforms.Compose([
+      transforms.RandomResizedCrop(
+          224, scale=(0.35, 1.0),
+          interpolation=transforms.InterpolationMode.BICUBIC),
+      transforms.ToTensor(),
+      transforms.Normalize((0.48145466, 0.4578275, 0.40821073),
+                           (0.26862954, 0.26130258, 0.27577711))])
+  pipeline = wds.DataPipeline(
+      wds.ResampledShards(urls), wds.tarfile_to_samples(),
+      wds.shuffle(5000, initial=1000), wds.decode("pilrgb"),
+      wds.rename(image="jpg;png;jpeg;webp", text="txt"),
+      wds.map_dict(image=image, text=lambda t: open_clip.tokenize([t])[0]),
+      wds.to_tuple("image", "text"), wds.batched(batch_size))
+  return wds.WebLoader(pipeline, batch_size=None, shuffle=False,
+                       num_workers=workers)
 
 
 def run(args):
