@@ -1,6 +1,7 @@
-"""AV-Scenes: every answer recomputed from the rendered pixels and the
-waveform alone (shapes read from their geometry, motion from centroids,
-tones from their energy per frame), and the built dataset read back."""
+"""AV-Scenes: every answer and event label recomputed from the rendered
+pixels and the waveform alone (shapes read from their geometry, motion from
+centroids, tones from their energy per frame), and the built dataset read
+back."""
 import re
 
 import numpy as np
@@ -73,7 +74,7 @@ def _answer(question, objects, tones):
 
 def test_every_answer_follows_from_pixels_and_sound():
   counts = np.zeros((3, 3), int)
-  answers = set()
+  answers, events = set(), set()
   for rec in av.generate(0, "train", 300):
     objects = _read_pixels(rec["video"])
     tones = _read_tones(rec["audio"])
@@ -83,10 +84,17 @@ def test_every_answer_follows_from_pixels_and_sound():
       assert av.ANSWERS[a] == _answer(q, objects, tones), (rec["id"], q)
       counts[qt, qs] += 1
       answers.add(av.ANSWERS[a])
+    # Events: each tone with the direction of the object that starts moving
+    # when it starts.
+    by_onset = {o: d for _, d, o in objects.values()}
+    assert sorted(av.EVENTS[i] for i in rec["label"]) == sorted(
+        f"{p} sound moving {by_onset[o]}" for p, o in tones.items())
+    events.update(av.EVENTS[i] for i in rec["label"])
   # Every question type occurs, and every answer word is used.
   for qt, subs in enumerate(av.QSUBTYPES):
     assert (counts[qt, :len(subs)] > 0).all(), counts
   assert answers == set(av.ANSWERS), set(av.ANSWERS) - answers
+  assert events == set(av.EVENTS), set(av.EVENTS) - events
 
 
 def test_splits_are_deterministic_and_differ():
@@ -110,3 +118,5 @@ def test_tiny_builds_and_reads_back(tmp_path):
   np.testing.assert_array_equal(rec["audio"], ref["audio"])
   assert [q.decode() if isinstance(q, bytes) else q
           for q in rec["question"]] == list(ref["question"])
+  np.testing.assert_array_equal(rec["label"], ref["label"])
+  assert builder.info.metadata["labels"] == list(av.EVENTS)

@@ -18,6 +18,12 @@ Questions (qtype / qsubtype, answer ids index ANSWERS):
   both: 'what colour is the object that makes the <pitch> sound?' (colour),
     'which way is the object with the <pitch> sound moving?' (direction),
     'is the <pitch> sound made by a <shape>?' (shape)
+
+Events (multi-label 'label', ids index EVENTS): one event per sounding
+object, '<pitch> sound moving <direction>' (id = pitch * 4 + direction), so a
+clip has one or two. Audio alone tells which pitches sound and video alone
+which directions occur; naming the events binds each tone to the object
+whose movement starts with it.
 """
 from __future__ import annotations
 
@@ -53,6 +59,7 @@ ANSWERS = COLORS + DIRECTIONS + COUNTS + ("yes", "no")
 QTYPES = ("sight", "sound", "both")
 QSUBTYPES = (("count", "direction"), ("count", "exists"),
              ("colour", "direction", "shape"))
+EVENTS = tuple(f"{p} sound moving {d}" for p in PITCHES for d in DIRECTIONS)
 
 
 def _answer(word: str) -> int:
@@ -161,6 +168,14 @@ def questions(scene: dict, rng: np.random.Generator) -> list[tuple]:
   return out
 
 
+def events(scene: dict) -> np.ndarray:
+  """int32 [1 or 2] sorted EVENTS ids: pitch * len(DIRECTIONS) + direction
+  of each sounding object."""
+  k = np.flatnonzero(scene["pitch"] >= 0)
+  ids = scene["pitch"][k] * len(DIRECTIONS) + scene["direction"][k]
+  return np.sort(ids).astype(np.int32)
+
+
 SPLIT_KEYS = {"train": 0, "validation": 1, "test": 2}
 
 
@@ -185,6 +200,7 @@ def generate(seed: int, split: str, num_clips: int) -> Iterator[dict]:
         "answer": np.array([q[1] for q in qs], np.int32),
         "qtype": np.array([q[2] for q in qs], np.int32),
         "qsubtype": np.array([q[3] for q in qs], np.int32),
+        "label": events(scene),
     }
 
 
@@ -205,9 +221,10 @@ class AvScenes(tfds_base.Builder):
   [FRAMES, SIZE, SIZE, 3]; 'audio' float32 [FRAMES * SAMPLES_PER_FRAME];
   'objects' {'color', 'shape', 'direction', 'onset', 'pitch'} int32
   [NUM_OBJECTS]; 'question' str [Q]; 'answer', 'qtype', 'qsubtype' int32
-  [Q]."""
-  VERSION = tfds.core.Version("1.0.0")
-  RELEASE_NOTES = {"1.0.0": "Initial release."}
+  [Q]; 'label' int32 [1 or 2], the clip's EVENTS ids."""
+  VERSION = tfds.core.Version("1.1.0")
+  RELEASE_NOTES = {"1.0.0": "Initial release.",
+                   "1.1.0": "'label': the clip's audio-visual events."}
   BUILDER_CONFIGS = [
       AvScenesConfig(name="default", description=(
           "8,000 train / 1,000 validation / 1,000 test clips.")),
@@ -235,12 +252,14 @@ class AvScenes(tfds_base.Builder):
             "answer": f.Tensor(shape=(None,), dtype=np.int32),
             "qtype": f.Tensor(shape=(None,), dtype=np.int32),
             "qsubtype": f.Tensor(shape=(None,), dtype=np.int32),
+            "label": f.Tensor(shape=(None,), dtype=np.int32),
         }),
         metadata=tfds.core.MetadataDict(
             seed=self.builder_config.seed,
             num_clips=self.builder_config.split_sizes(),
             answers=list(ANSWERS), qtypes=list(QTYPES),
             qsubtypes=[list(s) for s in QSUBTYPES],
+            labels=list(EVENTS), multi_label=True,
             frames=FRAMES, size=SIZE, sample_rate=SAMPLE_RATE,
             audio_samples=FRAMES * SAMPLES_PER_FRAME,
             colors=list(COLORS), shapes=list(SHAPES),
