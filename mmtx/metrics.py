@@ -1,4 +1,5 @@
-"""Evaluation metrics: VQA accuracy, BLEU/CIDEr-D, recall@K, MRR, zero-shot.
+"""Evaluation metrics: VQA accuracy, BLEU/CIDEr-D, recall@K, MRR, zero-shot,
+mean average precision.
 
 Host-side numpy; results are fractions in [0, 1] (CIDEr-D is unbounded, x10 as
 published). No model is imported here.
@@ -419,3 +420,47 @@ def zero_shot_accuracy(img_emb, class_emb, labels,
   positive = np.arange(weights.shape[0])[None, :] == labels[:, None]
   ranks = _positive_ranks(logits, positive)
   return {f"top{k}": float(np.mean(ranks < k)) for k in ks}
+
+
+# ----------------------------------------------------------------------------
+# Multi-label classification (AudioSet's metric, Gemmeke et al. 2017)
+# ----------------------------------------------------------------------------
+def average_precisions(scores, labels) -> np.ndarray:
+  """Per-class average precision, `[classes]` float64 (NaN for a class with
+  no positive).
+
+  Args:
+    scores: `[n, classes]` scores (higher = more likely).
+    labels: `[n, classes]` 0/1 (or bool) targets.
+  AP = sum over the distinct score thresholds t of (R(t) - R(t_prev)) * P(t),
+  with precision P and recall R of the rows scoring >= t (no interpolation;
+  equal scores are one threshold).
+  """
+  scores = _as_matrix(scores, "scores", "[n, classes]").astype(np.float64)
+  labels = np.asarray(labels)
+  if labels.shape != scores.shape:
+    raise ValueError(f"labels: expected shape [n, classes] = {scores.shape}, "
+                     f"got {labels.shape}.")
+  labels = labels.astype(bool)
+  out = np.full(scores.shape[1], np.nan)
+  for c in range(scores.shape[1]):
+    positives = labels[:, c].sum()
+    if not positives:
+      continue
+    order = np.argsort(-scores[:, c], kind="stable")
+    s, y = scores[order, c], labels[order, c]
+    last = np.r_[np.flatnonzero(np.diff(s)), len(s) - 1]  # end of each tie
+    tp = np.cumsum(y)[last]
+    precision = tp / (last + 1)
+    recall = tp / positives
+    out[c] = np.sum(np.diff(np.r_[0.0, recall]) * precision)
+  return out
+
+
+def mean_average_precision(scores, labels) -> float:
+  """mAP: the mean of `average_precisions` over the classes that have a
+  positive (as AudioSet's evaluation)."""
+  ap = average_precisions(scores, labels)
+  if np.isnan(ap).all():
+    raise ValueError("mean_average_precision: no class has a positive.")
+  return float(np.nanmean(ap))
