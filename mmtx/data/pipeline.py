@@ -218,7 +218,7 @@ def _unit_layout(task, split, source, metadata, to_record,
                  questions_per_image=0):
   """(starts, per_record, num_examples) of the flat example index."""
   n = len(source)
-  if task in ("caption", "contrastive") or questions_per_image:
+  if task in ("caption", "contrastive", "label") or questions_per_image:
     return None, 1, n
   if task == "vqa" and "questions_per_image" in metadata:
     per = int(metadata["questions_per_image"])
@@ -322,8 +322,8 @@ def get_dataset(name: str, split: str, task: str, *, batch_size: int,
       `python -m mmtx.data ingest` wrote into `data_dir`, or a TFDS catalog
       dataset with an image and a text feature (see `fields`).
     split: a split name ('train', 'test', 'test_large') or TFDS slice.
-    task: 'vqa', 'caption', 'contrastive' or 'dialogue' (views.py lists the
-      batch keys of each).
+    task: 'vqa', 'caption', 'contrastive', 'dialogue' or 'label' (views.py
+      lists the batch keys of each).
     batch_size: examples per batch on this host.
     seed: shuffling and augmentation seed, in [0, 2**32).
     tokenizer: a `tokenizers.Tokenizer`, a path to a saved one (.json word
@@ -405,7 +405,9 @@ def get_dataset(name: str, split: str, task: str, *, batch_size: int,
                             size=image_shape[0], normalize=normalize,
                             hflip=hflip)
                         if metadata.get("image_encoding") == "encoded"
-                        else None)
+                        else None,
+                        labels=(tuple(metadata["labels"])
+                                if "labels" in metadata else None))
   if len(source) == 0:
     raise ValueError(f"get_dataset: {name} split {split!r} is empty.")
   first = to_record(source[0], 0)

@@ -6,7 +6,9 @@ Record schema (what mmtx's builders and `catalog.to_record` produce):
   for VQA datasets 'question' str [Q], 'answer' int32 [Q] (index into the
   dataset's answer list), 'qtype' int32 [Q], optionally 'qsubtype' int32 [Q]
   and 'question_encoding' uint8 [Q, E]; for dialogue datasets
-  'dialogue_question' str [D, T] and 'dialogue_answer' int32 [D, T].
+  'dialogue_question' str [D, T] and 'dialogue_answer' int32 [D, T];
+  for classification datasets 'label' int32 [K], the ids (into the dataset's
+  'labels' list) of the record's K >= 1 classes (multi-label when K > 1).
   Ingested VQA datasets also have 'answer_ids' int32 [Q, 10], the human
   answers' ids (-1: not in the vocabulary, -2: none), and 'answer' -1 for a
   question none of whose answers is in the vocabulary. Audio-visual clips
@@ -44,6 +46,8 @@ Example keys (the pipeline stacks them into batches with a leading [B]):
   'dialogue' with `questions_per_image` Q > 0 (one example per image, Q of
     its turns, each with its own history): the same fields with a leading
     [Q] axis and 'question_valid' bool [Q], drawn like the VQA groups.
+  'label' (one example per record): 'labels' float32 [num_labels], 1 for
+    each of the record's classes and 0 elsewhere.
 """
 from __future__ import annotations
 
@@ -56,10 +60,11 @@ import numpy as np
 from mmtx.data import images as images_lib
 from mmtx.data import tokenizers as tok_lib
 
-TASKS = ("vqa", "caption", "contrastive", "dialogue")
+TASKS = ("vqa", "caption", "contrastive", "dialogue", "label")
 REQUIRED_FIELDS = {"vqa": ("question", "answer", "qtype"),
                    "caption": ("caption",), "contrastive": ("caption",),
-                   "dialogue": ("dialogue_question", "dialogue_answer")}
+                   "dialogue": ("dialogue_question", "dialogue_answer"),
+                   "label": ("label",)}
 
 
 # Captions fingerprinted per 'contrastive' example; a record with more keeps
@@ -106,6 +111,7 @@ class ViewSpec:
   questions_per_image: int = 0    # 'vqa'/'dialogue': 0 = one per question
   normalize: str = "minus_one_one"  # images.NORMALIZATIONS key
   image_policy: Any = None        # images.Policy for encoded images
+  labels: tuple[str, ...] | None = None  # 'label': the class names
 
   def __post_init__(self):
     if self.task not in TASKS:
@@ -113,6 +119,9 @@ class ViewSpec:
     if self.task in ("vqa", "dialogue") and not self.answers:
       raise ValueError(f"task {self.task!r} needs a dataset with an answer "
                        f"vocabulary; {self.dataset} has none.")
+    if self.task == "label" and not self.labels:
+      raise ValueError(f"task 'label' needs a dataset with a class list "
+                       f"(metadata 'labels'); {self.dataset} has none.")
     if self.questions_per_image and (self.task not in ("vqa", "dialogue")
                                      or self.questions_per_image < 0):
       raise ValueError(f"questions_per_image={self.questions_per_image} needs "
@@ -302,6 +311,14 @@ def make_example(spec: ViewSpec, record, index: int, unit: int,
     else:
       ids, mask = tok.encode_batch([as_text(captions[pick])], spec.max_len)
     ex.update(text=ids[0], text_mask=mask[0])
+  elif spec.task == "label":
+    ids = np.asarray(record["label"]).reshape(-1)
+    if ids.size == 0 or ids.min() < 0 or ids.max() >= len(spec.labels):
+      _fail(spec, record, f"its label ids {ids.tolist()} are not 1 or more "
+            f"ids in [0, {len(spec.labels)})")
+    labels = np.zeros(len(spec.labels), np.float32)
+    labels[ids] = 1
+    ex["labels"] = labels
   elif spec.questions_per_image:  # dialogue, Q turns of the image
     ex.update(_turn_group(spec, record, rng))
   else:  # dialogue, one turn
