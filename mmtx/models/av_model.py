@@ -7,6 +7,9 @@ audio float32 waveforms `[batch, samples]`, texts int32 `[batch, len]` (0 =
 pad) or `[batch, Q, len]` (Q questions per clip; the clip's towers run once
 and their tokens are repeated per question). Returns ({'vqa_logits' [batch,
 answers] or [batch, Q, answers]}, extras {'fused', 'fused_mask', 'pooled'}).
+With texts None (audio-visual event classification) only the video and
+audio tokens are fused, the config needs no 'text', and the output is
+{'event_logits' [batch, num_answers]} (num_answers = the class count).
 
 Config keys: video (VideoTransformer fields), audio (AudioTransformer fields
 plus 'mel': log_mel_spectrogram's keyword arguments), text (TextTransformer
@@ -38,24 +41,29 @@ class AudioVisualModel(nn.Module):
   config: Mapping[str, Any]
 
   @nn.compact
-  def __call__(self, videos: Array, audio: Array, texts: Array, *,
-               deterministic: bool = True):
+  def __call__(self, videos: Array, audio: Array, texts: Array | None = None,
+               *, deterministic: bool = True):
     cfg = _as_dict(self.config)
     zero = tuple(cfg.get("zero", ()))
     if set(zero) - {"video", "audio"}:
       raise ValueError(f"AudioVisualModel: zero may name 'video' and 'audio', "
                        f"got {zero}.")
-    if videos.ndim != 5 or audio.ndim != 2 or texts.ndim not in (2, 3):
+    text_shape = None if texts is None else texts.shape
+    if videos.ndim != 5 or audio.ndim != 2 or (
+        texts is not None and texts.ndim not in (2, 3)):
       raise ValueError(f"AudioVisualModel: expected videos [batch, T, H, W, C], "
-                       f"audio [batch, samples] and texts [batch, (Q,) len], "
-                       f"got {videos.shape}, {audio.shape}, {texts.shape}.")
-    if not (videos.shape[0] == audio.shape[0] == texts.shape[0]):
+                       f"audio [batch, samples] and texts [batch, (Q,) len] "
+                       f"or None, got {videos.shape}, {audio.shape}, "
+                       f"{text_shape}.")
+    if not (videos.shape[0] == audio.shape[0] ==
+            (audio.shape[0] if texts is None else texts.shape[0])):
       raise ValueError(f"AudioVisualModel: batch sizes differ: videos "
                        f"{videos.shape[0]}, audio {audio.shape[0]}, texts "
-                       f"{texts.shape[0]}.")
-    txt_cfg = _as_dict(cfg["text"])
-    check_token_ids(texts, txt_cfg.get("vocab_size"), "AudioVisualModel")
-    group = texts.shape[1] if texts.ndim == 3 else None
+                       f"{text_shape and text_shape[0]}.")
+    if texts is not None:
+      txt_cfg = _as_dict(cfg["text"])
+      check_token_ids(texts, txt_cfg.get("vocab_size"), "AudioVisualModel")
+    group = texts.shape[1] if texts is not None and texts.ndim == 3 else None
     if "video" in zero:
       videos = jnp.zeros_like(videos)
     if "audio" in zero:
@@ -75,10 +83,11 @@ class AudioVisualModel(nn.Module):
         tokens[k] = jnp.repeat(tokens[k], group, axis=0)
         masks[k] = jnp.repeat(masks[k], group, axis=0)
       texts = texts.reshape(-1, texts.shape[-1])
-    tokens["text"], tx = TextTransformer(
-        **dict(txt_cfg, pool="none"), name="text")(
-            texts, deterministic=deterministic)
-    masks["text"] = tx["mask"]
+    if texts is not None:
+      tokens["text"], tx = TextTransformer(
+          **dict(txt_cfg, pool="none"), name="text")(
+              texts, deterministic=deterministic)
+      masks["text"] = tx["mask"]
     fcfg = _as_dict(cfg["fusion"])
     fuse = fusion_lib.build_fusion(fcfg.pop("name"), **fcfg)
     fused, fused_mask = fuse(tokens, masks, deterministic=deterministic)
@@ -88,5 +97,6 @@ class AudioVisualModel(nn.Module):
     logits = nn.Dense(cfg["num_answers"], name="vqa_out")(h)
     if group is not None:
       logits = logits.reshape(-1, group, logits.shape[-1])
-    return ({"vqa_logits": logits},
+    key = "event_logits" if texts is None else "vqa_logits"
+    return ({key: logits},
             {"fused": fused, "fused_mask": fused_mask, "pooled": pooled})
