@@ -9,6 +9,7 @@ import importlib
 TASKS = {
     "vqa": "mmtx.tasks.vqa:VqaTask",
     "avqa": "mmtx.tasks.avqa:AvqaTask",
+    "av_event": "mmtx.tasks.av_event:AvEventTask",
     "contrastive": "mmtx.tasks.contrastive:ContrastiveTask",
     "caption": "mmtx.tasks.caption:CaptionTask",
     "dialogue": "mmtx.tasks.dialogue:DialogueTask",

@@ -1,0 +1,51 @@
+"""Audio-visual event classification on the built-in AV-Scenes clips (which
+'<pitch> sound moving <direction>' events happen; multi-label, mAP): ViViT
+video tokens and AST audio tokens into one fusion strategy, MBT's bottleneck
+by default.
+
+  python -m mmtx.main --config=configs/av_event.py
+  python -m mmtx.main --config=configs/av_event.py:fusion=concat
+  python -m mmtx.main --config=configs/av_event.py:zero=video   # audio only
+
+Args: fusion (a FUSIONS name; a directional one attends from the audio),
+steps, width, zero ('' or 'video', 'audio': those inputs replaced by zeros,
+the single-modality floors at an equal parameter count). An ingested clip
+dataset with labels (`python -m mmtx.data ingest av_csv ...`) trains with
+--config.data.name=NAME and its own sizes (frames, mel settings).
+"""
+import ml_collections
+
+from mmtx import fusion as fusion_lib
+from mmtx.configs import common
+
+
+def get_config(arg: str = ""):
+  args = common.parse_args(arg, "configs/av_event.py", steps=2000, width=64,
+                           fusion="bottleneck", zero="")
+  zero = tuple(z for z in args["zero"].split("+") if z)
+  c = common.base(task="av_event", total_steps=args["steps"], batch_size=32,
+                  log_every=100, eval_every=args["steps"],
+                  checkpoint_every=1000, best_metric="mAP")
+  c.data = common.data("av_scenes", eval_splits=("validation", "test"),
+                       eval_batch_size=100)
+  w = args["width"]
+  name = args["fusion"]
+  directional = issubclass(fusion_lib.FUSIONS[name],
+                           fusion_lib.DirectionalFusion) if (
+                               name in fusion_lib.FUSIONS) else False
+  fusion = dict(name=name, dim=w, num_heads=4, num_layers=2, mlp_dim=2 * w)
+  if directional:
+    fusion["target"] = "audio"
+  c.model = ml_collections.ConfigDict(dict(
+      # 8 frames of 32x32 -> 4 x 4 x 4 tubelets of 2 x 8 x 8.
+      video=dict(width=w, depth=1, mlp_dim=2 * w, num_heads=4,
+                 patch_size=(2, 8, 8), attention="joint"),
+      # 1 s at 8 kHz -> 33 frames x 32 mels; 4 x 8 patches (one per 125 ms).
+      audio=dict(width=w, depth=1, mlp_dim=2 * w, num_heads=4,
+                 patch_size=(4, 8), strides=(4, 8),
+                 mel=dict(sample_rate=8000, n_fft=256, hop_length=250,
+                          n_mels=32)),
+      fusion=fusion, num_answers=-1, head_hidden=128, zero=zero))
+  c.optimizer.learning_rate = 1e-3
+  c.optimizer.warmup_steps = 100
+  return c
