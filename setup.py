@@ -34,14 +34,20 @@ INTEROP_REQUIRES = [
 # The experiment scripts' charts.
 EXPERIMENTS_REQUIRES = ["matplotlib>=3.8,<4"]
 
+# Decoding users' audio and video files in `python -m mmtx.data ingest
+# av_*` (mmtx.data.clips): WAV / FLAC through libsndfile, MP4 through FFmpeg
+# (both ship inside their wheels).
+AV_REQUIRES = ["soundfile>=0.12", "av>=12"]
+
 # References the tests compare against: open_clip's losses, pycocoevalcap's
-# BLEU/CIDEr, librosa's mel spectrogram, Hugging Face CLIP / SigLIP
+# BLEU/CIDEr, librosa's mel spectrogram, soxr's resampling, scikit-learn's
+# average precision, Hugging Face CLIP / SigLIP
 # (transformers 4.57 is the last release with the Flax models the CPU
 # benchmark also runs).
 # torch/torchvision are pinned as a pair that imports together (a mismatched
 # pair fails at import). setuptools builds the wheel that a test installs and
 # runs outside the checkout.
-TEST_REQUIRES = EXPERIMENTS_REQUIRES + INTEROP_REQUIRES + [
+TEST_REQUIRES = EXPERIMENTS_REQUIRES + INTEROP_REQUIRES + AV_REQUIRES + [
     "setuptools>=70.1",
     "pytest>=8",
     "pytest-xdist>=3.5",
@@ -51,6 +57,8 @@ TEST_REQUIRES = EXPERIMENTS_REQUIRES + INTEROP_REQUIRES + [
     "transformers>=4.57,<4.58",
     "librosa>=0.10,<2",   # the log-mel front end's reference
     "webdataset>=0.2.100,<2",   # the image input benchmark's peer loader
+    "soxr>=0.3",          # the audio resampler's reference
+    "scikit-learn>=1.3",  # the mean average precision's reference
 ]
 
 setuptools.setup(
@@ -60,7 +68,8 @@ setuptools.setup(
     packages=setuptools.find_packages(include=["mmtx", "mmtx.*"]),
     python_requires=">=3.11",
     install_requires=INSTALL_REQUIRES,
-    extras_require={"experiments": EXPERIMENTS_REQUIRES,
+    extras_require={"av": AV_REQUIRES,
+                    "experiments": EXPERIMENTS_REQUIRES,
                     "interop": INTEROP_REQUIRES,
                     "test": TEST_REQUIRES},
 )
