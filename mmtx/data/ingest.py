@@ -7,9 +7,21 @@ files -> a dataset the pipeline reads as `get_dataset(NAME, ...)` /
       --split train=annotations/captions_train2017.json,\
 val=annotations/captions_val2017.json
 
-FORMAT: webdataset, csv, tsv, jsonl, coco, vqa, parquet (ingest_sources.py
-says what each reads). SRC is the 'train' split's source, or, with
-`--split`, the folder the split sources are relative to.
+FORMAT: webdataset, csv, tsv, jsonl, coco, vqa, parquet, and for
+audio-visual clips av_webdataset, av_csv, av_tsv, av_jsonl
+(ingest_sources.py says what each reads). SRC is the 'train' split's
+source, or, with `--split`, the folder the split sources are relative to.
+
+  python -m mmtx.data ingest av_csv clips.csv --name myclips \
+      --frames 8 --frame_stride 2 --image_size 64 --sample_rate 16000
+
+Clips are decoded here, not in the pipeline (clips.py: frames sampled and
+resized, audio resampled and windowed), into the records AV-Scenes has:
+'video' uint8 [frames, image_size, image_size, 3], 'audio' float32
+[audio_seconds * sample_rate], and 'label' int32 [K] (ids into the
+metadata's 'labels': the training split's labels, sorted; 'multi_label'
+when a clip has several), 'caption' and / or the VQA fields ('answer_ids'
+included) for the columns the source has.
 
 Output: `DATA_DIR/NAME/1.0.0/`, a TFDS folder dataset of array_record
 shards with the record schema of views.py, except that 'image' holds the
@@ -42,6 +54,7 @@ import time
 
 import numpy as np
 
+from mmtx.data import clips as clips_lib
 from mmtx.data import ingest_sources as sources
 from mmtx.data import tokenizers as tok_lib
 
@@ -49,6 +62,16 @@ VERSION = "1.0.0"
 NUM_HUMAN_ANSWERS = 10      # VQA v2: ten answers per question
 PROBE = 32                  # items checked before any work
 SHOWN_PER_REASON = 3        # skipped rows named per reason
+
+
+@dataclasses.dataclass(frozen=True)
+class Clips:
+  """What an audio-visual ingest writes: the clip shape, the label fields
+  the source has ('labels', 'captions', 'questions') and the class names."""
+  spec: clips_lib.ClipSpec
+  fields: tuple[str, ...]
+  labels: tuple[str, ...] = ()
+  multi_label: bool = False
 
 
 @dataclasses.dataclass(frozen=True)
@@ -88,22 +111,32 @@ def rerun_command(metadata, name: str) -> str:
 _WORKER = {}
 
 
-def _init_worker(kind, max_side, labels):
-  _WORKER.update(kind=kind, max_side=max_side, labels=labels,
+def _init_worker(kind, max_side, labels, clips=None):
+  _WORKER.update(kind=kind, max_side=max_side, labels=labels, clips=clips,
                  features=None)
 
 
-def _features(kind):
+def _features(kind, clips=None):
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
   f = tfds.features
-  feats = {"id": f.Text(), "image": f.Tensor(shape=(), dtype=np.object_)}
-  if kind == "vqa":
+  feats = {"id": f.Text()}
+  if kind == "av":
+    spec = clips.spec
+    feats["video"] = f.Tensor(shape=(spec.frames, spec.size, spec.size, 3),
+                              dtype=np.uint8, encoding="bytes")
+    feats["audio"] = f.Tensor(shape=(spec.audio_samples,), dtype=np.float32,
+                              encoding="bytes")
+    if "labels" in clips.fields:
+      feats["label"] = f.Tensor(shape=(None,), dtype=np.int32)
+  else:
+    feats["image"] = f.Tensor(shape=(), dtype=np.object_)
+  if kind == "vqa" or kind == "av" and "questions" in clips.fields:
     for k in ("answer", "qtype", "qsubtype"):
       feats[k] = f.Tensor(shape=(None,), dtype=np.int32)
     feats["question"] = f.Tensor(shape=(None,), dtype=np.str_)
     feats["answer_ids"] = f.Tensor(shape=(None, NUM_HUMAN_ANSWERS),
                                    dtype=np.int32)
-  else:
+  if kind == "caption" or kind == "av" and "captions" in clips.fields:
     feats["caption"] = f.Tensor(shape=(None,), dtype=np.str_)
   return f.FeaturesDict(feats)
 
@@ -182,22 +215,86 @@ def _vqa_fields(questions, labels, train):
   return rec, dropped
 
 
+def _label_ids(values, names):
+  """(sorted distinct class ids or None when none is left, [reason of each
+  label dropped]) of a clip's labels."""
+  index = {n: i for i, n in enumerate(names)}
+  ids, dropped = set(), []
+  for v in values:
+    text, why = _text(str(v) if isinstance(v, (int, float)) else v)
+    if text is None:
+      dropped.append(why)
+    elif text not in index:
+      dropped.append("label not in vocabulary")
+    else:
+      ids.add(index[text])
+  return (np.asarray(sorted(ids), np.int32) if ids else None), dropped
+
+
+def _clip_record(item, train):
+  """`_process` for one audio-visual clip item: (record fields or None,
+  texts, question count, [reason of each thing dropped]). The labels and
+  texts are checked before the files are decoded."""
+  clips = _WORKER["clips"]
+  rec, texts, questions, dropped = {}, (), 0, []
+  if "labels" in clips.fields:
+    ids, why = _label_ids(item.get("labels") or (), clips.labels)
+    dropped += why
+    if ids is None:
+      return None, (), 0, dropped or ["no label"]
+    rec["label"] = ids
+  if "captions" in clips.fields:
+    good = [_text(c) for c in item.get("captions") or ()]
+    caps = tuple(t for t, _ in good if t is not None)
+    dropped += [w for _, w in good if w]
+    if not caps:
+      return None, (), 0, dropped or ["no text"]
+    rec["caption"] = np.asarray(caps, dtype=object)
+    texts += caps
+  if "questions" in clips.fields:
+    fields, why = _vqa_fields(item.get("questions") or (), _WORKER["labels"],
+                              train)
+    dropped += why
+    if fields is None:
+      return None, (), 0, dropped or ["no text"]
+    rec.update(fields)
+    texts += tuple(fields["question"])
+    questions = len(fields["question"])
+  try:
+    rec["video"], rec["audio"] = clips_lib.decode_clip(
+        clips.spec, video=item["video"], audio=item.get("audio"))
+  except clips_lib.ClipError as e:
+    return None, (), 0, [(e.reason, e.detail)]
+  return rec, texts, questions, dropped
+
+
 def _process(batch, train):
-  """Items -> [(serialized record or None, texts, [(reason, key, detail)])]
-  in order. An item whose image or row is bad is one entry under its
-  reason; a bad text (caption, question) is one entry, and its item is
-  kept while it has a good text left."""
+  """Items -> [(serialized record or None, texts, question count, [(reason,
+  key, detail)])] in order. An item whose image, clip or row is bad is one
+  entry under its reason; a bad text (caption, question) or label is one
+  entry, and its item is kept while it has a good one left."""
   if _WORKER.get("features") is None:
-    _WORKER["features"] = _features(_WORKER["kind"])
+    _WORKER["features"] = _features(_WORKER["kind"], _WORKER.get("clips"))
   out = []
   for item in batch:
     key = item["key"]
     if "error" in item:
-      out.append((None, (), [(item["error"][0], key, item["error"][1])]))
+      out.append((None, (), 0, [(item["error"][0], key, item["error"][1])]))
+      continue
+    if _WORKER["kind"] == "av":
+      fields, texts, n, dropped = _clip_record(item, train)
+      bad = [(d, key, "") if isinstance(d, str) else (d[0], key, d[1])
+             for d in dropped]
+      if fields is None:
+        out.append((None, (), 0, bad))
+        continue
+      fields["id"] = key
+      out.append((_WORKER["features"].serialize_example(fields), texts, n,
+                  bad))
       continue
     data, err = _image(item)
     if err:
-      out.append((None, (), [(err[0], key, err[1])]))
+      out.append((None, (), 0, [(err[0], key, err[1])]))
       continue
     rec = {"id": key, "image": data}
     if _WORKER["kind"] == "vqa":
@@ -211,10 +308,11 @@ def _process(batch, train):
       fields = {"caption": np.asarray(texts, dtype=object)} if texts else None
     bad = [(why, key, "") for why in dropped]
     if fields is None:
-      out.append((None, (), bad or [("no text", key, "")]))
+      out.append((None, (), 0, bad or [("no text", key, "")]))
       continue
     rec.update(fields)
-    out.append((_WORKER["features"].serialize_example(rec), texts, bad))
+    out.append((_WORKER["features"].serialize_example(rec), texts,
+                len(texts), bad))
   return out
 
 
@@ -313,6 +411,31 @@ def vqa_labels(streams, top_k: int, answers_file: str | None) -> Labels:
                 tuple(tuple(s) for s in qtypes.values()))
 
 
+def clip_labels(stream, spec) -> Clips:
+  """The label fields of a clip source (those of its first good item) and,
+  when it has labels, the class names (every label of the first stream,
+  the training split, sorted) and whether any clip there has several."""
+  fields, names, multi = None, set(), False
+  for item in stream():
+    if "error" in item:
+      continue
+    if fields is None:
+      fields = tuple(k for k in ("labels", "captions", "questions")
+                     if k in item)
+    values = {str(v) if isinstance(v, (int, float)) else v
+              for v in item.get("labels") or ()}
+    good = {t for t, _ in map(_text, values) if t is not None}
+    names |= good
+    multi |= len(good) > 1
+  if fields is None:
+    raise sources.SourceError("ingest: the source has no usable row (every "
+                              "row is malformed or misses a column).")
+  if "labels" in fields and not names:
+    raise sources.SourceError("ingest: the training split has no labels to "
+                              "build the class list from.")
+  return Clips(spec, fields, tuple(sorted(names)), multi)
+
+
 def _say(verbose, *args):
   if verbose:
     print("mmtx.data ingest:", *args, flush=True)
@@ -325,10 +448,15 @@ def ingest(fmt: str, src: str, name: str, *, splits: dict | None = None,
            text_column: str = "", sep: str = "", images: str = "",
            image_pattern: str = "COCO_{data_subtype}_{image_id:012d}.jpg",
            overwrite: bool = False, batch: int = 64,
-           shard_bytes: int = 256 << 20, verbose: bool = True) -> dict:
+           shard_bytes: int = 256 << 20, verbose: bool = True,
+           frames: int = 8, frame_stride: int = 2, sample_rate: int = 16000,
+           audio_seconds: float = 1.0, video_column: str = "video",
+           audio_column: str = "audio", label_column: str = "label") -> dict:
   """Writes dataset `name`; returns its 'ingest' metadata (records and
   skipped rows per split). See the module docstring; `splits` maps split
-  names to sources relative to `src` (default {'train': src})."""
+  names to sources relative to `src` (default {'train': src}). Clips
+  (av_* formats) are `clips.ClipSpec(frames, frame_stride, image_size,
+  sample_rate, audio_seconds)`."""
   from mmtx.data import build as build_lib  # pylint: disable=g-import-not-at-top
   from mmtx.data import catalog  # pylint: disable=g-import-not-at-top
   fmt = fmt.lower()
@@ -347,11 +475,26 @@ def ingest(fmt: str, src: str, name: str, *, splits: dict | None = None,
                               "(its answer vocabulary) or --answers FILE.")
   default_cols = {"jsonl": ("filepath", "title"), "csv": ("filepath", "title"),
                   "tsv": ("filepath", "title"), "parquet": ("image", "text"),
-                  "webdataset": ("", "caption")}.get(fmt, ("", ""))
+                  "webdataset": ("", "caption")}.get(fmt, ("", "caption"))
   opts = argparse.Namespace(
       image_column=image_column or default_cols[0],
       text_column=text_column or default_cols[1], sep=sep, images=images,
-      image_pattern=image_pattern)
+      image_pattern=image_pattern, video_column=video_column,
+      audio_column=audio_column, label_column=label_column)
+  spec = None
+  if fmt.startswith("av_"):
+    try:
+      spec = clips_lib.ClipSpec(frames, frame_stride, image_size, sample_rate,
+                                float(audio_seconds))
+    except ValueError as e:
+      raise sources.SourceError(f"ingest: {e}") from None
+    try:
+      import av  # noqa: F401  pylint: disable=g-import-not-at-top
+      import soundfile  # noqa: F401  pylint: disable=g-import-not-at-top
+    except ImportError as e:
+      raise sources.SourceError(
+          f"ingest: decoding clips needs soundfile and PyAV ({e}); install "
+          "them with `pip install 'mmtx[av]'`.") from None
   # Every source is checked before any work.
   streams = {s: sources.open_source(fmt, p, opts) for s, p in splits.items()}
   data_dir = data_dir or build_lib.default_data_dir()
@@ -359,12 +502,14 @@ def ingest(fmt: str, src: str, name: str, *, splits: dict | None = None,
   if os.path.exists(target) and not overwrite:
     raise sources.SourceError(f"ingest: {target} exists; pass --overwrite to "
                               "replace it.")
-  kind = "vqa" if fmt == "vqa" else "caption"
+  kind = "vqa" if fmt == "vqa" else "av" if spec else "caption"
   order = sorted(streams, key=lambda s: s != "train")   # train first
-  labels = None
-  if kind == "vqa":
+  labels = clips = None
+  if kind == "av":
+    clips = clip_labels(streams[order[0]], spec)
+  if kind == "vqa" or clips and "questions" in clips.fields:
     labels = vqa_labels([streams[s]() for s in order], top_k, answers_file)
-  _init_worker(kind, max_side, labels)
+  _init_worker(kind, max_side, labels, clips)
   for split in order:
     _probe(streams[split], splits[split], split == "train")
   tmp = os.path.join(data_dir, name, f".{VERSION}.incomplete-{os.getpid()}")
@@ -376,7 +521,7 @@ def ingest(fmt: str, src: str, name: str, *, splits: dict | None = None,
   if workers > 0:
     pool = concurrent.futures.ProcessPoolExecutor(
         workers, mp_context=multiprocessing.get_context("spawn"),
-        initializer=_init_worker, initargs=(kind, max_side, labels))
+        initializer=_init_worker, initargs=(kind, max_side, labels, clips))
   summary = {"format": fmt, "sources": splits, "max_side": max_side,
              "records": {}, "skipped": {}, "skipped_examples": {}}
   counts = collections.Counter()   # words of the training split's texts
@@ -395,11 +540,11 @@ def ingest(fmt: str, src: str, name: str, *, splits: dict | None = None,
         raise sources.SourceError(
             f"ingest: no usable row in {splits[split]} (skipped: "
             f"{dict(skipped)}); nothing was written.")
-      if kind == "vqa":
+      if labels:
         question_counts[split] = units
       split_infos.append(_split_info(tmp, name, split, writer))
     _write_metadata(tmp, kind, split_infos, summary, labels, question_counts,
-                    image_size)
+                    image_size, clips)
     if labels:
       counts.update(w for a in labels.answers for w in tok_lib.split_words(a))
     words = sorted(counts, key=lambda w: (-counts[w], w))
@@ -420,8 +565,8 @@ def _probe(stream, path, train):
   folder or column, say) is wrong as a whole: SourceError before any work."""
   probe = _process([i for _, i in zip(range(PROBE), stream())], train)
   if probe and all(r[0] is None for r in probe):
-    reasons = collections.Counter(b[0] for r in probe for b in r[2])
-    reason, key, detail = probe[0][2][0]
+    reasons = collections.Counter(b[0] for r in probe for b in r[3])
+    reason, key, detail = probe[0][3][0]
     raise sources.SourceError(
         f"ingest: none of the first {len(probe)} rows of {path} is usable "
         f"({dict(reasons)}; e.g. {reason}: {detail or key}). Check the path, "
@@ -437,7 +582,7 @@ def _write_split(writer, batches, pool, in_flight, word_counts, verbose):
   start = last = time.time()
   fn = _process_train if split == "train" else _process_eval
   for results in _ordered_map(fn, batches, pool, in_flight):
-    for record, texts, bads in results:
+    for record, texts, n_questions, bads in results:
       for bad in bads:
         skipped[bad[0]] += 1
         if sum(1 for s in shown if s[0] == bad[0]) < SHOWN_PER_REASON:
@@ -445,7 +590,7 @@ def _write_split(writer, batches, pool, in_flight, word_counts, verbose):
       if record is None:
         continue
       writer.write(record)
-      units.append(len(texts))
+      units.append(n_questions)
       if word_counts is not None:
         for t in texts:
           word_counts.update(tok_lib.split_words(t))
@@ -485,16 +630,24 @@ _TEMPLATE = "{DATASET}-{SPLIT}.{FILEFORMAT}-{SHARD_X_OF_Y}"
 
 
 def _write_metadata(directory, kind, split_infos, summary, labels,
-                    question_counts, image_size):
+                    question_counts, image_size, clips=None):
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
   meta = {"ingest": summary, "image_size": image_size,
           "image_encoding": "encoded"}
+  if clips:
+    spec = clips.spec
+    meta.update(image_encoding="decoded", frames=spec.frames,
+                frame_stride=spec.frame_stride, sample_rate=spec.sample_rate,
+                audio_samples=spec.audio_samples)
+    if clips.labels:
+      meta.update(labels=list(clips.labels), multi_label=clips.multi_label)
   if labels:
     meta.update(answers=list(labels.answers), qtypes=list(labels.qtypes),
                 qsubtypes=[list(s) for s in labels.qsubtypes],
                 question_counts=question_counts)
   tfds.folder_dataset.write_metadata(
-      data_dir=directory, features=_features(kind), split_infos=split_infos,
+      data_dir=directory, features=_features(kind, clips),
+      split_infos=split_infos,
       filename_template=_TEMPLATE, check_data=False,
       description=("Ingested by `python -m mmtx.data ingest "
                    f"{summary['format']}`."),
@@ -515,7 +668,8 @@ def _parse_splits(text: str) -> dict:
 def main(argv=None):
   p = argparse.ArgumentParser(
       prog="python -m mmtx.data ingest",
-      description="Writes a dataset from your image-text files.")
+      description="Writes a dataset from your image-text files or "
+      "audio-visual clips.")
   p.add_argument("format", help=f"one of {', '.join(sources.FORMATS)}")
   p.add_argument("src", help="the train split's source (a file, a brace "
                  "pattern like pairs-{00000..00099}.tar, a folder), or with "
@@ -529,7 +683,8 @@ def main(argv=None):
   p.add_argument("--max_side", type=int, default=0,
                  help="re-encode images whose longer side is above this")
   p.add_argument("--image_size", type=int, default=224,
-                 help="the input size the pipeline crops to by default")
+                 help="the input size the pipeline crops to by default; "
+                 "clips: the frames' side")
   p.add_argument("--top_k", type=int, default=3129,
                  help="vqa: answers kept (most frequent in train)")
   p.add_argument("--answers", default=None,
@@ -547,6 +702,21 @@ def main(argv=None):
   p.add_argument("--image_pattern",
                  default="COCO_{data_subtype}_{image_id:012d}.jpg",
                  help="vqa: image file name")
+  p.add_argument("--frames", type=int, default=8,
+                 help="clips: frames per clip (the centred ones)")
+  p.add_argument("--frame_stride", type=int, default=2,
+                 help="clips: take every this many source frames")
+  p.add_argument("--sample_rate", type=int, default=16000,
+                 help="clips: audio resampled to this rate (Hz)")
+  p.add_argument("--audio_seconds", type=float, default=1.0,
+                 help="clips: audio kept around the frames' centre")
+  p.add_argument("--video_column", default="video",
+                 help="av_csv/av_tsv/av_jsonl: the video file's column")
+  p.add_argument("--audio_column", default="audio",
+                 help="av_csv/av_tsv/av_jsonl: the audio file's column "
+                 "(absent or empty: the video's own audio track)")
+  p.add_argument("--label_column", default="label",
+                 help="clips: the class label's column / .json key")
   p.add_argument("--overwrite", action="store_true")
   args = p.parse_args(argv)
   try:
@@ -556,7 +726,10 @@ def main(argv=None):
            top_k=args.top_k, answers_file=args.answers,
            image_column=args.image_column, text_column=args.text_column,
            sep=args.sep, images=args.images, image_pattern=args.image_pattern,
-           overwrite=args.overwrite)
+           overwrite=args.overwrite, frames=args.frames,
+           frame_stride=args.frame_stride, sample_rate=args.sample_rate,
+           audio_seconds=args.audio_seconds, video_column=args.video_column,
+           audio_column=args.audio_column, label_column=args.label_column)
   except sources.SourceError as e:
     print(e, file=sys.stderr)
     sys.exit(2)

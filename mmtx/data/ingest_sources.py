@@ -10,9 +10,18 @@ work; its result is a function that streams the source's items in order:
                  'question_type'}, ...]                      ('vqa'),
   or {'key': str, 'error': (reason, detail)} for a row that is wrong.
 
-Consecutive rows (CSV / TSV / JSONL / parquet) naming the same image make
-one item with all their captions (COCO-style files with one row per
-caption); a COCO or VQA image holds every caption / question of it.
+Audio-visual clip formats (av_csv, av_tsv, av_jsonl, av_webdataset) give
+  {'key': str, 'video': path | bytes, 'audio': path | bytes | None (the
+  video's own audio track)} and whichever of 'labels': [str | bytes],
+  'captions': [...], 'questions': [{'question', 'answers': [answer], ...}]
+  the source has (CSV / JSONL columns 'label', 'caption' (--text_column),
+  'question' + 'answer'; webdataset KEY.cls / KEY.txt / a KEY.json with
+  those keys).
+
+Consecutive rows (CSV / TSV / JSONL / parquet) naming the same image (clip)
+make one item with all their captions, questions and labels (COCO-style
+files with one row per caption; AudioSet-style files with one row per
+label); a COCO or VQA image holds every caption / question of it.
 """
 from __future__ import annotations
 
@@ -25,7 +34,10 @@ import re
 import tarfile
 
 IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")
-FORMATS = ("webdataset", "csv", "tsv", "jsonl", "coco", "vqa", "parquet")
+VIDEO_EXTS = ("mp4", "webm", "mkv", "mov", "avi")
+AUDIO_EXTS = ("wav", "flac", "ogg", "mp3")
+FORMATS = ("webdataset", "csv", "tsv", "jsonl", "coco", "vqa", "parquet",
+           "av_webdataset", "av_csv", "av_tsv", "av_jsonl")
 
 
 class SourceError(ValueError):
@@ -66,15 +78,18 @@ def _files(pattern: str, what: str) -> list[str]:
   return paths
 
 
-def _group(rows):
-  """Merges consecutive items naming the same image (their captions)."""
+def _group(rows, same=lambda item: item["path"]):
+  """Merges consecutive items naming the same image or clip (`same`): their
+  captions, questions and labels."""
   last = None
   for item in rows:
     if "error" in item:
       yield item
       continue
-    if last is not None and last["path"] == item["path"]:
-      last["captions"] += item["captions"]
+    if last is not None and same(last) == same(item):
+      for k in ("captions", "questions", "labels"):
+        if k in item:
+          last[k] = last.get(k, []) + item[k]
       continue
     if last is not None:
       yield last
@@ -116,37 +131,45 @@ def _webdataset(path, opts):
     return {"key": key, "image": image, "captions": captions}
 
   def items():
-    for tar in tars:
-      key, files = None, {}
-      try:
-        with tarfile.open(tar, "r|*") as stream:
-          for member in stream:
-            if not member.isfile():
-              continue
-            name = member.name
-            base = os.path.basename(name)
-            stem, _, ext = base.partition(".")
-            k = os.path.join(os.path.dirname(name), stem)
-            if k != key and key is not None:
-              yield group_item(f"{os.path.basename(tar)}:{key}", files)
-              files = {}
-            key = k
-            data = stream.extractfile(member).read()
-            if len(data) != member.size:
-              raise EOFError(f"{name} is cut at {len(data)} of "
-                             f"{member.size} bytes")
-            files[ext.lower()] = data
-          end = stream.offset
-        if not _ends_tar(tar, end):
-          raise EOFError(f"no end-of-archive marker at byte {end}: the "
-                         "file is cut")
-      except (tarfile.TarError, OSError, EOFError) as e:
-        yield {"key": os.path.basename(tar),
-               "error": ("corrupt tar shard", f"{type(e).__name__}: {e}")}
-        files = {}   # the last key may have lost files to the cut
-      if key is not None and files:
-        yield group_item(f"{os.path.basename(tar)}:{key}", files)
+    for key, files in _tar_groups(tars):
+      yield files if key is None else group_item(key, files)
   return items
+
+
+def _tar_groups(tars):
+  """(KEY, {ext: bytes}) per group of consecutive members sharing a KEY
+  (the path up to the first '.'; KEY is 'shard:key'), or (None, an error
+  item) for a shard that is cut or corrupt."""
+  for tar in tars:
+    key, files = None, {}
+    try:
+      with tarfile.open(tar, "r|*") as stream:
+        for member in stream:
+          if not member.isfile():
+            continue
+          name = member.name
+          base = os.path.basename(name)
+          stem, _, ext = base.partition(".")
+          k = os.path.join(os.path.dirname(name), stem)
+          if k != key and key is not None:
+            yield f"{os.path.basename(tar)}:{key}", files
+            files = {}
+          key = k
+          data = stream.extractfile(member).read()
+          if len(data) != member.size:
+            raise EOFError(f"{name} is cut at {len(data)} of "
+                           f"{member.size} bytes")
+          files[ext.lower()] = data
+        end = stream.offset
+      if not _ends_tar(tar, end):
+        raise EOFError(f"no end-of-archive marker at byte {end}: the "
+                       "file is cut")
+    except (tarfile.TarError, OSError, EOFError) as e:
+      yield None, {"key": os.path.basename(tar),
+                   "error": ("corrupt tar shard", f"{type(e).__name__}: {e}")}
+      files = {}   # the last key may have lost files to the cut
+    if key is not None and files:
+      yield f"{os.path.basename(tar)}:{key}", files
 
 
 def _ends_tar(path: str, offset: int) -> bool:
@@ -373,6 +396,135 @@ def _parquet(path, opts):
   return items
 
 
+# ---------------------------------------------------- audio-visual clips
+def _clip_fields(row: dict, opts):
+  """A row's (or webdataset .json's) 'labels' / 'captions' / 'questions'
+  entries, for the columns it has; None values are kept for the caller to
+  count as a missing column."""
+  out = {}
+  if opts.label_column in row:
+    v = row[opts.label_column]
+    out["labels"] = None if v is None else _texts(v)
+  if opts.text_column in row:
+    v = row[opts.text_column]
+    out["captions"] = None if v is None else _texts(v)
+  if "question" in row or "answer" in row:
+    q, a = row.get("question"), row.get("answer")
+    out["questions"] = None if q is None or a is None else [
+        {"question": q, "answers": [str(a)], "answer_type": "all",
+         "question_type": "all"}]
+  return out
+
+
+def _clip_item(key, row, root, opts):
+  video = row.get(opts.video_column)
+  audio = row.get(opts.audio_column) or None
+  fields = _clip_fields(row, opts)
+  if not video or any(v is None for v in fields.values()):
+    return {"key": key, "error": ("missing column", str(row)[:80])}
+  return {"key": key, "video": os.path.join(root, str(video)),
+          "audio": os.path.join(root, str(audio)) if audio else None,
+          **fields}
+
+
+def _check_clip_columns(names, opts, path):
+  if opts.video_column not in names:
+    raise SourceError(
+        f"ingest: {path} has no video column {opts.video_column!r} (it has "
+        f"{list(names)[:10]}); name it with --video_column. Clip records "
+        "hold video and audio: an audio file alone is not a clip.")
+  if not {opts.label_column, opts.text_column, "question"} & set(names):
+    raise SourceError(
+        f"ingest: {path} has no label column {opts.label_column!r}, caption "
+        f"column {opts.text_column!r} or 'question' + 'answer' columns (it "
+        f"has {list(names)[:10]}); name them with --label_column / "
+        "--text_column.")
+
+
+def _same_clip(item):
+  return item["video"], item["audio"]
+
+
+def _av_csv(path, opts, sep):
+  [path] = _files(path, "file")
+  with open(path, newline="", encoding="utf-8", errors="surrogateescape") as f:
+    header = next(csv.reader(f, delimiter=sep), [])
+  _check_clip_columns(header, opts, path)
+  root = _image_dir(path, opts)
+
+  def rows():
+    with open(path, newline="", encoding="utf-8",
+              errors="surrogateescape") as f:
+      for n, row in enumerate(csv.DictReader(f, delimiter=sep), start=2):
+        yield _clip_item(f"line {n}", row, root, opts)
+  return lambda: _group(rows(), _same_clip)
+
+
+def _av_jsonl(path, opts):
+  [path] = _files(path, "file")
+  with open(path, "rb") as f:
+    first = next((line for line in f if line.strip()), b"")
+  try:
+    first = json.loads(first)
+  except ValueError as e:
+    raise SourceError(f"ingest: the first line of {path} is not JSON "
+                      f"({e}).") from None
+  _check_clip_columns(first if isinstance(first, dict) else {}, opts, path)
+  root = _image_dir(path, opts)
+
+  def rows():
+    with open(path, "rb") as f:
+      for n, line in enumerate(f, start=1):
+        if not line.strip():
+          continue
+        key = f"line {n}"
+        try:
+          row = json.loads(line.decode("utf-8"))
+        except UnicodeDecodeError:
+          yield {"key": key, "error": ("non-UTF-8 text", "")}
+          continue
+        except ValueError as e:
+          yield {"key": key, "error": ("malformed row", str(e)[:80])}
+          continue
+        if not isinstance(row, dict):
+          yield {"key": key, "error": ("malformed row", str(row)[:80])}
+          continue
+        yield _clip_item(key, row, root, opts)
+  return lambda: _group(rows(), _same_clip)
+
+
+def _av_webdataset(path, opts):
+  tars = _files(path, "webdataset shard")
+
+  def group_item(key, files):
+    video = next((files[e] for e in VIDEO_EXTS if e in files), None)
+    if video is None:
+      return {"key": key, "error": ("no video", f"only {sorted(files)}")}
+    meta = {}
+    if "json" in files:
+      try:
+        meta = json.loads(files["json"])
+      except ValueError as e:
+        return {"key": key, "error": ("malformed json", str(e)[:80])}
+      if not isinstance(meta, dict):
+        return {"key": key, "error": ("malformed json", str(meta)[:80])}
+    if "cls" in files:
+      meta.setdefault(opts.label_column, files["cls"])
+    if "txt" in files:
+      meta.setdefault(opts.text_column, files["txt"])
+    fields = _clip_fields(meta, opts)
+    if not fields or any(v is None for v in fields.values()):
+      return {"key": key, "error": ("no label", "no .cls / .txt and no "
+                                    "label, caption or question in .json")}
+    audio = next((files[e] for e in AUDIO_EXTS if e in files), None)
+    return {"key": key, "video": video, "audio": audio, **fields}
+
+  def items():
+    for key, files in _tar_groups(tars):
+      yield files if key is None else group_item(key, files)
+  return items
+
+
 def open_source(fmt: str, path: str, opts):
   """Checks `path` as a source of format `fmt`; returns its item stream's
   factory (see the module docstring)."""
@@ -389,5 +541,13 @@ def open_source(fmt: str, path: str, opts):
     return _vqa(path, opts)
   if fmt == "parquet":
     return _parquet(path, opts)
+  if fmt == "av_webdataset":
+    return _av_webdataset(path, opts)
+  if fmt in ("av_csv", "av_tsv"):
+    sep = opts.sep or ("\t" if fmt == "av_tsv" or path.endswith(".tsv")
+                       else ",")
+    return _av_csv(path, opts, sep)
+  if fmt == "av_jsonl":
+    return _av_jsonl(path, opts)
   raise SourceError(f"ingest: unknown format {fmt!r}; expected one of "
                     f"{FORMATS}.")

@@ -290,7 +290,8 @@ def _open_source(name, split, data_dir, build, fields, image_size):
 def _open_ingested(name, split, data_dir, image_size):
   """`_open_source` for a dataset `python -m mmtx.data ingest` wrote: its
   records hold encoded images, cropped to `image_size` (default: the
-  dataset's --image_size) in the view."""
+  dataset's --image_size) in the view, or decoded clips of the size they
+  were written at."""
   builder = ingest_lib.open_builder(name, data_dir)
   hint = ingest_lib.rerun_command(builder.info.metadata, name)
   splits = sorted(builder.info.splits.keys())
@@ -298,9 +299,17 @@ def _open_ingested(name, split, data_dir, image_size):
     raise ValueError(f"mmtx.data: {name} has no split {split!r}; it has "
                      f"{splits} (a TFDS slice like 'train[:10%]' also works).")
   source = _FileSource(builder.as_data_source(split), name, split, hint)
-  size = int(image_size or builder.info.metadata["image_size"])
-  return (source, _identity, (size, size, 3), dict(builder.info.metadata),
-          hint, builder)
+  meta = dict(builder.info.metadata)
+  size = int(image_size or meta["image_size"])
+  shape = (size, size, 3)
+  if "frames" in meta:   # clips: 'video' [frames, size, size, 3]
+    if size != meta["image_size"]:
+      raise ValueError(f"mmtx.data: {name} holds clips of "
+                       f"{meta['image_size']}x{meta['image_size']} frames, "
+                       f"not {size}; leave data.image_size 0 or ingest them "
+                       f"again with --image_size {size}.")
+    shape = (int(meta["frames"]),) + shape
+  return source, _identity, shape, meta, hint, builder
 
 
 def get_dataset(name: str, split: str, task: str, *, batch_size: int,
