@@ -71,7 +71,8 @@ def test_misspelt_config_file_arg_is_an_error_not_a_silent_default(
 
 
 @pytest.mark.parametrize("name", ["default", "easy_vqa", "caption", "clip",
-                                  "dialogue", "pretrain", "finetune_vqa"])
+                                  "dialogue", "pretrain", "finetune_vqa",
+                                  "avqa", "av_event"])
 def test_every_config_file_checks_its_args(name):
   import importlib
   mod = importlib.import_module(f"mmtx.configs.{name}")
