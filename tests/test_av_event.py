@@ -31,7 +31,9 @@ def test_average_precision_matches_sklearn_and_a_hand_count():
 
 def _config(tmp_path, steps):
   from mmtx.configs import av_event
-  cfg = av_event.get_config(f"steps={steps},width=16")
+  # One M-modality attention layer: the cheapest fusion to compile.
+  cfg = av_event.get_config(f"steps={steps},width=16,fusion=m_modal")
+  cfg.model.fusion.num_layers = 1
   cfg.data.name = "av_scenes/tiny"
   cfg.data.data_dir = str(tmp_path / "data")
   cfg.data.eval_splits = ("train",)
