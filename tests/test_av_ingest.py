@@ -95,6 +95,7 @@ def files(tmp_path_factory):
   rows = [("a.mp4", "a.wav", "dog"), ("b.mp4", "", "cat"),
           ("a.mp4", "a.flac", "dog"), ("a.mp4", "a.flac", "bird"),
           ("missing.mp4", "a.wav", "dog"), ("bad.mp4", "a.wav", "dog"),
+          ("a.mp4", "missing.wav", "dog"),
           ("a.mp4", "bad.flac", "cat"), ("a.mp4", "", "cat"),
           ("b.mp4", "a.wav", "")]
   with open(d / "clips.csv", "w", newline="") as f:
@@ -134,7 +135,7 @@ def test_bad_files_are_skipped_and_counted_per_reason(ingested):
   summary, builder, _ = ingested
   assert summary["records"] == {"train": 3}
   assert summary["skipped"]["train"] == {
-      "missing file": 1, "unreadable video": 1, "unreadable audio": 1,
+      "missing file": 2, "unreadable video": 1, "unreadable audio": 1,
       "no audio track": 1, "empty text": 1}
   assert builder.info.metadata["labels"] == ["bird", "cat", "dog"]
   assert builder.info.metadata["multi_label"] is True

@@ -161,10 +161,10 @@ def decode_audio(src):
   return wave, rate
 
 
-def decode_video(src, spec: ClipSpec):
+def decode_video(src, spec: ClipSpec, *, with_audio: bool = True):
   """A file (path or bytes) -> (uint8 [frames, size, size, 3], (start, end)
-  seconds of the clip's span, `decode_audio` of its audio track or None
-  when it has none)."""
+  seconds of the clip's span, `decode_audio` of its audio track, or None
+  when it has none or not `with_audio`)."""
   import av  # pylint: disable=g-import-not-at-top
   from PIL import Image  # pylint: disable=g-import-not-at-top
   frames, times = [], []
@@ -196,7 +196,7 @@ def decode_video(src, spec: ClipSpec):
   step = 1.0 / rate if rate else (times[1] - times[0] if len(times) > 1
                                   else 0.0)
   span = (float(times[idx[0]]), float(times[idx[-1]]) + step)
-  audio = decode_audio(src) if has_audio else None
+  audio = decode_audio(src) if has_audio and with_audio else None
   return np.stack([frames[i] for i in idx]), span, audio
 
 
@@ -204,7 +204,7 @@ def decode_clip(spec: ClipSpec, *, video, audio=None):
   """(uint8 [frames, size, size, 3], float32 [spec.audio_samples]) from a
   video file and, optionally, a separate audio file (else the video's own
   audio track); ClipError naming what is wrong."""
-  frames, span, track = decode_video(video, spec)
+  frames, span, track = decode_video(video, spec, with_audio=audio is None)
   if audio is not None:
     track = decode_audio(audio)
   if track is None:
