@@ -422,6 +422,8 @@ def clip_labels(stream, spec) -> Clips:
     if fields is None:
       fields = tuple(k for k in ("labels", "captions", "questions")
                      if k in item)
+    if "labels" not in fields:
+      break
     values = {str(v) if isinstance(v, (int, float)) else v
               for v in item.get("labels") or ()}
     good = {t for t, _ in map(_text, values) if t is not None}
