@@ -181,8 +181,9 @@ def test_mp4_frames_are_the_centred_clip_and_its_own_audio_track(ingested):
 
 
 def test_webdataset_clips_decode_like_the_csv_ones(files, ingested, tmp_path):
-  """The same files as tar members (KEY.mp4, KEY.wav, KEY.cls) give the same
-  arrays as the CSV rows that name them as paths."""
+  """The same files as tar members (KEY.mp4, KEY.wav, a label in KEY.json
+  or KEY.cls) give the same arrays and labels as the CSV rows that name
+  them as paths."""
   _, builder, _ = ingested
   tar_path = tmp_path / "clips-000.tar"
   with tarfile.open(tar_path, "w") as tar:
@@ -190,8 +191,9 @@ def test_webdataset_clips_decode_like_the_csv_ones(files, ingested, tmp_path):
                          ("k1", {"mp4": "b.mp4"})]:
       for ext, name in members.items():
         tar.add(files / name, arcname=f"{key}.{ext}")
-      payload = json.dumps({"label": "dog" if key == "k0" else "cat"})
-      info = tarfile.TarInfo(f"{key}.json")
+      payload, ext = ((json.dumps({"label": "dog"}), "json") if key == "k0"
+                      else ("cat", "cls"))
+      info = tarfile.TarInfo(f"{key}.{ext}")
       info.size = len(payload)
       tar.addfile(info, io.BytesIO(payload.encode()))
   summary = ingest.ingest("av_webdataset", str(tar_path), "wds",
@@ -203,6 +205,9 @@ def test_webdataset_clips_decode_like_the_csv_ones(files, ingested, tmp_path):
   for i in range(2):
     np.testing.assert_array_equal(got[i]["video"], want[i]["video"])
     np.testing.assert_array_equal(got[i]["audio"], want[i]["audio"])
+  meta = ingest.open_builder("wds", str(tmp_path)).info.metadata
+  assert meta["labels"] == ["cat", "dog"] and meta["multi_label"] is False
+  assert [int(got[i]["label"][0]) for i in range(2)] == [1, 0]
 
 
 def test_label_view_reads_the_ingested_clips(ingested):
