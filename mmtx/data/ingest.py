@@ -9,8 +9,9 @@ val=annotations/captions_val2017.json
 
 FORMAT: webdataset, csv, tsv, jsonl, coco, vqa, parquet, and for
 audio-visual clips av_webdataset, av_csv, av_tsv, av_jsonl
-(ingest_sources.py says what each reads). SRC is the 'train' split's
-source, or, with `--split`, the folder the split sources are relative to.
+(ingest_sources.py and ingest_clips.py say what each reads). SRC is the
+'train' split's source, or, with `--split`, the folder the split sources
+are relative to.
 
   python -m mmtx.data ingest av_csv clips.csv --name myclips \
       --frames 8 --frame_stride 2 --image_size 64 --sample_rate 16000
@@ -21,7 +22,7 @@ resized, audio resampled and windowed), into the records AV-Scenes has:
 [audio_seconds * sample_rate], and 'label' int32 [K] (ids into the
 metadata's 'labels': the training split's labels, sorted; 'multi_label'
 when a clip has several), 'caption' and / or the VQA fields ('answer_ids'
-included) for the columns the source has.
+included) for the columns the source has (ingest_clips.py).
 
 Output: `DATA_DIR/NAME/1.0.0/`, a TFDS folder dataset of array_record
 shards with the record schema of views.py, except that 'image' holds the
@@ -44,7 +45,6 @@ from __future__ import annotations
 import argparse
 import collections
 import concurrent.futures
-import dataclasses
 import multiprocessing
 import os
 import re
@@ -55,31 +55,16 @@ import time
 import numpy as np
 
 from mmtx.data import clips as clips_lib
+from mmtx.data import ingest_clips
 from mmtx.data import ingest_sources as sources
+from mmtx.data import ingest_texts as texts_lib
 from mmtx.data import tokenizers as tok_lib
 
 VERSION = "1.0.0"
-NUM_HUMAN_ANSWERS = 10      # VQA v2: ten answers per question
 PROBE = 32                  # items checked before any work
 SHOWN_PER_REASON = 3        # skipped rows named per reason
-
-
-@dataclasses.dataclass(frozen=True)
-class Clips:
-  """What an audio-visual ingest writes: the clip shape, the label fields
-  the source has ('labels', 'captions', 'questions') and the class names."""
-  spec: clips_lib.ClipSpec
-  fields: tuple[str, ...]
-  labels: tuple[str, ...] = ()
-  multi_label: bool = False
-
-
-@dataclasses.dataclass(frozen=True)
-class Labels:
-  """VQA answer vocabulary and question types (from the training split)."""
-  answers: tuple[str, ...]
-  qtypes: tuple[str, ...]
-  qsubtypes: tuple[tuple[str, ...], ...]
+FORMATS = sources.FORMATS + ingest_clips.FORMATS
+NUM_HUMAN_ANSWERS = texts_lib.NUM_HUMAN_ANSWERS
 
 
 def dataset_dir(name: str, data_dir: str | None = None) -> str:
@@ -141,23 +126,6 @@ def _features(kind, clips=None):
   return f.FeaturesDict(feats)
 
 
-def _text(value):
-  """(str, None) or (None, reason) for one caption / question."""
-  if isinstance(value, bytes):
-    try:
-      value = value.decode("utf-8")
-    except UnicodeDecodeError:
-      return None, "non-UTF-8 text"
-  if not isinstance(value, str):
-    return None, "empty text" if value is None else "malformed row"
-  try:
-    value.encode("utf-8")
-  except UnicodeEncodeError:   # surrogateescape'd bytes from a CSV
-    return None, "non-UTF-8 text"
-  value = value.strip()
-  return (value, None) if value else (None, "empty text")
-
-
 def _image(item):
   """(bytes, None) or (None, (reason, detail))."""
   from mmtx.data import images  # pylint: disable=g-import-not-at-top
@@ -182,92 +150,6 @@ def _image(item):
   return data, None
 
 
-def _vqa_fields(questions, labels, train):
-  """(the record's question fields or None when none is left, [reason of
-  each question dropped])."""
-  from mmtx.metrics import vqa_normalize_answer  # pylint: disable=g-import-not-at-top
-  index = {a: i for i, a in enumerate(labels.answers)}
-  out = collections.defaultdict(list)
-  dropped = []
-  for q in questions:
-    text, why = _text(q["question"])
-    if text is None:
-      dropped.append(why)
-      continue
-    ids = [index.get(vqa_normalize_answer(str(a)), -1)
-           for a in q["answers"][:NUM_HUMAN_ANSWERS]]
-    known = [i for i in ids if i >= 0]
-    if not known and train:   # nothing to learn from: not kept for training
-      dropped.append("answer not in vocabulary")
-      continue
-    # The label: the most frequent known human answer (ties: first given).
-    answer = max(known, key=known.count) if known else -1
-    t = labels.qtypes.index(q["answer_type"])
-    out["question"].append(text)
-    out["answer"].append(answer)
-    out["qtype"].append(t)
-    out["qsubtype"].append(labels.qsubtypes[t].index(q["question_type"]))
-    out["answer_ids"].append(ids + [-2] * (NUM_HUMAN_ANSWERS - len(ids)))
-  if not out:
-    return None, dropped
-  rec = {k: np.asarray(v, np.int32) for k, v in out.items() if k != "question"}
-  rec["question"] = np.asarray(out["question"], dtype=object)
-  return rec, dropped
-
-
-def _label_ids(values, names):
-  """(sorted distinct class ids or None when none is left, [reason of each
-  label dropped]) of a clip's labels."""
-  index = {n: i for i, n in enumerate(names)}
-  ids, dropped = set(), []
-  for v in values:
-    text, why = _text(str(v) if isinstance(v, (int, float)) else v)
-    if text is None:
-      dropped.append(why)
-    elif text not in index:
-      dropped.append("label not in vocabulary")
-    else:
-      ids.add(index[text])
-  return (np.asarray(sorted(ids), np.int32) if ids else None), dropped
-
-
-def _clip_record(item, train):
-  """`_process` for one audio-visual clip item: (record fields or None,
-  texts, question count, [reason of each thing dropped]). The labels and
-  texts are checked before the files are decoded."""
-  clips = _WORKER["clips"]
-  rec, texts, questions, dropped = {}, (), 0, []
-  if "labels" in clips.fields:
-    ids, why = _label_ids(item.get("labels") or (), clips.labels)
-    dropped += why
-    if ids is None:
-      return None, (), 0, dropped or ["no label"]
-    rec["label"] = ids
-  if "captions" in clips.fields:
-    good = [_text(c) for c in item.get("captions") or ()]
-    caps = tuple(t for t, _ in good if t is not None)
-    dropped += [w for _, w in good if w]
-    if not caps:
-      return None, (), 0, dropped or ["no text"]
-    rec["caption"] = np.asarray(caps, dtype=object)
-    texts += caps
-  if "questions" in clips.fields:
-    fields, why = _vqa_fields(item.get("questions") or (), _WORKER["labels"],
-                              train)
-    dropped += why
-    if fields is None:
-      return None, (), 0, dropped or ["no text"]
-    rec.update(fields)
-    texts += tuple(fields["question"])
-    questions = len(fields["question"])
-  try:
-    rec["video"], rec["audio"] = clips_lib.decode_clip(
-        clips.spec, video=item["video"], audio=item.get("audio"))
-  except clips_lib.ClipError as e:
-    return None, (), 0, [(e.reason, e.detail)]
-  return rec, texts, questions, dropped
-
-
 def _process(batch, train):
   """Items -> [(serialized record or None, texts, question count, [(reason,
   key, detail)])] in order. An item whose image, clip or row is bad is one
@@ -282,7 +164,8 @@ def _process(batch, train):
       out.append((None, (), 0, [(item["error"][0], key, item["error"][1])]))
       continue
     if _WORKER["kind"] == "av":
-      fields, texts, n, dropped = _clip_record(item, train)
+      fields, texts, n, dropped = ingest_clips.clip_record(
+          item, _WORKER["clips"], _WORKER["labels"], train)
       bad = [(d, key, "") if isinstance(d, str) else (d[0], key, d[1])
              for d in dropped]
       if fields is None:
@@ -298,11 +181,11 @@ def _process(batch, train):
       continue
     rec = {"id": key, "image": data}
     if _WORKER["kind"] == "vqa":
-      fields, dropped = _vqa_fields(item["questions"], _WORKER["labels"],
-                                    train)
+      fields, dropped = texts_lib.vqa_fields(item["questions"],
+                                             _WORKER["labels"], train)
       texts = () if fields is None else tuple(fields["question"])
     else:
-      good = [_text(c) for c in item["captions"]]
+      good = [texts_lib.text(c) for c in item["captions"]]
       texts = tuple(t for t, _ in good if t is not None)
       dropped = [w for _, w in good if w]
       fields = {"caption": np.asarray(texts, dtype=object)} if texts else None
@@ -381,63 +264,6 @@ def _ordered_map(fn, batches, pool, in_flight):
     yield pending.popleft().result()
 
 
-def vqa_labels(streams, top_k: int, answers_file: str | None) -> Labels:
-  """The answer vocabulary (the `top_k` most frequent normalised human
-  answers of the first stream, the training split; ties by first seen) or
-  `answers_file` (one answer per line), and the question types of all
-  streams ('answer_type' -> qtype, 'question_type' -> its qsubtype) in the
-  order they are first seen."""
-  from mmtx.metrics import vqa_normalize_answer  # pylint: disable=g-import-not-at-top
-  counts = collections.Counter()
-  qtypes = {}
-  for n, stream in enumerate(streams):
-    for item in stream:
-      for q in item.get("questions", ()):
-        subs = qtypes.setdefault(q["answer_type"], {})
-        subs.setdefault(q["question_type"], len(subs))
-        if n == 0 and answers_file is None:
-          counts.update(vqa_normalize_answer(str(a))
-                        for a in q["answers"][:NUM_HUMAN_ANSWERS])
-  if answers_file:
-    with open(answers_file, encoding="utf-8") as f:
-      answers = [vqa_normalize_answer(line.strip()) for line in f
-                 if line.strip()]
-  else:
-    answers = [a for a, _ in counts.most_common(top_k) if a]
-  if not answers:
-    raise sources.SourceError("ingest: the training split has no answers to "
-                              "build the answer vocabulary from.")
-  return Labels(tuple(answers), tuple(qtypes),
-                tuple(tuple(s) for s in qtypes.values()))
-
-
-def clip_labels(stream, spec) -> Clips:
-  """The label fields of a clip source (those of its first good item) and,
-  when it has labels, the class names (every label of the first stream,
-  the training split, sorted) and whether any clip there has several."""
-  fields, names, multi = None, set(), False
-  for item in stream():
-    if "error" in item:
-      continue
-    if fields is None:
-      fields = tuple(k for k in ("labels", "captions", "questions")
-                     if k in item)
-    if "labels" not in fields:
-      break
-    values = {str(v) if isinstance(v, (int, float)) else v
-              for v in item.get("labels") or ()}
-    good = {t for t, _ in map(_text, values) if t is not None}
-    names |= good
-    multi |= len(good) > 1
-  if fields is None:
-    raise sources.SourceError("ingest: the source has no usable row (every "
-                              "row is malformed or misses a column).")
-  if "labels" in fields and not names:
-    raise sources.SourceError("ingest: the training split has no labels to "
-                              "build the class list from.")
-  return Clips(spec, fields, tuple(sorted(names)), multi)
-
-
 def _say(verbose, *args):
   if verbose:
     print("mmtx.data ingest:", *args, flush=True)
@@ -462,9 +288,9 @@ def ingest(fmt: str, src: str, name: str, *, splits: dict | None = None,
   from mmtx.data import build as build_lib  # pylint: disable=g-import-not-at-top
   from mmtx.data import catalog  # pylint: disable=g-import-not-at-top
   fmt = fmt.lower()
-  if fmt not in sources.FORMATS:
+  if fmt not in FORMATS:
     raise sources.SourceError(f"ingest: unknown format {fmt!r}; expected one "
-                              f"of {sources.FORMATS}.")
+                              f"of {FORMATS}.")
   if not re.fullmatch(r"[a-z][a-z0-9_]*", name) or (
       name in build_lib.BUILDERS or name in catalog.CATALOG_FIELDS):
     raise sources.SourceError(
@@ -498,7 +324,8 @@ def ingest(fmt: str, src: str, name: str, *, splits: dict | None = None,
           f"ingest: decoding clips needs soundfile and PyAV ({e}); install "
           "them with `pip install 'mmtx[av]'`.") from None
   # Every source is checked before any work.
-  streams = {s: sources.open_source(fmt, p, opts) for s, p in splits.items()}
+  reader = ingest_clips if spec else sources
+  streams = {s: reader.open_source(fmt, p, opts) for s, p in splits.items()}
   data_dir = data_dir or build_lib.default_data_dir()
   target = os.path.join(data_dir, name, VERSION)
   if os.path.exists(target) and not overwrite:
@@ -508,9 +335,10 @@ def ingest(fmt: str, src: str, name: str, *, splits: dict | None = None,
   order = sorted(streams, key=lambda s: s != "train")   # train first
   labels = clips = None
   if kind == "av":
-    clips = clip_labels(streams[order[0]], spec)
+    clips = ingest_clips.clip_labels(streams[order[0]], spec)
   if kind == "vqa" or clips and "questions" in clips.fields:
-    labels = vqa_labels([streams[s]() for s in order], top_k, answers_file)
+    labels = texts_lib.vqa_labels([streams[s]() for s in order], top_k,
+                                  answers_file)
   _init_worker(kind, max_side, labels, clips)
   for split in order:
     _probe(streams[split], splits[split], split == "train")
@@ -672,7 +500,7 @@ def main(argv=None):
       prog="python -m mmtx.data ingest",
       description="Writes a dataset from your image-text files or "
       "audio-visual clips.")
-  p.add_argument("format", help=f"one of {', '.join(sources.FORMATS)}")
+  p.add_argument("format", help=f"one of {', '.join(FORMATS)}")
   p.add_argument("src", help="the train split's source (a file, a brace "
                  "pattern like pairs-{00000..00099}.tar, a folder), or with "
                  "--split the folder the split sources are relative to")

@@ -10,13 +10,8 @@ work; its result is a function that streams the source's items in order:
                  'question_type'}, ...]                      ('vqa'),
   or {'key': str, 'error': (reason, detail)} for a row that is wrong.
 
-Audio-visual clip formats (av_csv, av_tsv, av_jsonl, av_webdataset) give
-  {'key': str, 'video': path | bytes, 'audio': path | bytes | None (the
-  video's own audio track)} and whichever of 'labels': [str | bytes],
-  'captions': [...], 'questions': [{'question', 'answers': [answer], ...}]
-  the source has (CSV / JSONL columns 'label', 'caption' (--text_column),
-  'question' + 'answer'; webdataset KEY.cls / KEY.txt / a KEY.json with
-  those keys).
+The audio-visual clip formats' readers (ingest_clips.py) use the helpers
+here.
 
 Consecutive rows (CSV / TSV / JSONL / parquet) naming the same image (clip)
 make one item with all their captions, questions and labels (COCO-style
@@ -34,10 +29,7 @@ import re
 import tarfile
 
 IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")
-VIDEO_EXTS = ("mp4", "webm", "mkv", "mov", "avi")
-AUDIO_EXTS = ("wav", "flac", "ogg", "mp3")
-FORMATS = ("webdataset", "csv", "tsv", "jsonl", "coco", "vqa", "parquet",
-           "av_webdataset", "av_csv", "av_tsv", "av_jsonl")
+FORMATS = ("webdataset", "csv", "tsv", "jsonl", "coco", "vqa", "parquet")
 
 
 class SourceError(ValueError):
@@ -61,7 +53,7 @@ def expand_braces(pattern: str) -> list[str]:
   return [p for part in parts for p in expand_braces(head + part + tail)]
 
 
-def _files(pattern: str, what: str) -> list[str]:
+def source_files(pattern: str, what: str) -> list[str]:
   """The files of a brace pattern, glob or directory; all must exist."""
   if os.path.isdir(pattern):
     return sorted(os.path.join(pattern, f) for f in os.listdir(pattern)
@@ -78,7 +70,7 @@ def _files(pattern: str, what: str) -> list[str]:
   return paths
 
 
-def _group(rows, same=lambda item: item["path"]):
+def group_rows(rows, same=lambda item: item["path"]):
   """Merges consecutive items naming the same image or clip (`same`): their
   captions, questions and labels."""
   last = None
@@ -98,7 +90,7 @@ def _group(rows, same=lambda item: item["path"]):
     yield last
 
 
-def _texts(value):
+def as_list(value):
   """A caption field: a string or a list of strings."""
   if isinstance(value, (list, tuple)):
     return list(value)
@@ -107,7 +99,7 @@ def _texts(value):
 
 # ------------------------------------------------------------- webdataset
 def _webdataset(path, opts):
-  tars = _files(path, "webdataset shard")
+  tars = source_files(path, "webdataset shard")
 
   def group_item(key, files):
     image = next((files[e] for e in IMAGE_EXTS if e in files), None)
@@ -121,7 +113,7 @@ def _webdataset(path, opts):
         return {"key": key, "error": ("malformed json", str(e)[:80])}
       for k in (opts.text_column, "captions", "caption", "text"):
         if isinstance(meta, dict) and meta.get(k):
-          captions = _texts(meta[k])
+          captions = as_list(meta[k])
           break
     if not captions and "txt" in files:
       captions = [files["txt"]]
@@ -131,12 +123,12 @@ def _webdataset(path, opts):
     return {"key": key, "image": image, "captions": captions}
 
   def items():
-    for key, files in _tar_groups(tars):
+    for key, files in tar_groups(tars):
       yield files if key is None else group_item(key, files)
   return items
 
 
-def _tar_groups(tars):
+def tar_groups(tars):
   """(KEY, {ext: bytes}) per group of consecutive members sharing a KEY
   (the path up to the first '.'; KEY is 'shard:key'), or (None, an error
   item) for a shard that is cut or corrupt."""
@@ -182,12 +174,12 @@ def _ends_tar(path: str, offset: int) -> bool:
 
 
 # ----------------------------------------------------------- csv / jsonl
-def _image_dir(path, opts):
+def file_dir(path, opts):
   return opts.images or os.path.dirname(os.path.abspath(path))
 
 
 def _csv(path, opts, sep):
-  [path] = _files(path, "file")
+  [path] = source_files(path, "file")
   with open(path, newline="", encoding="utf-8", errors="surrogateescape") as f:
     header = next(csv.reader(f, delimiter=sep), [])
   img_col, txt_col = opts.image_column, opts.text_column
@@ -198,7 +190,7 @@ def _csv(path, opts, sep):
         f"{header[:10]}, separator {sep!r}). Name the columns with "
         "--image_column / --text_column (default: open_clip's 'filepath' "
         "and 'title'), or the separator with --sep.")
-  root = _image_dir(path, opts)
+  root = file_dir(path, opts)
 
   def rows():
     with open(path, newline="", encoding="utf-8",
@@ -210,11 +202,11 @@ def _csv(path, opts, sep):
           continue
         yield {"key": key, "path": os.path.join(root, row[img_col]),
                "captions": [row[txt_col]]}
-  return lambda: _group(rows())
+  return lambda: group_rows(rows())
 
 
 def _jsonl(path, opts):
-  [path] = _files(path, "file")
+  [path] = source_files(path, "file")
   img_col, txt_col = opts.image_column, opts.text_column
   with open(path, "rb") as f:
     first = next((line for line in f if line.strip()), b"")
@@ -229,7 +221,7 @@ def _jsonl(path, opts):
         f"ingest: {path}: the first row has no key {img_col!r} / "
         f"{txt_col!r} (it has {has}); name them with --image_column / "
         "--text_column.")
-  root = _image_dir(path, opts)
+  root = file_dir(path, opts)
 
   def rows():
     with open(path, "rb") as f:
@@ -250,8 +242,8 @@ def _jsonl(path, opts):
           yield {"key": key, "error": ("missing column", str(row)[:80])}
           continue
         yield {"key": key, "path": os.path.join(root, str(row[img_col])),
-               "captions": _texts(row[txt_col])}
-  return lambda: _group(rows())
+               "captions": as_list(row[txt_col])}
+  return lambda: group_rows(rows())
 
 
 # ------------------------------------------------------------------ COCO
@@ -269,7 +261,7 @@ def _load_json(path, keys, what):
 
 
 def _coco(path, opts):
-  [path] = _files(path, "file")
+  [path] = source_files(path, "file")
   obj = _load_json(path, ("images", "annotations"),
                    "a COCO captions file (captions_*.json)")
   root = opts.images
@@ -312,7 +304,7 @@ def vqa_annotations_path(questions_path: str) -> str:
 
 
 def _vqa(path, opts):
-  [path] = _files(path, "file")
+  [path] = source_files(path, "file")
   qs = _load_json(path, ("questions",), "a VQA questions file")
   ann_path = vqa_annotations_path(path)
   if not os.path.isfile(ann_path):
@@ -357,7 +349,7 @@ def _vqa(path, opts):
 
 # --------------------------------------------------------------- parquet
 def _parquet(path, opts):
-  paths = [p for p in _files(path, "parquet file")
+  paths = [p for p in source_files(path, "parquet file")
            if p.endswith(".parquet") or not os.path.isdir(path)]
   try:
     import pyarrow.parquet as pq  # pylint: disable=g-import-not-at-top
@@ -392,136 +384,7 @@ def _parquet(path, opts):
             yield {"key": key, "error": ("missing column", "empty "
                                          + ("image" if not image else "text"))}
             continue
-          yield {"key": key, "image": bytes(image), "captions": _texts(text)}
-  return items
-
-
-# ---------------------------------------------------- audio-visual clips
-def _clip_fields(row: dict, opts):
-  """A row's (or webdataset .json's) 'labels' / 'captions' / 'questions'
-  entries, for the columns it has; None values are kept for the caller to
-  count as a missing column."""
-  out = {}
-  if opts.label_column in row:
-    v = row[opts.label_column]
-    out["labels"] = None if v is None else _texts(v)
-  if opts.text_column in row:
-    v = row[opts.text_column]
-    out["captions"] = None if v is None else _texts(v)
-  if "question" in row or "answer" in row:
-    q, a = row.get("question"), row.get("answer")
-    out["questions"] = None if q is None or a is None else [
-        {"question": q, "answers": [str(a)], "answer_type": "all",
-         "question_type": "all"}]
-  return out
-
-
-def _clip_item(key, row, root, opts):
-  video = row.get(opts.video_column)
-  audio = row.get(opts.audio_column) or None
-  fields = _clip_fields(row, opts)
-  if not video or any(v is None for v in fields.values()):
-    return {"key": key, "error": ("missing column", str(row)[:80])}
-  return {"key": key, "video": os.path.join(root, str(video)),
-          "audio": os.path.join(root, str(audio)) if audio else None,
-          **fields}
-
-
-def _check_clip_columns(names, opts, path):
-  if opts.video_column not in names:
-    raise SourceError(
-        f"ingest: {path} has no video column {opts.video_column!r} (it has "
-        f"{list(names)[:10]}); name it with --video_column. Clip records "
-        "hold video and audio: an audio file alone is not a clip.")
-  if not {opts.label_column, opts.text_column, "question"} & set(names):
-    raise SourceError(
-        f"ingest: {path} has no label column {opts.label_column!r}, caption "
-        f"column {opts.text_column!r} or 'question' + 'answer' columns (it "
-        f"has {list(names)[:10]}); name them with --label_column / "
-        "--text_column.")
-
-
-def _same_clip(item):
-  return item["video"], item["audio"]
-
-
-def _av_csv(path, opts, sep):
-  [path] = _files(path, "file")
-  with open(path, newline="", encoding="utf-8", errors="surrogateescape") as f:
-    header = next(csv.reader(f, delimiter=sep), [])
-  _check_clip_columns(header, opts, path)
-  root = _image_dir(path, opts)
-
-  def rows():
-    with open(path, newline="", encoding="utf-8",
-              errors="surrogateescape") as f:
-      for n, row in enumerate(csv.DictReader(f, delimiter=sep), start=2):
-        yield _clip_item(f"line {n}", row, root, opts)
-  return lambda: _group(rows(), _same_clip)
-
-
-def _av_jsonl(path, opts):
-  [path] = _files(path, "file")
-  with open(path, "rb") as f:
-    first = next((line for line in f if line.strip()), b"")
-  try:
-    first = json.loads(first)
-  except ValueError as e:
-    raise SourceError(f"ingest: the first line of {path} is not JSON "
-                      f"({e}).") from None
-  _check_clip_columns(first if isinstance(first, dict) else {}, opts, path)
-  root = _image_dir(path, opts)
-
-  def rows():
-    with open(path, "rb") as f:
-      for n, line in enumerate(f, start=1):
-        if not line.strip():
-          continue
-        key = f"line {n}"
-        try:
-          row = json.loads(line.decode("utf-8"))
-        except UnicodeDecodeError:
-          yield {"key": key, "error": ("non-UTF-8 text", "")}
-          continue
-        except ValueError as e:
-          yield {"key": key, "error": ("malformed row", str(e)[:80])}
-          continue
-        if not isinstance(row, dict):
-          yield {"key": key, "error": ("malformed row", str(row)[:80])}
-          continue
-        yield _clip_item(key, row, root, opts)
-  return lambda: _group(rows(), _same_clip)
-
-
-def _av_webdataset(path, opts):
-  tars = _files(path, "webdataset shard")
-
-  def group_item(key, files):
-    video = next((files[e] for e in VIDEO_EXTS if e in files), None)
-    if video is None:
-      return {"key": key, "error": ("no video", f"only {sorted(files)}")}
-    meta = {}
-    if "json" in files:
-      try:
-        meta = json.loads(files["json"])
-      except ValueError as e:
-        return {"key": key, "error": ("malformed json", str(e)[:80])}
-      if not isinstance(meta, dict):
-        return {"key": key, "error": ("malformed json", str(meta)[:80])}
-    if "cls" in files:
-      meta.setdefault(opts.label_column, files["cls"])
-    if "txt" in files:
-      meta.setdefault(opts.text_column, files["txt"])
-    fields = _clip_fields(meta, opts)
-    if not fields or any(v is None for v in fields.values()):
-      return {"key": key, "error": ("no label", "no .cls / .txt and no "
-                                    "label, caption or question in .json")}
-    audio = next((files[e] for e in AUDIO_EXTS if e in files), None)
-    return {"key": key, "video": video, "audio": audio, **fields}
-
-  def items():
-    for key, files in _tar_groups(tars):
-      yield files if key is None else group_item(key, files)
+          yield {"key": key, "image": bytes(image), "captions": as_list(text)}
   return items
 
 
@@ -541,13 +404,5 @@ def open_source(fmt: str, path: str, opts):
     return _vqa(path, opts)
   if fmt == "parquet":
     return _parquet(path, opts)
-  if fmt == "av_webdataset":
-    return _av_webdataset(path, opts)
-  if fmt in ("av_csv", "av_tsv"):
-    sep = opts.sep or ("\t" if fmt == "av_tsv" or path.endswith(".tsv")
-                       else ",")
-    return _av_csv(path, opts, sep)
-  if fmt == "av_jsonl":
-    return _av_jsonl(path, opts)
   raise SourceError(f"ingest: unknown format {fmt!r}; expected one of "
                     f"{FORMATS}.")
