@@ -59,6 +59,26 @@ def test_label_view_gives_the_generators_events(tmp_path):
   assert batch["audio"].shape == (16, info.metadata["audio_samples"])
 
 
+def test_label_view_rejects_a_dataset_without_classes_and_bad_ids():
+  from mmtx.data import tokenizers
+  from mmtx.data import views
+  tok = tokenizers.WordTokenizer(["a"])
+  with pytest.raises(ValueError, match="needs a dataset with a class list"):
+    views.ViewSpec(task="label", tokenizer=tok, max_len=4,
+                   image_shape=(2, 4, 4, 3), dataset="clips")
+  spec = views.ViewSpec(task="label", tokenizer=tok, max_len=4,
+                        image_shape=(2, 4, 4, 3), labels=("x", "y"),
+                        dataset="clips")
+  record = {"id": "c7", "video": np.zeros((2, 4, 4, 3), np.uint8),
+            "audio": np.zeros(8, np.float32), "label": np.array([0, 1])}
+  ex = views.make_example(spec, record, 0, 0, None)
+  np.testing.assert_array_equal(ex["labels"], [1, 1])
+  record["label"] = np.array([2])
+  with pytest.raises(ValueError, match=r"clips record 'c7': its label ids "
+                     r"\[2\] are not 1 or more ids in \[0, 2\)"):
+    views.make_example(spec, record, 0, 0, None)
+
+
 def test_av_event_trains_above_the_constant_scorer(tmp_path):
   """60 steps of configs/av_event.py (tiny) through train_and_evaluate: the
   training clips' mAP beats the AP of a constant score (each class's

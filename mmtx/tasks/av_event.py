@@ -25,6 +25,7 @@ from mmtx.tasks import retrieval
 class AvEventTask(common.Task):
   data_task = "label"
   text_key = None
+  _multi = None    # set by build_model from the dataset's metadata
 
   def labels(self, config) -> tuple[str, ...]:
     return tuple(self.info(config).metadata["labels"])
@@ -59,6 +60,9 @@ class AvEventTask(common.Task):
     out, _ = model.apply({"params": params}, *self.inputs(batch),
                          deterministic=not train, rngs={"dropout": rng})
     logits, labels = out["event_logits"], batch["labels"]
+    if self._multi is None:
+      raise RuntimeError("av_event: build_model(config) chooses the loss "
+                         "from the dataset; call it before loss_fn.")
     if self._multi:   # sigmoid BCE summed over classes, mean over clips
       loss = losses.vqa_soft_loss(logits, labels)
     else:
