@@ -100,12 +100,12 @@ def test_what_cannot_map_is_refused():
   with pytest.raises(ValueError, match=r"ls_1 \(LayerScale\) has no mmtx"):
     oc.from_open_clip(_model(vision_cfg=dict(VISION, ls_init_value=0.1),
                              text_cfg=TEXT))
-  coca = open_clip.create_model(
+  coca = open_clip.create_model(  # a CoCa whose image tower has no pooler
       "coca_ViT-B-32", embed_dim=16,
       vision_cfg=dict(VISION, attn_pooler_heads=2),
       text_cfg=dict(TEXT, embed_cls=True),
       multimodal_cfg=dict(TEXT, attn_pooler_heads=2))
-  with pytest.raises(ValueError, match="model class CoCa"):
+  with pytest.raises(ValueError, match="without CoCa's one attentional pool"):
     oc.from_open_clip(coca)
   model_bad = _model(vision_cfg=VISION, text_cfg=TEXT)
   with torch.no_grad():

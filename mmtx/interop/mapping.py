@@ -60,6 +60,9 @@ CODECS = {
     # A tensor with a leading axis of 1 (timm's pos_embed) <-> without it.
     "lead1": Codec(lambda s, shape: s.reshape(shape), lambda m: m[None],
                    lambda shape: (1,) + tuple(shape)),
+    # A tensor <-> the mmtx param with a leading axis of 1 (a pool's queries).
+    "add1": Codec(lambda s, shape: s.reshape(shape), lambda m: m[0],
+                  lambda shape: tuple(shape[1:])),
     # A [1] tensor <-> a scalar.
     "scalar1": Codec(lambda s, shape: s.reshape(()), lambda m: m.reshape(1),
                      lambda shape: (1,)),

@@ -1,5 +1,6 @@
 """open_clip ViT CLIP models (`open_clip.create_model(NAME)`) ->
-`mmtx.models.DualEncoder`.
+`mmtx.models.DualEncoder`; CoCa models -> `mmtx.models.Captioner` (in
+`mmtx.interop.open_clip_coca`).
 
     config, params = from_open_clip(model)
     config, params = load('ViT-B-32', pretrained='w.safetensors')  # or .pt
@@ -12,8 +13,8 @@ tower masks nothing unless the model uses a padding mask with pad id 0).
 Both the `CLIP` and the `CustomTextCLIP` classes with open_clip's own
 `VisionTransformer` / `TextTransformer` map, and so does a timm ViT with MAP
 pooling (the SigLIP entries, e.g. 'ViT-B-16-SigLIP'); a ResNet or Hugging
-Face tower, attentional pooling (CoCa), LayerScale or the custom attention
-blocks raise a `ValueError` naming what has no mmtx equivalent.
+Face tower, attentional pooling outside a CoCa, LayerScale or the custom
+attention blocks raise a `ValueError` naming what has no mmtx equivalent.
 """
 from __future__ import annotations
 
@@ -27,7 +28,8 @@ from mmtx.interop.mapping import Rule
 WHO = "open_clip.from_open_clip"
 
 
-def _block_rules(mmtx: str, src: str, depth: int) -> list[Rule]:
+def block_rules(mmtx: str, src: str, depth: int) -> list[Rule]:
+  """open_clip Transformer `src` (its resblocks) -> mmtx Encoder `mmtx`."""
   rules = []
   for i in range(depth):
     m, s = f"{mmtx}/layers_{i}", f"{src}.resblocks.{i}"
@@ -54,7 +56,7 @@ def _vision_rules(config) -> list[Rule]:
          Rule("img/cls", "visual.class_embedding", "cls")]
   if img["ln_pre"]:
     out += hf_clip.layer_norm_rules("img/ln_pre", "visual.ln_pre")
-  out += _block_rules("img/encoder", "visual.transformer", img["depth"])
+  out += block_rules("img/encoder", "visual.transformer", img["depth"])
   out += hf_clip.layer_norm_rules("img/encoder/ln_final", "visual.ln_post")
   if config["img_head"] != "none":
     out += [Rule("img_head/kernel", "visual.proj")]
@@ -116,7 +118,7 @@ def rules(config, text_prefix: str = "", scalar_shape: tuple = (),
   out = _timm_vision_rules(config) if timm else _vision_rules(config)
   out += [Rule("txt/embedding/embedding", f"{t}token_embedding.weight"),
           Rule("txt/posemb/pos_embedding", f"{t}positional_embedding")]
-  out += _block_rules("txt/encoder", f"{t}transformer", txt["depth"])
+  out += block_rules("txt/encoder", f"{t}transformer", txt["depth"])
   out += hf_clip.layer_norm_rules("txt/encoder/ln_final", f"{t}ln_final")
   head = config["txt_head"]
   if head == "linear":
@@ -134,7 +136,8 @@ def _unmappable(what: str):
   raise ValueError(f"{WHO}: {what} has no mmtx DualEncoder equivalent.")
 
 
-def _activation(act) -> str:
+def mlp_activation(act) -> str:
+  """An open_clip MLP's activation module -> mmtx's activation name."""
   name = type(act).__name__
   if name == "QuickGELU":
     return "quick_gelu"
@@ -145,7 +148,8 @@ def _activation(act) -> str:
   return _unmappable(f"the MLP activation {name}")
 
 
-def _check_blocks(transformer, where: str):
+def check_blocks(transformer, where: str):
+  """Refuses blocks with LayerScale or open_clip's custom attention."""
   for i, block in enumerate(transformer.resblocks):
     if type(block).__name__ != "ResidualAttentionBlock":
       _unmappable(f"{where}.resblocks.{i} ({type(block).__name__}: qk-norm "
@@ -154,13 +158,14 @@ def _check_blocks(transformer, where: str):
       _unmappable(f"{where}.resblocks.{i}.ls_1 (LayerScale)")
 
 
-def _tower_common(transformer, where: str) -> dict:
-  _check_blocks(transformer, where)
+def tower_common(transformer, where: str) -> dict:
+  """The tower config fields an open_clip Transformer fixes."""
+  check_blocks(transformer, where)
   block = transformer.resblocks[0]
   return {"width": transformer.width, "depth": transformer.layers,
           "mlp_dim": block.mlp.c_fc.out_features,
           "num_heads": block.attn.num_heads,
-          "activation": _activation(block.mlp.gelu)}
+          "activation": mlp_activation(block.mlp.gelu)}
 
 
 def _vision_config(visual) -> tuple[dict, tuple]:
@@ -180,7 +185,7 @@ def _vision_config(visual) -> tuple[dict, tuple]:
          "pool": "cls", "cls_posemb": True, "patch_bias": False,
          "ln_pre": ln_pre,
          "layer_norm_eps": visual.ln_post.eps,
-         **_tower_common(visual.transformer, "visual.transformer")}
+         **tower_common(visual.transformer, "visual.transformer")}
   return cfg, tuple(visual.image_size)
 
 
@@ -218,8 +223,8 @@ def _timm_vision_config(visual) -> tuple[dict, tuple, str]:
          "layer_norm_eps": trunk.norm.eps, "width": trunk.embed_dim,
          "depth": len(trunk.blocks), "mlp_dim": block.mlp.fc1.out_features,
          "num_heads": block.attn.num_heads,
-         "activation": _activation(block.mlp.act)}
-  if _activation(trunk.attn_pool.mlp.act) != cfg["activation"]:
+         "activation": mlp_activation(block.mlp.act)}
+  if mlp_activation(trunk.attn_pool.mlp.act) != cfg["activation"]:
     _unmappable("a MAP head activation that differs from the tower's")
   if trunk.attn_pool.num_heads != cfg["num_heads"]:
     _unmappable("a MAP head with other heads than the tower's")
@@ -252,7 +257,7 @@ def _text_config(text, causal: bool) -> tuple[dict, dict]:
          "max_len": text.positional_embedding.shape[0], "causal": causal,
          "mask_padding": bool(pad_mask), **pools[pool],
          "layer_norm_eps": text.ln_final.eps,
-         **_tower_common(text.transformer, "transformer")}
+         **tower_common(text.transformer, "transformer")}
   proj = text.text_projection
   if proj is None:
     head = "none"
@@ -268,10 +273,14 @@ def _text_config(text, causal: bool) -> tuple[dict, dict]:
 def from_open_clip(model) -> tuple[ml_collections.ConfigDict, dict]:
   """Converts an open_clip `CLIP` / `CustomTextCLIP` (ViT image tower) into
   (config, params) for `mmtx.models.DualEncoder`; with a `logit_bias` (the
-  SigLIP entries) the loss is 'sigmoid'."""
+  SigLIP entries) the loss is 'sigmoid'. A `CoCa` gives (config, params) for
+  `mmtx.models.Captioner` (`mmtx.interop.open_clip_coca`)."""
   kind = type(model).__name__
+  if kind == "CoCa":
+    from mmtx.interop import open_clip_coca  # pylint: disable=g-import-not-at-top,line-too-long
+    return open_clip_coca.from_coca(model)
   if kind not in ("CLIP", "CustomTextCLIP"):
-    _unmappable(f"the model class {kind} (CoCa: a Captioner)")
+    _unmappable(f"the model class {kind}")
   timm = type(model.visual).__name__ == "TimmModel"
   if timm:
     img, image_size, img_head = _timm_vision_config(model.visual)

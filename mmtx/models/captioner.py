@@ -2,7 +2,9 @@
 
 Image: ViT tokens `[batch, patches, d_img]` -> attentional pooling (one
 learned query) -> `img_emb`; the decoder's context is the ViT tokens, or
-`num_queries` attention-pooled tokens. Text: token + learned position
+`num_queries` attention-pooled tokens (`pool='shared'`: one pool of 1 +
+num_queries queries whose first gives `img_emb`, as open_clip's CoCa).
+Text: token + learned position
 embedding -> a unimodal causal decoder (no cross-attention) whose appended CLS
 token gives `txt_emb`, then a multimodal causal decoder with cross-attention to
 the image context -> next-token logits (tied to the token embedding or not).
@@ -28,6 +30,8 @@ import ml_collections
 
 from mmtx import generation
 from mmtx import layers
+from mmtx.layers.transformer import layer_norm
+from mmtx.models.split_decoder import SplitDecoder
 from mmtx.models.dual_encoder import check_images, check_token_ids
 from mmtx.models.towers import ViT, decode_variant
 
@@ -37,10 +41,13 @@ _REQUIRED = object()
 _TOP = {"image": _REQUIRED, "text": _REQUIRED, "decoder_depth": _REQUIRED,
         "embed_dim": _REQUIRED, "pool": "attention", "num_queries": 0,
         "tie_embeddings": True, "logit_scale_init": 1.0 / 0.07,
-        "max_logit_scale": 100.0}
+        "max_logit_scale": 100.0, "class_token": False, "pool_dim": 0,
+        "pool_heads": 0, "pool_query_norm": False, "head_bias": True,
+        "decoder_layer": "fused"}
 _TEXT = {"vocab_size": _REQUIRED, "width": _REQUIRED, "depth": _REQUIRED,
          "mlp_dim": _REQUIRED, "num_heads": _REQUIRED, "max_len": _REQUIRED,
-         "dropout_rate": 0.0, "dtype": "float32"}
+         "dropout_rate": 0.0, "dtype": "float32", "activation": "gelu",
+         "layer_norm_eps": 1e-6, "cls_position": False, "cls_mask": "cls"}
 _VIT_FIELDS = {f.name for f in dataclasses.fields(ViT)} - {
     "parent", "name", "pool"}
 
@@ -69,11 +76,32 @@ def parse_config(config) -> dict[str, Any]:
   """Checks a Captioner config and fills the defaults.
 
   Keys: image (ViT fields except `pool`), text (vocab_size, width, depth =
-  unimodal layers, mlp_dim, num_heads, max_len, dropout_rate, dtype),
-  decoder_depth (multimodal layers), embed_dim, pool ('attention' | 'gap',
-  how img_emb pools the ViT tokens), num_queries (0 = the context is the ViT
+  unimodal layers, mlp_dim, num_heads, max_len, dropout_rate, dtype,
+  activation, layer_norm_eps, cls_position, cls_mask), decoder_depth
+  (multimodal layers), embed_dim, pool ('attention' | 'gap' | 'shared', how
+  img_emb pools the ViT tokens), num_queries (0 = the context is the ViT
   tokens, else that many attention-pooled tokens), tie_embeddings,
-  logit_scale_init, max_logit_scale.
+  logit_scale_init, max_logit_scale, and the options open_clip's CoCa needs:
+  - class_token: the ViT prepends a class token, read by the pools like the
+    patch tokens (its output is the first of the ViT tokens);
+  - pool='shared': one pool of 1 + num_queries queries; query 0 gives img_emb,
+    the others the context (they share the pool's LayerNorms);
+  - pool_dim / pool_heads: the pools' query and output width / heads (0 = the
+    ViT's); pool_query_norm: a LayerNorm on the learned queries; the pools'
+    LayerNorms use config.image.layer_norm_eps;
+  - head_bias: the untied LM head has a bias;
+  - text.cls_position: the CLS token gets position embedding row t (t = the
+    number of text tokens; the table has max_len + 1 rows) and text tokens
+    their index 0..t-1 (for right-padded texts, the default's positions);
+  - text.cls_mask: 'cls' (keys: the real tokens and the CLS) or 'shifted'
+    (key 0 always, key j iff token j-1 is real: open_clip's CoCa with
+    correct_cls_mask=False, whose CLS sees the first pad and, in a text with
+    pads, not itself);
+  - decoder_layer: 'fused' (each multimodal layer: self-attention,
+    cross-attention, MLP; the unimodal decoder ends in a LayerNorm) or
+    'split' (`SplitDecoder`: a self-attention block and a cross-attention
+    block, each with its own MLP; the unimodal outputs go to the multimodal
+    decoder un-normalised and only the CLS passes the LayerNorm `txt_ln`).
   """
   cfg = _fill(_as_dict(config), _TOP, "config")
   cfg["text"] = _fill(_as_dict(cfg["text"]), _TEXT, "config.text")
@@ -87,10 +115,21 @@ def parse_config(config) -> dict[str, Any]:
     raise ValueError(f"config.image: unknown key(s) {unknown}; ViT fields are "
                      f"{sorted(_VIT_FIELDS)}.")
   cfg["image"] = image
-  if cfg["pool"] not in ("attention", "gap"):
-    raise ValueError(f"config.pool: expected 'attention' or 'gap', got "
-                     f"{cfg['pool']!r}.")
-  for key, lo in (("decoder_depth", 1), ("embed_dim", 1), ("num_queries", 0)):
+  if cfg["pool"] not in ("attention", "gap", "shared"):
+    raise ValueError(f"config.pool: expected 'attention', 'gap' or 'shared', "
+                     f"got {cfg['pool']!r}.")
+  if cfg["pool"] == "shared" and int(cfg["num_queries"]) < 1:
+    raise ValueError("config.num_queries: pool='shared' takes img_emb from "
+                     "the context pool, so it needs num_queries >= 1, got "
+                     f"{cfg['num_queries']}.")
+  if cfg["decoder_layer"] not in ("fused", "split"):
+    raise ValueError(f"config.decoder_layer: expected 'fused' or 'split', "
+                     f"got {cfg['decoder_layer']!r}.")
+  if cfg["text"]["cls_mask"] not in ("cls", "shifted"):
+    raise ValueError(f"config.text.cls_mask: expected 'cls' or 'shifted', "
+                     f"got {cfg['text']['cls_mask']!r}.")
+  for key, lo in (("decoder_depth", 1), ("embed_dim", 1), ("num_queries", 0),
+                  ("pool_dim", 0), ("pool_heads", 0)):
     if int(cfg[key]) < lo:
       raise ValueError(f"config.{key}: expected an int >= {lo}, got "
                        f"{cfg[key]}.")
@@ -125,22 +164,30 @@ def _positions(mask):
 
 class AttentionPool(nn.Module):
   """`num_queries` learned queries attend to tokens `[batch, n, d]` ->
-  `[batch, num_queries, d]` (CoCa's attentional pooler, Sec. 3.2)."""
+  LayerNorm -> `[batch, num_queries, features or d]` (CoCa's attentional
+  pooler, Sec. 3.2). `query_norm`: a LayerNorm on the queries first."""
   num_queries: int
   num_heads: int
   dtype: Any = jnp.float32
+  features: Optional[int] = None
+  query_norm: bool = False
+  layer_norm_eps: float = 1e-6
 
   @nn.compact
   def __call__(self, tokens: Array) -> Array:
-    d = tokens.shape[-1]
+    d = self.features or tokens.shape[-1]
     probe = self.param("probe", nn.with_logical_partitioning(
         nn.initializers.normal(0.02), (None, None, "embed")),
                        (1, self.num_queries, d), jnp.float32)
+    if self.query_norm:
+      probe = nn.LayerNorm(epsilon=self.layer_norm_eps, dtype=self.dtype,
+                           name="ln_query")(probe)
     q = jnp.broadcast_to(probe, (tokens.shape[0],) + probe.shape[1:])
     x = layers.MultiHeadAttention(num_heads=self.num_heads, dtype=self.dtype,
                                   name="attention")(q.astype(self.dtype),
                                                     tokens)
-    return nn.LayerNorm(epsilon=1e-6, dtype=self.dtype, name="ln")(x)
+    return nn.LayerNorm(epsilon=self.layer_norm_eps, dtype=self.dtype,
+                        name="ln")(x)
 
 
 class Captioner(nn.Module):
@@ -161,29 +208,45 @@ class Captioner(nn.Module):
     cfg = parse_config(self.config)
     txt = cfg["text"]
     dtype = jnp.dtype(txt["dtype"])
-    self.img = ViT(**cfg["image"], pool="none", name="img")
-    heads = _image_heads(cfg["image"])
+    self.img = ViT(**cfg["image"], pool="cls" if cfg["class_token"] else
+                   "none", name="img")
+    pool = lambda n, name: AttentionPool(  # noqa: E731
+        n, cfg["pool_heads"] or _image_heads(cfg["image"]),
+        features=cfg["pool_dim"] or None, query_norm=cfg["pool_query_norm"],
+        layer_norm_eps=cfg["image"].get("layer_norm_eps", 1e-6), name=name)
     if cfg["pool"] == "attention":
-      self.img_pool = AttentionPool(1, heads, name="img_pool")
+      self.img_pool = pool(1, "img_pool")
     if cfg["num_queries"]:
-      self.context_pool = AttentionPool(cfg["num_queries"], heads,
-                                        name="context_pool")
+      self.context_pool = pool(
+          cfg["num_queries"] + int(cfg["pool"] == "shared"), "context_pool")
     self.embedding = layers.TokenEmbedding(txt["vocab_size"], txt["width"],
                                            dtype=dtype, name="embedding")
     self.posemb = layers.PositionEmbedding(kind="learned",
-                                           max_len=txt["max_len"],
+                                           max_len=txt["max_len"] +
+                                           int(txt["cls_position"]),
                                            name="posemb")
     self.cls = self.param("cls", nn.with_logical_partitioning(
         nn.initializers.normal(0.02), ("embed",)), (txt["width"],),
                           jnp.float32)
-    decoder = lambda depth, name: layers.Decoder(  # noqa: E731
-        num_layers=depth, num_heads=txt["num_heads"], mlp_dim=txt["mlp_dim"],
-        norm="pre", activation="gelu", dropout_rate=txt["dropout_rate"],
-        dtype=dtype, decode=self.decode, name=name)
-    self.unimodal = decoder(txt["depth"], "unimodal")
-    self.multimodal = decoder(cfg["decoder_depth"], "multimodal")
+    kw = dict(num_heads=txt["num_heads"], mlp_dim=txt["mlp_dim"],
+              activation=txt["activation"], dropout_rate=txt["dropout_rate"],
+              layer_norm_eps=txt["layer_norm_eps"], dtype=dtype,
+              decode=self.decode)
+    if cfg["decoder_layer"] == "split":
+      self.unimodal = SplitDecoder(txt["depth"], final_norm=False,
+                                   name="unimodal", **kw)
+      self.txt_ln = layer_norm(dtype, jnp.float32, "txt_ln",
+                               txt["layer_norm_eps"])
+      self.multimodal = SplitDecoder(cfg["decoder_depth"], name="multimodal",
+                                     **kw)
+    else:
+      self.unimodal = layers.Decoder(txt["depth"], norm="pre",
+                                     name="unimodal", **kw)
+      self.multimodal = layers.Decoder(cfg["decoder_depth"], norm="pre",
+                                       name="multimodal", **kw)
     if not cfg["tie_embeddings"]:
       self.head = nn.Dense(txt["vocab_size"], dtype=dtype, name="head",
+                           use_bias=cfg["head_bias"],
                            kernel_init=nn.with_logical_partitioning(
                                nn.initializers.normal(0.02),
                                ("embed", "vocab")))
@@ -221,8 +284,11 @@ class Captioner(nn.Module):
     """images `[batch, H, W, C]` -> (context `[batch, s, d_img]`, img_emb
     `[batch, embed_dim]` L2-normalised)."""
     check_images(images, "Captioner")
-    tokens, _ = self.img(images, deterministic=deterministic)
+    tokens = self.img(images, deterministic=deterministic)[1]["tokens"]
     cfg = parse_config(self.config)
+    if cfg["pool"] == "shared":
+      queries = self.context_pool(tokens)
+      return queries[:, 1:], _normalize(self.img_head(queries[:, 0]))
     pooled = self.img_pool(tokens)[:, 0] if cfg["pool"] == "attention" \
         else tokens.mean(axis=1)
     context = self.context_pool(tokens) if cfg["num_queries"] else tokens
@@ -262,16 +328,26 @@ class Captioner(nn.Module):
     context, img_emb = self.encode_image(images, deterministic=deterministic)
     b, t = texts.shape
     mask = texts != 0
-    x = self._embed(texts, _positions(mask))
+    cfg = parse_config(self.config)
+    txt = cfg["text"]
+    x = self._embed(texts, jnp.arange(t) if txt["cls_position"]
+                    else _positions(mask))
     cls = jnp.broadcast_to(self.cls.astype(x.dtype), (b, 1, x.shape[-1]))
+    if txt["cls_position"]:
+      cls = self.posemb(cls, jnp.array([t]))
     # CLS goes last: causal attention lets it see the whole text while the
     # text tokens never see it (CoCa, Sec. 3.2).
+    keys = [mask, jnp.ones((b, 1), bool)]
     h = self.unimodal(jnp.concatenate([x, cls], axis=1),
-                      mask=jnp.concatenate([mask, jnp.ones((b, 1), bool)], 1),
+                      mask=jnp.concatenate(
+                          keys[::-1] if txt["cls_mask"] == "shifted" else keys,
+                          axis=1),
                       deterministic=deterministic)
-    txt_emb = _normalize(self.txt_head(h[:, t]))
+    pooled = h[:, t]
+    if cfg["decoder_layer"] == "split":
+      pooled = self.txt_ln(pooled)
+    txt_emb = _normalize(self.txt_head(pooled))
     logits = self._logits(h[:, :t], context, mask, None, deterministic)
-    cfg = parse_config(self.config)
     logit_scale = jnp.exp(jnp.minimum(self.log_scale,
                                       math.log(cfg["max_logit_scale"])))
     return logits, {"img_emb": img_emb, "txt_emb": txt_emb,
