@@ -64,9 +64,11 @@ def get_config(arg: str = ""):
   # Captions of Sort-of-CLEVR are at most 48 words: 50 tokens keeps them all.
   c.data = common.data("sort_of_clevr", eval_splits=("test",), max_len=50)
   # Zero-shot classification in every eval (mmtx.tasks.contrastive): label,
-  # the record field of each image's class id, a dotted path ('label',
-  # 'objects.shape.0'; '' = Sort-of-CLEVR's circle count); classes, their
-  # names; templates, the prompts ('{}' = a class name), ensembled.
+  # the record field of each image's class id, a dotted path ('label.0': the
+  # first class of data ingested with --label_column or of a catalog dataset
+  # with Fields(label=...); 'objects.shape.0'; '' = Sort-of-CLEVR's circle
+  # count); classes, their names; templates, the prompts ('{}' = a class
+  # name), ensembled.
   c.zero_shot = ml_collections.ConfigDict(dict(
       label="", classes=(), templates=("a photo of a {}.",)))
   model = _model(args["width"], loss)

@@ -1,7 +1,9 @@
 """TFDS catalog datasets with an image and a text field (coco_captions, ...).
 
 `to_record` turns one decoded TFDS example into mmtx's record schema
-({'id', 'image' uint8 [S, S, 3], 'caption' str [C]}) that the task views read,
+({'id', 'image' uint8 [S, S, 3], 'caption' str [C]}, and 'label' int32 [1],
+the class id zero-shot evaluation reads, when `Fields.label` names one) that
+the task views read,
 so any such dataset serves captioning and contrastive pretraining. Which
 features hold the image, the text(s) and the id is set by `Fields`; known
 datasets are in `CATALOG_FIELDS`.
@@ -22,12 +24,15 @@ import numpy as np
 @dataclasses.dataclass(frozen=True)
 class Fields:
   """Feature names: `image` uint8 [H, W, C]; `text` a string or a list of
-  strings; `id` optional (the record index is used when None). A name with
+  strings; `id` optional (the record index is used when None); `label`
+  optional, an integer class id feature (`--config.zero_shot.label=label.0`
+  then classifies by it). A name with
   '/' is looked up as a key first, then as a path into nested dicts
   ('captions/text' -> example['captions']['text'])."""
   image: str = "image"
   text: str = "text"
   id: str | None = None
+  label: str | None = None
 
 
 CATALOG_FIELDS = {
@@ -82,7 +87,8 @@ def resize_square(image: np.ndarray, size: int) -> np.ndarray:
 
 def to_record(example: Mapping[str, Any], fields: Fields, image_size: int,
               index: int) -> dict:
-  """One TFDS example -> {'id': str, 'image': uint8 [S,S,3], 'caption': str [C]}.
+  """One TFDS example -> {'id': str, 'image': uint8 [S,S,3], 'caption': str [C]}
+  (+ 'label' int32 [1] with `fields.label`).
 
   Gray (`[H, W]`, `[H, W, 1]`) images are repeated to RGB, an alpha channel is
   dropped. Raises ValueError naming the record for a missing field, a
@@ -94,6 +100,7 @@ def to_record(example: Mapping[str, Any], fields: Fields, image_size: int,
       rid = _as_str(get_field(example, fields.id))
     image = np.asarray(get_field(example, fields.image))
     text = get_field(example, fields.text)
+    label = None if fields.label is None else get_field(example, fields.label)
   except KeyError as e:
     raise ValueError(f"catalog record {rid}: no feature {e.args[0]!r}; the "
                      f"example has {sorted(example)}. Set `fields=Fields(...)` "
@@ -111,4 +118,12 @@ def to_record(example: Mapping[str, Any], fields: Fields, image_size: int,
   if not texts or not any(t.strip() for t in texts):
     raise ValueError(f"catalog record {rid}: the text feature "
                      f"{fields.text!r} is empty.")
-  return {"id": rid, "image": image, "caption": np.array(texts, dtype=object)}
+  record = {"id": rid, "image": image, "caption": np.array(texts, dtype=object)}
+  if label is not None:
+    if np.ndim(label) or not np.issubdtype(np.asarray(label).dtype,
+                                           np.integer) or int(label) < 0:
+      raise ValueError(f"catalog record {rid}: the label feature "
+                       f"{fields.label!r} is {label!r}; expected a class id, "
+                       "an integer >= 0.")
+    record["label"] = np.array([label], np.int32)
+  return record

@@ -30,8 +30,12 @@ source's encoded bytes (JPEG / PNG / WebP, re-encoded only when
 `--max_side` shrinks it); the pipeline decodes them (images.py). VQA
 records also hold 'answer_ids' int32 [Q, 10]: each human answer's index in
 the answer vocabulary (-1: not in it, -2: no answer), which the VQA task
-turns into the official VQA accuracy. A word vocabulary fitted on the
-training split is saved beside the shards (`words.json`).
+turns into the official VQA accuracy. Image-caption records of a source
+with a --label_column column (webdataset: KEY.cls or the .json key) also
+hold 'label' int32 [K], ids into the metadata's 'labels' as for clips, which
+zero-shot evaluation reads (`--config.zero_shot.label=label.0`). A word
+vocabulary fitted on the training split is saved beside the shards
+(`words.json`).
 
 Items stream through worker processes (`--workers`) in batches, with a
 bounded number in flight, so memory does not grow with the dataset; shards
@@ -96,15 +100,18 @@ def rerun_command(metadata, name: str) -> str:
 _WORKER = {}
 
 
-def _init_worker(kind, max_side, labels, clips=None):
+def _init_worker(kind, max_side, labels, clips=None, classes=None):
   _WORKER.update(kind=kind, max_side=max_side, labels=labels, clips=clips,
+                 classes=classes,
                  features=None)
 
 
-def _features(kind, clips=None):
+def _features(kind, clips=None, classes=None):
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
   f = tfds.features
   feats = {"id": f.Text()}
+  if classes:
+    feats["label"] = f.Tensor(shape=(None,), dtype=np.int32)
   if kind == "av":
     spec = clips.spec
     feats["video"] = f.Tensor(shape=(spec.frames, spec.size, spec.size, 3),
@@ -156,7 +163,8 @@ def _process(batch, train):
   entry under its reason; a bad text (caption, question) or label is one
   entry, and its item is kept while it has a good one left."""
   if _WORKER.get("features") is None:
-    _WORKER["features"] = _features(_WORKER["kind"], _WORKER.get("clips"))
+    _WORKER["features"] = _features(_WORKER["kind"], _WORKER.get("clips"),
+                                    _WORKER.get("classes"))
   out = []
   for item in batch:
     key = item["key"]
@@ -193,6 +201,14 @@ def _process(batch, train):
     if fields is None:
       out.append((None, (), 0, bad or [("no text", key, "")]))
       continue
+    if _WORKER.get("classes"):
+      ids, why = ingest_clips.label_ids(item.get("labels") or (),
+                                        _WORKER["classes"].labels)
+      bad += [(w, key, "") for w in why]
+      if ids is None:
+        out.append((None, (), 0, bad or [("no label", key, "")]))
+        continue
+      fields["label"] = ids
     rec.update(fields)
     out.append((_WORKER["features"].serialize_example(rec), texts,
                 len(texts), bad))
@@ -339,7 +355,9 @@ def ingest(fmt: str, src: str, name: str, *, splits: dict | None = None,
   if kind == "vqa" or clips and "questions" in clips.fields:
     labels = texts_lib.vqa_labels([streams[s]() for s in order], top_k,
                                   answers_file)
-  _init_worker(kind, max_side, labels, clips)
+  classes = _caption_classes(streams[order[0]]) if kind == "caption" \
+      else None
+  _init_worker(kind, max_side, labels, clips, classes)
   for split in order:
     _probe(streams[split], splits[split], split == "train")
   tmp = os.path.join(data_dir, name, f".{VERSION}.incomplete-{os.getpid()}")
@@ -351,7 +369,8 @@ def ingest(fmt: str, src: str, name: str, *, splits: dict | None = None,
   if workers > 0:
     pool = concurrent.futures.ProcessPoolExecutor(
         workers, mp_context=multiprocessing.get_context("spawn"),
-        initializer=_init_worker, initargs=(kind, max_side, labels, clips))
+        initializer=_init_worker,
+        initargs=(kind, max_side, labels, clips, classes))
   summary = {"format": fmt, "sources": splits, "max_side": max_side,
              "records": {}, "skipped": {}, "skipped_examples": {}}
   counts = collections.Counter()   # words of the training split's texts
@@ -374,7 +393,7 @@ def ingest(fmt: str, src: str, name: str, *, splits: dict | None = None,
         question_counts[split] = units
       split_infos.append(_split_info(tmp, name, split, writer))
     _write_metadata(tmp, kind, split_infos, summary, labels, question_counts,
-                    image_size, clips)
+                    image_size, clips, classes)
     if labels:
       counts.update(w for a in labels.answers for w in tok_lib.split_words(a))
     words = sorted(counts, key=lambda w: (-counts[w], w))
@@ -388,6 +407,21 @@ def ingest(fmt: str, src: str, name: str, *, splits: dict | None = None,
     shutil.rmtree(tmp, ignore_errors=True)
   _say(verbose, f"wrote {target}; train with --config.data.name={name}")
   return summary
+
+
+def _caption_classes(stream):
+  """The class list (`ingest_clips.Clips`: sorted names of the training
+  split's labels, and whether an image has several) of an image-caption
+  source with labels; None when its first good item has none (one item is
+  read then) or it has no good item (`_probe` then says why)."""
+  for item in stream():
+    if "error" not in item:
+      if "labels" not in item:
+        return None
+      break
+  else:
+    return None
+  return ingest_clips.clip_labels(stream, None)
 
 
 def _probe(stream, path, train):
@@ -460,7 +494,7 @@ _TEMPLATE = "{DATASET}-{SPLIT}.{FILEFORMAT}-{SHARD_X_OF_Y}"
 
 
 def _write_metadata(directory, kind, split_infos, summary, labels,
-                    question_counts, image_size, clips=None):
+                    question_counts, image_size, clips=None, classes=None):
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
   meta = {"ingest": summary, "image_size": image_size,
           "image_encoding": "encoded"}
@@ -471,12 +505,14 @@ def _write_metadata(directory, kind, split_infos, summary, labels,
                 audio_samples=spec.audio_samples)
     if clips.labels:
       meta.update(labels=list(clips.labels), multi_label=clips.multi_label)
+  if classes:
+    meta.update(labels=list(classes.labels), multi_label=classes.multi_label)
   if labels:
     meta.update(answers=list(labels.answers), qtypes=list(labels.qtypes),
                 qsubtypes=[list(s) for s in labels.qsubtypes],
                 question_counts=question_counts)
   tfds.folder_dataset.write_metadata(
-      data_dir=directory, features=_features(kind, clips),
+      data_dir=directory, features=_features(kind, clips, classes),
       split_infos=split_infos,
       filename_template=_TEMPLATE, check_data=False,
       description=("Ingested by `python -m mmtx.data ingest "
@@ -546,7 +582,8 @@ def main(argv=None):
                  help="av_csv/av_tsv/av_jsonl: the audio file's column "
                  "(absent or empty: the video's own audio track)")
   p.add_argument("--label_column", default="label",
-                 help="clips: the class label's column / .json key")
+                 help="clips and image-caption sources: the class "
+                 "label's column / .json key (webdataset: also KEY.cls)")
   p.add_argument("--overwrite", action="store_true")
   args = p.parse_args(argv)
   try:

@@ -8,6 +8,8 @@ work; its result is a function that streams the source's items in order:
   'captions': [str | bytes, ...]      (caption formats), or
   'questions': [{'question', 'answers' [str], 'answer_type',
                  'question_type'}, ...]                      ('vqa'),
+  'labels': [class name or id, ...] when the caption source has a
+  --label_column column / key (webdataset: also a KEY.cls member),
   or {'key': str, 'error': (reason, detail)} for a row that is wrong.
 
 The audio-visual clip formats' readers (ingest_clips.py) use the helpers
@@ -105,7 +107,7 @@ def _webdataset(path, opts):
     image = next((files[e] for e in IMAGE_EXTS if e in files), None)
     if image is None:
       return {"key": key, "error": ("no image", f"only {sorted(files)}")}
-    captions = []
+    captions, meta = [], None
     if "json" in files:
       try:
         meta = json.loads(files["json"])
@@ -120,7 +122,13 @@ def _webdataset(path, opts):
     if not captions:
       return {"key": key, "error": ("no caption", "no .txt and no caption "
                                     "in .json")}
-    return {"key": key, "image": image, "captions": captions}
+    item = {"key": key, "image": image, "captions": captions}
+    col = opts.label_column
+    if "cls" in files:
+      item["labels"] = [files["cls"]]
+    elif col and isinstance(meta, dict) and col in meta:
+      item["labels"] = as_list(meta[col])
+    return item
 
   def items():
     for key, files in tar_groups(tars):
@@ -178,6 +186,16 @@ def file_dir(path, opts):
   return opts.images or os.path.dirname(os.path.abspath(path))
 
 
+def _with_labels(item, row, column):
+  """`item` with 'labels' from `row[column]` (a class name or id, or a
+  list of them; empty when the cell is) when `column` is one of the
+  source's columns, else as it is."""
+  if column:
+    v = row.get(column)
+    item["labels"] = [] if v in (None, "") else as_list(v)
+  return item
+
+
 def _csv(path, opts, sep):
   [path] = source_files(path, "file")
   with open(path, newline="", encoding="utf-8", errors="surrogateescape") as f:
@@ -190,6 +208,7 @@ def _csv(path, opts, sep):
         f"{header[:10]}, separator {sep!r}). Name the columns with "
         "--image_column / --text_column (default: open_clip's 'filepath' "
         "and 'title'), or the separator with --sep.")
+  label_col = opts.label_column if opts.label_column in header else ""
   root = file_dir(path, opts)
 
   def rows():
@@ -200,8 +219,9 @@ def _csv(path, opts, sep):
         if row.get(img_col) in (None, "") or row.get(txt_col) is None:
           yield {"key": key, "error": ("missing column", f"{row}"[:80])}
           continue
-        yield {"key": key, "path": os.path.join(root, row[img_col]),
-               "captions": [row[txt_col]]}
+        yield _with_labels({"key": key,
+                            "path": os.path.join(root, row[img_col]),
+                            "captions": [row[txt_col]]}, row, label_col)
   return lambda: group_rows(rows())
 
 
@@ -221,6 +241,7 @@ def _jsonl(path, opts):
         f"ingest: {path}: the first row has no key {img_col!r} / "
         f"{txt_col!r} (it has {has}); name them with --image_column / "
         "--text_column.")
+  label_col = opts.label_column if opts.label_column in first else ""
   root = file_dir(path, opts)
 
   def rows():
@@ -241,8 +262,10 @@ def _jsonl(path, opts):
             txt_col) is None:
           yield {"key": key, "error": ("missing column", str(row)[:80])}
           continue
-        yield {"key": key, "path": os.path.join(root, str(row[img_col])),
-               "captions": as_list(row[txt_col])}
+        yield _with_labels({"key": key,
+                            "path": os.path.join(root, str(row[img_col])),
+                            "captions": as_list(row[txt_col])}, row,
+                           label_col)
   return lambda: group_rows(rows())
 
 
@@ -368,14 +391,16 @@ def _parquet(path, opts):
           f"ingest: {p} has no column {absent[0]!r} (it has {names[:10]}); "
           "name the image-bytes and text columns with --image_column / "
           "--text_column.")
+  label_col = opts.label_column if opts.label_column in names else ""
+  columns = [img_col, txt_col] + ([label_col] if label_col else [])
 
   def items():
     for p in paths:
       f = pq.ParquetFile(p)
       n = 0
-      for batch in f.iter_batches(batch_size=256, columns=[img_col, txt_col]):
-        for image, text in zip(batch.column(img_col).to_pylist(),
-                               batch.column(txt_col).to_pylist()):
+      for batch in f.iter_batches(batch_size=256, columns=columns):
+        cols = [batch.column(c).to_pylist() for c in columns]
+        for image, text, *label in zip(*cols):
           key = f"{os.path.basename(p)}:{n}"
           n += 1
           if isinstance(image, dict):   # HF datasets' Image: {bytes, path}
@@ -384,7 +409,9 @@ def _parquet(path, opts):
             yield {"key": key, "error": ("missing column", "empty "
                                          + ("image" if not image else "text"))}
             continue
-          yield {"key": key, "image": bytes(image), "captions": as_list(text)}
+          yield _with_labels(
+              {"key": key, "image": bytes(image), "captions": as_list(text)},
+              {label_col: label[0] if label else None}, label_col)
   return items
 
 
