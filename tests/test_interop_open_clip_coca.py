@@ -13,7 +13,7 @@ from open_clip.coca_model import CoCa  # noqa: E402
 from mmtx.data.tokenizers import ClipBpeTokenizer  # noqa: E402
 from mmtx.interop import mapping  # noqa: E402
 from mmtx.interop import open_clip as oc  # noqa: E402
-from mmtx.interop import open_clip_coca  # noqa: E402
+from mmtx.interop import open_clip_coca, presets  # noqa: E402
 from mmtx.models import captioner as cap  # noqa: E402
 
 SOT, EOT, LEN = 49406, 49407, 12
@@ -148,3 +148,44 @@ def test_coca_what_cannot_map_is_refused():
   with pytest.raises(ValueError, match=r"head/kernel.*\(32, 100\).*"
                      r"\(32, 49408\)"):
     open_clip_coca.to_state_dict(config, params)
+
+
+@pytest.mark.slow
+def test_coca_vit_b32_at_the_published_size():
+  """open_clip 'coca_ViT-B-32' (random init, ~250M parameters): embeddings
+  and logits to 1e-4, and the first greedy tokens."""
+  torch.manual_seed(0)
+  model = open_clip.create_model("coca_ViT-B-32").eval()
+  with torch.no_grad():  # see _coca: an uninitialised torch.empty
+    torch.nn.init.normal_(model.text_decoder.text_projection, std=512 ** -0.5)
+  config, params = oc.from_open_clip(model)
+  imported = config.to_dict()
+  del imported["logit_scale_init"], imported["max_logit_scale"]
+  assert imported == presets.captioner_preset("coca-B/32")[0].to_dict()
+  rs = np.random.RandomState(0)
+  images = rs.rand(2, 224, 224, 3).astype(np.float32)
+  ids, _ = ClipBpeTokenizer().encode_batch(TEXTS[:2], 76)
+  with torch.no_grad():
+    pixels = torch.tensor(images.transpose(0, 3, 1, 2))
+    want = model(pixels, torch.tensor(ids), output_labels=False)
+  logits, extras = jax.jit(cap.Captioner(config).apply)(
+      {"params": params}, images, ids)
+  np.testing.assert_allclose(extras["img_emb"], want["image_features"],
+                             atol=1e-4)
+  np.testing.assert_allclose(extras["txt_emb"], want["text_features"],
+                             atol=1e-4)
+  real = ids != 0
+  np.testing.assert_allclose(np.asarray(logits)[real],
+                             want["logits"].numpy()[real], atol=1e-4,
+                             rtol=1e-4)
+  steps = 3
+  with torch.no_grad():
+    latent, embs = model._encode_image(pixels)  # pylint: disable=W0212
+    out = torch.full((2, 1), SOT)
+    for _ in range(steps):
+      step = model(pixels, out, image_latent=latent, image_embs=embs,
+                   output_labels=False)["logits"][:, -1]
+      out = torch.cat([out, step.argmax(-1, keepdim=True)], 1)
+  got = cap.generate(config, params, images, np.full((2, 1), SOT, np.int32),
+                     max_new_tokens=steps, eos_id=None).tokens
+  np.testing.assert_array_equal(got, out[:, 1:].numpy())

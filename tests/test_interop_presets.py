@@ -7,7 +7,7 @@ torch = pytest.importorskip("torch")
 open_clip = pytest.importorskip("open_clip")
 transformers = pytest.importorskip("transformers")
 
-from mmtx.interop import hf_clip, presets  # noqa: E402
+from mmtx.interop import hf_clip, open_clip_coca, presets  # noqa: E402
 
 OPEN_CLIP_NAMES = {"clip-B/32": "ViT-B-32", "clip-B/16": "ViT-B-16",
                    "clip-L/14": "ViT-L-14",
@@ -38,3 +38,13 @@ def test_siglip_preset_equals_transformers_default():
 def test_unknown_preset():
   with pytest.raises(ValueError, match="clip-B/32"):
     presets.preset("clip-B/33")
+
+
+@pytest.mark.parametrize("name", ["coca-B/32", "coca-L/14"])
+def test_coca_preset_param_count_equals_open_clip(name):
+  with torch.device("meta"):
+    model = open_clip.create_model("coca_ViT-" + name[5:].replace("/", "-"),
+                                   device="meta")
+  shapes = open_clip_coca.captioner_shapes(*presets.captioner_preset(name))
+  assert sum(int(np.prod(s)) for s in shapes.values()) == sum(
+      p.numel() for p in model.parameters())

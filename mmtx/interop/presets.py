@@ -7,8 +7,9 @@ from, laid out as the source stores them, so `from_transformers` /
 Names: clip-B/32, clip-B/16, clip-L/14 (OpenAI CLIP / open_clip 'ViT-B-32',
 'ViT-B-16', 'ViT-L-14'), siglip-B/16-224 (google/siglip-base-patch16-224,
 open_clip 'ViT-B-16-SigLIP'), siglip-So400m/14-224 (open_clip
-'ViT-SO400M-14-SigLIP'). The parameter counts equal the sources' exactly
-(tests/test_interop_presets.py).
+'ViT-SO400M-14-SigLIP'); `captioner_preset`: coca-B/32, coca-L/14 (open_clip
+'coca_ViT-B-32', 'coca_ViT-L-14') for `mmtx.models.Captioner`. The parameter
+counts equal the sources' exactly (tests/test_interop_presets.py).
 """
 from __future__ import annotations
 
@@ -46,6 +47,24 @@ def _siglip(dims: tuple, patch: int, max_len: int) -> dict:
   }
 
 
+def _coca(vision: tuple, patch: int, text: tuple, embed_dim: int) -> dict:
+  """open_clip's CoCa layout (see `open_clip_coca`), 256 pool queries."""
+  (vw, vd, vm, vh), (tw, td, tm, th) = vision, text
+  tower = {"activation": "gelu", "layer_norm_eps": 1e-5}
+  return {
+      "image": {"patch_size": patch, "width": vw, "depth": vd, "mlp_dim": vm,
+                "num_heads": vh, "posemb": "learned", "cls_posemb": True,
+                "patch_bias": False, "ln_pre": True, **tower},
+      "text": {"vocab_size": 49408, "width": tw, "depth": td, "mlp_dim": tm,
+               "num_heads": th, "max_len": 76, "cls_position": True,
+               "cls_mask": "shifted", **tower},
+      "decoder_depth": td, "embed_dim": embed_dim, "pool": "shared",
+      "num_queries": 255, "class_token": True, "pool_dim": embed_dim,
+      "pool_heads": 8, "pool_query_norm": True, "tie_embeddings": False,
+      "head_bias": False, "decoder_layer": "split",
+  }
+
+
 _B, _L, _M = (768, 12, 3072, 12), (1024, 24, 4096, 16), (512, 12, 2048, 8)
 _SO400M = (1152, 27, 4304, 16)
 
@@ -57,6 +76,22 @@ PRESETS = {
     "siglip-B/16-224": (_siglip(_B, 16, 64), 224),
     "siglip-So400m/14-224": (_siglip(_SO400M, 14, 16), 224),
 }
+
+
+# name -> (Captioner config, image size)
+CAPTIONER_PRESETS = {
+    "coca-B/32": (_coca(_B, 32, _M, 512), 224),
+    "coca-L/14": (_coca(_L, 14, _B, 768), 224),
+}
+
+
+def captioner_preset(name: str) -> tuple[ml_collections.ConfigDict, int]:
+  """(Captioner config, image size) of a published CoCa."""
+  if name not in CAPTIONER_PRESETS:
+    raise ValueError(f"captioner preset {name!r} is not one of "
+                     f"{sorted(CAPTIONER_PRESETS)}.")
+  config, image_size = CAPTIONER_PRESETS[name]
+  return ml_collections.ConfigDict(config), image_size
 
 
 def preset(name: str) -> tuple[ml_collections.ConfigDict, int]:
