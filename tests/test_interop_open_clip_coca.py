@@ -136,6 +136,14 @@ def test_coca_export_round_trip_packed_pool_and_the_fixed_cls_mask():
   _, again = oc.from_open_clip(fresh)
   jax.tree_util.tree_map(np.testing.assert_array_equal, again, params)
 
+  # Left-padded prompts: the KV-cached decode equals the uncached one.
+  prompts = np.array([[0, SOT, 320], [SOT, 320, 1125], [0, 0, SOT]], np.int32)
+  run = jax.jit(lambda p, x, cached: cap.generate(
+      config, p, x, prompts, max_new_tokens=4, eos_id=None,
+      cached=cached).tokens, static_argnums=2)
+  np.testing.assert_array_equal(run(params, images, True),
+                                run(params, images, False))
+
 
 def test_coca_what_cannot_map_is_refused():
   with pytest.raises(ValueError, match="attentional pooler"):

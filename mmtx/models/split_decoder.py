@@ -46,13 +46,15 @@ class SplitBlock(nn.Module):
         kernel_init=nn.initializers.xavier_uniform(),
         decode=self.decode and not self.cross,
         name="cross_attention" if self.cross else "self_attention")
-    keys = None if mask is None else mask.astype(bool)[:, None, None, :]
+    keys = None if mask is None else mask.astype(bool)  # [batch, kv]
     if self.cross:
       h = attention(ln("ln_query")(x), ln("ln_context")(context), mask=keys,
                     deterministic=deterministic)
     else:
       if not self.decode:  # the cache adds causality itself
-        keys = layers.combine_masks(layers.causal_mask(x.shape[1]), keys)
+        keys = layers.combine_masks(
+            layers.causal_mask(x.shape[1]),
+            None if keys is None else keys[:, None, None, :])
       h = attention(ln("ln_self_attention")(x), mask=keys,
                     deterministic=deterministic)
     x = x + drop(h)
