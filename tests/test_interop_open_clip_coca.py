@@ -152,6 +152,8 @@ def test_coca_what_cannot_map_is_refused():
     oc.from_open_clip(_coca(init_logit_bias=-10.0))
   model = _coca()
   config, params = oc.from_open_clip(model)
+  with pytest.raises(ValueError, match=r"layout.*'decoder_layer': 'fused'"):
+    open_clip_coca.to_state_dict(dict(config, decoder_layer="fused"), params)
   params["head"]["kernel"] = params["head"]["kernel"][:, :100]
   with pytest.raises(ValueError, match=r"head/kernel.*\(32, 100\).*"
                      r"\(32, 49408\)"):

@@ -206,6 +206,15 @@ def to_state_dict(config, params, *, scalar_shape: tuple = ()
   -> open_clip CoCa's state dict as float32 numpy arrays (`scalar_shape`:
   (1,) for a model with nonscalar_logit_scale); `from_coca` of a model
   loaded with it gives back `params` bit for bit."""
+  layout = {"pool": "shared", "class_token": True, "pool_query_norm": True,
+            "tie_embeddings": False, "head_bias": False,
+            "decoder_layer": "split"}
+  wrong = {k: config.get(k) for k, v in layout.items() if config.get(k) != v}
+  if wrong or not config["text"].get("cls_position") or not config.get(
+      "pool_dim"):
+    raise ValueError(f"{WHO}: to_state_dict needs open_clip's CoCa layout "
+                     f"{layout}, text.cls_position=True and pool_dim set; "
+                     f"the config has {wrong or 'the text / pool_dim off'}.")
   flat = mapping.flat_params(params)
   size = hf_clip.image_size(flat, config["image"]["patch_size"], WHO,
                             cls_rows=1)
