@@ -281,8 +281,9 @@ class Captioner(nn.Module):
 
   # -- pieces ------------------------------------------------------------------
   def encode_image(self, images: Array, *, deterministic: bool = True):
-    """images `[batch, H, W, C]` -> (context `[batch, s, d_img]`, img_emb
-    `[batch, embed_dim]` L2-normalised)."""
+    """images `[batch, H, W, C]` -> (context `[batch, s, d]`, img_emb
+    `[batch, embed_dim]` L2-normalised); d is the ViT width, or the pools'
+    (pool_dim) when num_queries > 0."""
     check_images(images, "Captioner")
     tokens = self.img(images, deterministic=deterministic)[1]["tokens"]
     cfg = parse_config(self.config)
@@ -337,6 +338,8 @@ class Captioner(nn.Module):
       cls = self.posemb(cls, jnp.array([t]))
     # CLS goes last: causal attention lets it see the whole text while the
     # text tokens never see it (CoCa, Sec. 3.2).
+    # Key masks: 'cls' = [mask, True]; 'shifted' = [True, mask], key j kept
+    # iff token j-1 is real.
     keys = [mask, jnp.ones((b, 1), bool)]
     h = self.unimodal(jnp.concatenate([x, cls], axis=1),
                       mask=jnp.concatenate(
