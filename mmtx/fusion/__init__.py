@@ -18,7 +18,10 @@ builds one, so a paper ablation is the one config flag `name`. Every class
 shares the common fields of `base.Fusion` (dim, num_heads, num_layers,
 mlp_dim, dropout_rate, attention_dropout_rate, activation, norm, dtype,
 param_dtype, attention_impl); `default_config()` holds them plus every
-strategy's own options.
+strategy's own options. A model's config.fusion is built with
+`strict=True`: an option of another strategy (e.g. kv_form for 'concat')
+is an error there. `module.token_offset(key, lengths)` says where a
+modality's tokens sit in the fused output.
 
 Cost per layer as token counts grow (N_m tokens of modality m, N = sum_m N_m,
 N_t / N_c target / context tokens, B bottleneck tokens, d = dim, d_m input
@@ -56,9 +59,7 @@ from typing import Any, Mapping
 import jax.numpy as jnp
 import ml_collections
 
-from mmtx.fusion.base import (AdditiveAttention, CrossAttentionBlock,
-                              DirectionalFusion, Fusion, check_inputs,
-                              masked_mean)
+from mmtx.fusion.base import DirectionalFusion, Fusion, check_inputs
 from mmtx.fusion.film import FiLMFusion
 from mmtx.fusion.m_modal import MModalFusion, resolve_m_modal
 from mmtx.fusion.pooled import (FlattenFusion, GatedFusion, LateFusion,
@@ -66,8 +67,9 @@ from mmtx.fusion.pooled import (FlattenFusion, GatedFusion, LateFusion,
 from mmtx.fusion.streams import (AdditiveFusion, BottleneckFusion,
                                  CoAttentionFusion, ConcatFusion,
                                  CrossAttentionFusion,
-                                 GatedCrossAttentionBlock,
                                  GatedCrossAttentionFusion)
+from mmtx.layers.blocks import (AdditiveAttention, CrossAttentionBlock,
+                                GatedCrossAttentionBlock, masked_mean)
 
 FUSIONS = {
     "concat": ConcatFusion,
@@ -101,17 +103,21 @@ def _lookup(name):
   return FUSIONS[name]
 
 
-def build_fusion(config: Any, **overrides) -> Fusion:
+def build_fusion(config: Any, *, strict: bool = False,
+                 where: str = "build_fusion", **overrides) -> Fusion:
   """Builds a fusion module from a name or a config.
 
   Args:
     config: a key of FUSIONS, or a dict / ml_collections.ConfigDict with a
       `name` field and any fusion fields (see `default_config`).
+    strict: a field the strategy `name` does not have is an error naming it
+      (what models do with their config.fusion). Otherwise fields that
+      another strategy has (e.g. kv_form for 'concat') are dropped, so one
+      `default_config` carries every option and switches strategy by `name`
+      alone; a field no strategy has is an error either way.
+    where: the config's name in error messages.
     **overrides: fields that take precedence over `config`'s.
 
-  Fields another strategy reads but `name` does not (e.g. kv_form for
-  'concat') are accepted and not used, so one config carries every option and
-  switches strategy by `name` alone; a field no strategy has is an error.
   dtype / param_dtype may be strings ('bfloat16').
   """
   if isinstance(config, str):
@@ -119,28 +125,31 @@ def build_fusion(config: Any, **overrides) -> Fusion:
   elif hasattr(config, "to_dict") or isinstance(config, Mapping):
     fields = dict(config.to_dict() if hasattr(config, "to_dict") else config)
     if "name" not in fields:
-      raise ValueError(f"build_fusion: the config has no field 'name'; set it "
+      raise ValueError(f"{where}: the config has no field 'name'; set it "
                        f"to one of {', '.join(sorted(FUSIONS))}.")
     name = fields.pop("name")
   else:
-    raise ValueError(f"build_fusion: config must be a fusion name or a "
+    raise ValueError(f"{where}: config must be a fusion name or a "
                      f"dict/ConfigDict with 'name', got "
                      f"{type(config).__name__}.")
   fields.update(overrides)
   cls = _lookup(name)
   every = {f for n in FUSIONS for f in fusion_fields(n)}
-  unknown = sorted(set(fields) - every)
-  if unknown:
-    raise ValueError(f"build_fusion: unknown fusion field(s) {unknown}; the "
-                     f"fields are {sorted(every)}.")
   own = set(fusion_fields(name))
+  unknown = sorted(set(fields) - (own if strict else every))
+  if unknown and strict:
+    raise ValueError(f"{where}: field(s) {unknown} are not read by fusion "
+                     f"{name!r}; its fields are {sorted(own)}.")
+  if unknown:
+    raise ValueError(f"{where}: unknown fusion field(s) {unknown}; the "
+                     f"fields are {sorted(every)}.")
   kwargs = {k: v for k, v in fields.items() if k in own}
   for k in _DTYPE_FIELDS:
     if isinstance(kwargs.get(k), str):
       try:
         kwargs[k] = jnp.dtype(kwargs[k])
       except TypeError as e:
-        raise ValueError(f"build_fusion: field {k}={kwargs[k]!r} is not a "
+        raise ValueError(f"{where}: field {k}={kwargs[k]!r} is not a "
                          f"dtype name (e.g. 'float32', 'bfloat16').") from e
   return cls(**kwargs)
 

@@ -33,7 +33,8 @@ import jax.numpy as jnp
 import flax.linen as nn
 
 from mmtx.fusion.base import (DirectionalFusion, check_inputs, dense,
-                              final_norm, masked_mean, project)
+                              final_norm, project)
+from mmtx.layers import masked_mean
 
 
 class FiLMFusion(DirectionalFusion):

@@ -23,9 +23,9 @@ import functools
 import jax.numpy as jnp
 import flax.linen as nn
 
-from mmtx.fusion.base import (Fusion, check_inputs, concat_tokens,
-                              masked_mean, project)
-from mmtx.layers import MultiHeadAttention, padding_mask
+from mmtx.fusion.base import Fusion, check_inputs, concat_tokens, project
+from mmtx.layers import MultiHeadAttention, masked_mean, padding_mask
+from mmtx.layers.transformer import check_choice
 
 KV_FORMS = ("auto", "sum", "union")
 POOLS = ("auto", "mean", "none")
@@ -45,12 +45,8 @@ def resolve_m_modal(kv_form: str, pool: str, lengths: dict):
   Returns:
     `(forms, token_aligned)`: modality -> 'sum' | 'union', and a bool.
   """
-  if kv_form not in KV_FORMS:
-    raise ValueError(f"MModalFusion: field kv_form must be one of {KV_FORMS}, "
-                     f"got {kv_form!r}.")
-  if pool not in POOLS:
-    raise ValueError(f"MModalFusion: field pool must be one of {POOLS}, got "
-                     f"{pool!r}.")
+  check_choice("MModalFusion: field kv_form", kv_form, KV_FORMS)
+  check_choice("MModalFusion: field pool", pool, POOLS)
   forms = {}
   for i in lengths:
     others = {k: n for k, n in lengths.items() if k != i}

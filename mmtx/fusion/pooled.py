@@ -12,10 +12,11 @@ from __future__ import annotations
 import jax.numpy as jnp
 import flax.linen as nn
 
-from mmtx.fusion.base import (Fusion, check_inputs, dense, masked_mean,
-                              presence_weights, project)
-from mmtx.layers import Mlp
-from mmtx.layers.transformer import ACTIVATIONS, elementwise_activation
+from mmtx.fusion.base import (Fusion, check_inputs, dense, presence_weights,
+                              project)
+from mmtx.layers import Mlp, masked_mean
+from mmtx.layers.transformer import (ACTIVATIONS, check_choice,
+                                     elementwise_activation)
 
 COMBINES = ("mean", "weighted")
 
@@ -115,9 +116,7 @@ class LateFusion(Fusion):
   @nn.compact
   def __call__(self, tokens, masks, *, deterministic: bool = True):
     self._check_fields("dim", "mlp_dim", "activation", "dropout_rate")
-    if self.combine not in COMBINES:
-      raise ValueError(f"LateFusion: field combine must be one of {COMBINES}, "
-                       f"got {self.combine!r}.")
+    check_choice("LateFusion: field combine", self.combine, COMBINES)
     keys, tokens, masks = check_inputs(tokens, masks, "LateFusion")
     ys = jnp.stack([
         Mlp(self.mlp_dim, self.activation, self.dropout_rate, out_dim=self.dim,
@@ -154,10 +153,8 @@ class FlattenFusion(Fusion):
   @nn.compact
   def __call__(self, tokens, masks, *, deterministic: bool = True):
     self._check_fields("dim", "mlp_dim", "num_layers", "dropout_rate")
-    if self.activation not in _FLATTEN_ACTIVATIONS:
-      raise ValueError(f"FlattenFusion: field activation must be one of "
-                       f"{list(_FLATTEN_ACTIVATIONS)}, got "
-                       f"{self.activation!r}.")
+    check_choice("FlattenFusion: field activation", self.activation,
+                 _FLATTEN_ACTIVATIONS)
     keys, tokens, masks = check_inputs(tokens, masks, "FlattenFusion")
     h = jnp.concatenate([
         (tokens[k] * masks[k][..., None]).reshape(tokens[k].shape[0], -1)

@@ -12,12 +12,11 @@ from typing import Any, ClassVar
 import jax.numpy as jnp
 import flax.linen as nn
 
-from mmtx.fusion.base import (CrossAttentionBlock, DirectionalFusion, Fusion,
-                              block_kwargs, check_inputs, concat_tokens,
-                              final_norm, project, zero_init_scalar)
-from mmtx.layers import Encoder, EncoderBlock, Mlp, MultiHeadAttention, \
-    padding_mask
-from mmtx.layers.transformer import layer_norm
+from mmtx.fusion.base import (DirectionalFusion, Fusion, check_inputs,
+                              concat_tokens, final_norm, project)
+from mmtx.layers import Encoder, EncoderBlock
+from mmtx.layers.blocks import CrossAttentionBlock, GatedCrossAttentionBlock
+from mmtx.layers.transformer import shared_fields
 
 Dtype = Any
 
@@ -35,6 +34,10 @@ class ConcatFusion(Fusion):
   field. Returns `[batch, sum_m n_m, dim]` and the concatenated masks.
   """
 
+  def token_offset(self, key, lengths):
+    """Every modality's tokens, in sorted key order."""
+    return sum(lengths[k] for k in sorted(lengths) if k < key)
+
   @nn.compact
   def __call__(self, tokens, masks, *, deterministic: bool = True):
     self._check_fields(*_STACK_FIELDS)
@@ -47,8 +50,7 @@ class ConcatFusion(Fusion):
       xs.append(project(self, k, tokens[k]) + jnp.asarray(type_emb,
                                                            self.dtype))
     x, mask = concat_tokens(xs, [masks[k] for k in keys])
-    kw = block_kwargs(self)
-    x = Encoder(num_layers=self.num_layers, name="encoder", **kw)(
+    x = Encoder(name="encoder", **shared_fields(self, Encoder))(
         x, mask, deterministic=deterministic)
     return x, mask
 
@@ -71,6 +73,10 @@ class BottleneckFusion(Fusion):
   fusion_layer: int = 0
   num_bottleneck_tokens: int = 4
 
+  def token_offset(self, key, lengths):
+    """Every modality's tokens, in sorted key order."""
+    return sum(lengths[k] for k in sorted(lengths) if k < key)
+
   @nn.compact
   def __call__(self, tokens, masks, *, deterministic: bool = True):
     self._check_fields(*_STACK_FIELDS)
@@ -90,7 +96,7 @@ class BottleneckFusion(Fusion):
     z = jnp.broadcast_to(jnp.asarray(z, self.dtype)[None],
                          (batch,) + z.shape)
     z_mask = jnp.ones(z.shape[:2], bool)
-    kw = block_kwargs(self)
+    kw = shared_fields(self, EncoderBlock)
     for layer in range(self.num_layers):
       fused = layer >= self.fusion_layer
       zs = []
@@ -123,15 +129,15 @@ class CrossAttentionFusion(DirectionalFusion):
   attention, cross-attention to the context, FFN) over the projected target.
 
   Reads every common field plus target. Returns the target's tokens `[batch,
-  n_target, dim]` and the target's mask. `independent_target=True`: the
+  n_target, dim]` and the target's mask. `independent_targets=True`: the
   target's tokens do not attend to each other (see DirectionalFusion).
   """
   score: ClassVar[str] = "dot"
-  independent_targets: ClassVar[bool] = True
+  takes_independent_targets: ClassVar[bool] = True
 
   @nn.compact
   def __call__(self, tokens, masks, *, deterministic: bool = True,
-               independent_target: bool = False):
+               independent_targets: bool = False):
     who = type(self).__name__
     self._check_fields(*_STACK_FIELDS)
     keys, tokens, masks = check_inputs(tokens, masks, who, min_modalities=2)
@@ -140,60 +146,19 @@ class CrossAttentionFusion(DirectionalFusion):
     context, context_mask = _context(self, context_keys, tokens, masks)
     for layer in range(self.num_layers):
       x = CrossAttentionBlock(score=self.score, name=f"layers_{layer}",
-                              **block_kwargs(self))(
+                              **shared_fields(self, CrossAttentionBlock))(
                                   x, context, masks[target], context_mask,
                                   deterministic=deterministic,
-                                  independent=independent_target)
+                                  independent_targets=independent_targets)
     return final_norm(self, x, "ln_final"), masks[target]
 
 
 class AdditiveFusion(CrossAttentionFusion):
   """CrossAttentionFusion whose cross-attention scores are additive
   (Bahdanau et al. 2015): v^T tanh(W_q q + W_k k) per head instead of
-  q.k / sqrt(d) (see base.AdditiveAttention). Same fields and outputs;
+  q.k / sqrt(d) (see mmtx.layers.AdditiveAttention). Same fields and outputs;
   attention_impl applies to the (dot-product) self-attention only."""
   score: ClassVar[str] = "additive"
-
-
-class GatedCrossAttentionBlock(nn.Module):
-  """Flamingo's GATED XATTN-DENSE layer (Alayrac et al. 2022):
-
-  y = x + tanh(a_attn) * CrossAttn(LN(x), context)
-  y = y + tanh(a_mlp) * FFN(LN(y))
-
-  with scalar gates `attn_gate`, `mlp_gate` initialised to 0, so the layer is
-  the identity at initialisation. x `[batch, t, dim]`, context `[batch, s,
-  dim]`, masks `[batch, t]`, `[batch, s]`.
-  """
-  num_heads: int
-  mlp_dim: int
-  activation: str = "gelu"
-  dropout_rate: float = 0.0
-  attention_dropout_rate: float = 0.0
-  dtype: Dtype = jnp.float32
-  param_dtype: Dtype = jnp.float32
-  attention_impl: str = "xla"
-
-  @nn.compact
-  def __call__(self, x, context, mask, context_mask, *,
-               deterministic: bool = True):
-    drop = nn.Dropout(self.dropout_rate)
-    gate = lambda name: jnp.tanh(  # noqa: E731
-        zero_init_scalar(self, name, self.param_dtype)).astype(self.dtype)
-    h = layer_norm(self.dtype, self.param_dtype, "ln_cross_attention")(x)
-    h = MultiHeadAttention(
-        num_heads=self.num_heads, dropout_rate=self.attention_dropout_rate,
-        dtype=self.dtype, param_dtype=self.param_dtype,
-        kernel_init=nn.initializers.xavier_uniform(),
-        implementation=self.attention_impl, name="cross_attention")(
-            h, context, mask=padding_mask(mask, context_mask),
-            deterministic=deterministic)
-    x = x + gate("attn_gate") * drop(h, deterministic=deterministic)
-    h = layer_norm(self.dtype, self.param_dtype, "ln_mlp")(x)
-    h = Mlp(self.mlp_dim, self.activation, self.dropout_rate, dtype=self.dtype,
-            param_dtype=self.param_dtype, name="mlp")(
-                h, deterministic=deterministic)
-    return x + gate("mlp_gate") * drop(h, deterministic=deterministic)
 
 
 class GatedCrossAttentionFusion(DirectionalFusion):
@@ -207,14 +172,14 @@ class GatedCrossAttentionFusion(DirectionalFusion):
 
   Reads every common field except norm, plus target. Returns the target's
   tokens `[batch, n_target, dim]` and the target's mask. Target tokens never
-  attend to each other here, so `independent_target` changes nothing.
+  attend to each other here, so `independent_targets` changes nothing.
   """
-  independent_targets: ClassVar[bool] = True
+  takes_independent_targets: ClassVar[bool] = True
 
   @nn.compact
   def __call__(self, tokens, masks, *, deterministic: bool = True,
-               independent_target: bool = False):
-    del independent_target  # no self-attention: always independent
+               independent_targets: bool = False):
+    del independent_targets  # no self-attention: always independent
     who = "GatedCrossAttentionFusion"
     self._check_fields(*[f for f in _STACK_FIELDS if f != "norm"])
     keys, tokens, masks = check_inputs(tokens, masks, who, min_modalities=2)
@@ -226,8 +191,7 @@ class GatedCrossAttentionFusion(DirectionalFusion):
                        f"unprojected (identity at initialisation), so set dim "
                        f"to the target width.")
     context, context_mask = _context(self, context_keys, tokens, masks)
-    kw = block_kwargs(self)
-    del kw["norm"]
+    kw = shared_fields(self, GatedCrossAttentionBlock)
     for layer in range(self.num_layers):
       x = GatedCrossAttentionBlock(name=f"layers_{layer}", **kw)(
           x, context, masks[target], context_mask, deterministic=deterministic)
@@ -246,6 +210,10 @@ class CoAttentionFusion(Fusion):
   sorted key order `[batch, sum_m n_m, dim]` with the concatenated masks.
   """
 
+  def token_offset(self, key, lengths):
+    """Every modality's tokens, in sorted key order."""
+    return sum(lengths[k] for k in sorted(lengths) if k < key)
+
   @nn.compact
   def __call__(self, tokens, masks, *, deterministic: bool = True):
     self._check_fields(*_STACK_FIELDS)
@@ -260,7 +228,8 @@ class CoAttentionFusion(Fusion):
         context, context_mask = concat_tokens([xs[j] for j in others],
                                               [masks[j] for j in others])
         new[k] = CrossAttentionBlock(order=order, name=f"{k}_layers_{layer}",
-                                     **block_kwargs(self))(
+                                     **shared_fields(self,
+                                                     CrossAttentionBlock))(
                                          xs[k], context, masks[k],
                                          context_mask,
                                          deterministic=deterministic)

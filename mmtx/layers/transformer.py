@@ -6,6 +6,8 @@ Token masks are `[batch, tokens]` booleans, True = real token.
 """
 from __future__ import annotations
 
+import dataclasses
+import functools
 from typing import Any, Optional
 
 import jax
@@ -29,6 +31,13 @@ REMAT_POLICIES = {
 }
 
 
+def check_choice(what: str, value, choices):
+  """A ValueError naming `what` unless `value` is one of `choices`."""
+  if value not in choices:
+    raise ValueError(f"{what} must be one of {tuple(choices)}, got "
+                     f"{value!r}.")
+
+
 def elementwise_activation(name: str):
   """The one-input activations of `Mlp` by name: relu, gelu (exact, erf),
   gelu_tanh (the tanh approximation, SigLIP), quick_gelu (x * sigmoid(1.702
@@ -44,6 +53,24 @@ def elementwise_activation(name: str):
     return lambda h: nn.gelu(h, approximate=True)
   raise ValueError(f"activation {name!r} is not an elementwise one; expected "
                    f"relu, gelu, gelu_tanh or quick_gelu.")
+
+
+@functools.lru_cache(maxsize=None)
+def _field_names(cls) -> frozenset:
+  return frozenset(f.name for f in dataclasses.fields(cls)) - {"parent",
+                                                               "name"}
+
+
+def shared_fields(module: nn.Module, cls, **overrides) -> dict:
+  """The fields `module` shares with the module class `cls` (same name, so
+  the same meaning: num_heads, mlp_dim, norm, activation, dropout rates,
+  dtypes, attention_impl, ...) as keyword arguments of `cls`, `overrides`
+  on top. How a module hands its settings to the blocks it builds, so
+  each field is declared once per module and never copied by hand."""
+  out = {n: getattr(module, n)
+         for n in _field_names(cls) & _field_names(type(module))}
+  out.update(overrides)
+  return out
 
 
 def _kernel(names):
@@ -75,9 +102,7 @@ class Mlp(nn.Module):
 
   @nn.compact
   def __call__(self, x: Array, *, deterministic: bool = True) -> Array:
-    if self.activation not in ACTIVATIONS:
-      raise ValueError(f"Mlp: activation must be one of {ACTIVATIONS}, got "
-                       f"{self.activation!r}.")
+    check_choice("Mlp: activation", self.activation, ACTIVATIONS)
     out_dim = self.out_dim or x.shape[-1]
     # Matmuls on [rows, features]: XLA:CPU computes the weight gradient of a
     # 3-D dot ~2x slower than the same dot flattened (see
@@ -113,29 +138,46 @@ def _check_tokens(x, who):
                      f"shape {x.shape}.")
 
 
-class EncoderBlock(nn.Module):
-  """One Transformer encoder layer: self-attention + FFN, each with residual
-  dropout and LayerNorm placed by `norm` ('post' = the paper, 'pre')."""
+class BlockFields(nn.Module):
+  """The fields of the attention-block family, declared once: EncoderBlock,
+  DecoderBlock, Encoder, Decoder, mmtx.layers.CrossAttentionBlock and every
+  fusion strategy have them (a block hands them on with `shared_fields`).
+
+  num_heads, mlp_dim (FFN hidden width), norm ('pre': x + f(LN(x)), 'post':
+  LN(x + f(x))), activation (see `Mlp`), dropout_rate (residual and FFN),
+  attention_dropout_rate, dtype (compute), param_dtype, attention_impl
+  (MultiHeadAttention's `implementation`).
+  """
   num_heads: int
   mlp_dim: int
-  norm: str = "post"
-  activation: str = "relu"
+  norm: str = "pre"
+  activation: str = "gelu"
   dropout_rate: float = 0.0
   attention_dropout_rate: float = 0.0
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
   attention_impl: str = "xla"
+
+
+class _LayerFields(BlockFields):
+  """BlockFields plus the LayerNorm epsilon and whether attention weights
+  are sown (to 'intermediates'), as the encoder and decoder have."""
   layer_norm_eps: float = 1e-6
   sow_weights: bool = False
+
+
+class EncoderBlock(_LayerFields):
+  """One Transformer encoder layer: self-attention + FFN, each with residual
+  dropout and LayerNorm placed by `norm` ('post' = the paper, 'pre')."""
+  norm: str = "post"
+  activation: str = "relu"
 
   @nn.compact
   def __call__(self, x: Array, mask: Optional[Array] = None, *,
                deterministic: bool = True) -> Array:
     """x `[batch, tokens, dim]`; mask `[batch, tokens]` (padding) or a rank-4
     attention mask. Returns `[batch, tokens, dim]`."""
-    if self.norm not in NORMS:
-      raise ValueError(f"EncoderBlock: norm must be one of {NORMS}, got "
-                       f"{self.norm!r}.")
+    check_choice("EncoderBlock: norm", self.norm, NORMS)
     _check_tokens(x, "EncoderBlock")
     x = constrain_batch(x)  # no-op outside sharding.activation_sharding
     attn_mask = _token_mask_to_attention(mask, x)
@@ -164,24 +206,15 @@ class EncoderBlock(nn.Module):
                                     deterministic=deterministic))
 
 
-class DecoderBlock(nn.Module):
+class DecoderBlock(_LayerFields):
   """Decoder layer (Vaswani et al. Sec. 3.1): masked self-attention,
   cross-attention to `context` (another modality), FFN; residual + LN each.
 
   `decode=True` keeps a self-attention KV cache (see MultiHeadAttention).
   """
-  num_heads: int
-  mlp_dim: int
   norm: str = "post"
   activation: str = "relu"
-  dropout_rate: float = 0.0
-  attention_dropout_rate: float = 0.0
-  dtype: Dtype = jnp.float32
-  param_dtype: Dtype = jnp.float32
-  attention_impl: str = "xla"
-  layer_norm_eps: float = 1e-6
   decode: bool = False
-  sow_weights: bool = False
 
   @nn.compact
   def __call__(self, x: Array, context: Optional[Array] = None,
@@ -191,9 +224,7 @@ class DecoderBlock(nn.Module):
     """x `[batch, t, dim]`; context `[batch, s, dim_c]` or None (then no
     cross-attention: a decoder-only LM); mask `[batch, t]` target padding
     (causality is added here); context_mask `[batch, s]`."""
-    if self.norm not in NORMS:
-      raise ValueError(f"DecoderBlock: norm must be one of {NORMS}, got "
-                       f"{self.norm!r}.")
+    check_choice("DecoderBlock: norm", self.norm, NORMS)
     _check_tokens(x, "DecoderBlock")
     x = constrain_batch(x)
     b, t, _ = x.shape
@@ -271,9 +302,7 @@ class _ScannedDecoderBlock(DecoderBlock):
 
 def _stack(block_cls, scan: bool, remat: str, num_layers: int, num_args: int,
            variable_axes):
-  if remat not in REMAT_POLICIES:
-    raise ValueError(f"remat policy must be one of {sorted(REMAT_POLICIES)}, "
-                     f"got {remat!r}.")
+  check_choice("remat policy", remat, sorted(REMAT_POLICIES))
   if remat != "none":
     block_cls = nn.remat(block_cls, policy=REMAT_POLICIES[remat],
                          prevent_cse=not scan)
@@ -285,39 +314,24 @@ def _stack(block_cls, scan: bool, remat: str, num_layers: int, num_args: int,
   return block_cls
 
 
-class Encoder(nn.Module):
+class Encoder(_LayerFields):
   """A stack of `num_layers` EncoderBlocks (+ a final LN when norm='pre').
 
   `scan=True` stores the layers' params stacked under `layers` (leading axis =
   layer) and runs them with `nn.scan`; otherwise as `layers_0 ... layers_{L-1}`.
   `remat` in {'none', 'full', 'dots', 'dots_no_batch'} sets `nn.remat`.
   """
-  num_layers: int
-  num_heads: int
-  mlp_dim: int
-  norm: str = "pre"
-  activation: str = "gelu"
-  dropout_rate: float = 0.0
-  attention_dropout_rate: float = 0.0
-  dtype: Dtype = jnp.float32
-  param_dtype: Dtype = jnp.float32
-  attention_impl: str = "xla"
-  layer_norm_eps: float = 1e-6
+  num_layers: int = dataclasses.field(kw_only=True)
   scan: bool = False
   remat: str = "none"
-  sow_weights: bool = False
 
   @nn.compact
   def __call__(self, x: Array, mask: Optional[Array] = None, *,
                deterministic: bool = True) -> Array:
     _check_tokens(x, "Encoder")
     attn_mask = _token_mask_to_attention(mask, x)
-    kw = dict(num_heads=self.num_heads, mlp_dim=self.mlp_dim, norm=self.norm,
-              activation=self.activation, dropout_rate=self.dropout_rate,
-              attention_dropout_rate=self.attention_dropout_rate,
-              dtype=self.dtype, param_dtype=self.param_dtype,
-              attention_impl=self.attention_impl, sow_weights=self.sow_weights,
-              layer_norm_eps=self.layer_norm_eps, deterministic=deterministic)
+    kw = shared_fields(self, _ScannedEncoderBlock,
+                       deterministic=deterministic)
     block = _stack(_ScannedEncoderBlock, self.scan, self.remat, self.num_layers,
                    1, {"params": 0, "intermediates": 0})
     if self.scan:
@@ -331,24 +345,13 @@ class Encoder(nn.Module):
     return x
 
 
-class Decoder(nn.Module):
+class Decoder(_LayerFields):
   """A stack of `num_layers` DecoderBlocks (+ final LN when norm='pre'), with
   the same `scan` / `remat` options as Encoder and a KV cache when `decode`."""
-  num_layers: int
-  num_heads: int
-  mlp_dim: int
-  norm: str = "pre"
-  activation: str = "gelu"
-  dropout_rate: float = 0.0
-  attention_dropout_rate: float = 0.0
-  dtype: Dtype = jnp.float32
-  param_dtype: Dtype = jnp.float32
-  attention_impl: str = "xla"
-  layer_norm_eps: float = 1e-6
+  num_layers: int = dataclasses.field(kw_only=True)
   scan: bool = False
   remat: str = "none"
   decode: bool = False
-  sow_weights: bool = False
 
   @nn.compact
   def __call__(self, x: Array, context: Optional[Array] = None,
@@ -356,13 +359,8 @@ class Decoder(nn.Module):
                context_mask: Optional[Array] = None, *,
                deterministic: bool = True) -> Array:
     _check_tokens(x, "Decoder")
-    kw = dict(num_heads=self.num_heads, mlp_dim=self.mlp_dim, norm=self.norm,
-              activation=self.activation, dropout_rate=self.dropout_rate,
-              attention_dropout_rate=self.attention_dropout_rate,
-              dtype=self.dtype, param_dtype=self.param_dtype,
-              attention_impl=self.attention_impl, decode=self.decode,
-              sow_weights=self.sow_weights, layer_norm_eps=self.layer_norm_eps,
-              deterministic=deterministic)
+    kw = shared_fields(self, _ScannedDecoderBlock,
+                       deterministic=deterministic)
     block = _stack(_ScannedDecoderBlock, self.scan, self.remat,
                    self.num_layers, 3,
                    {"params": 0, "cache": 0, "intermediates": 0})

@@ -15,6 +15,7 @@ import jax.numpy as jnp
 
 from mmtx import layers
 from mmtx.layers import audio
+from mmtx.layers.transformer import check_choice
 
 Array = jax.Array
 
@@ -34,12 +35,9 @@ class AudioTransformer(nn.Module):
 
   @nn.compact
   def __call__(self, spec: Array, *, deterministic: bool = True):
-    if self.pool not in ("gap", "cls", "none"):
-      raise ValueError(f"AudioTransformer: pool must be 'gap', 'cls' or "
-                       f"'none', got {self.pool!r}.")
-    if self.posemb not in ("sincos2d", "learned"):
-      raise ValueError(f"AudioTransformer: posemb must be 'sincos2d' or "
-                       f"'learned', got {self.posemb!r}.")
+    check_choice("AudioTransformer: pool", self.pool, ("gap", "cls", "none"))
+    check_choice("AudioTransformer: posemb", self.posemb,
+                 ("sincos2d", "learned"))
     dtype = jnp.dtype(self.dtype)
     x, grid = audio.SpectrogramPatchEmbedding(
         self.width, tuple(self.patch_size), tuple(self.strides), dtype=dtype,

@@ -240,9 +240,9 @@ class Captioner(nn.Module):
       self.multimodal = SplitDecoder(cfg["decoder_depth"], name="multimodal",
                                      **kw)
     else:
-      self.unimodal = layers.Decoder(txt["depth"], norm="pre",
+      self.unimodal = layers.Decoder(num_layers=txt["depth"], norm="pre",
                                      name="unimodal", **kw)
-      self.multimodal = layers.Decoder(cfg["decoder_depth"], norm="pre",
+      self.multimodal = layers.Decoder(num_layers=cfg["decoder_depth"], norm="pre",
                                        name="multimodal", **kw)
     if not cfg["tie_embeddings"]:
       self.head = nn.Dense(txt["vocab_size"], dtype=dtype, name="head",

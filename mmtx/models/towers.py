@@ -14,8 +14,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from mmtx import fusion as fusion_lib
 from mmtx import layers
+from mmtx.layers.transformer import check_choice, shared_fields
 
 Array = jax.Array
 
@@ -58,6 +58,14 @@ def _resolve(module, names):
       raise ValueError(f"{type(module).__name__}: '{n}' is unset; give a "
                        f"variant (e.g. 'S/16') or set {n}.")
   return out
+
+
+def _encoder(tower, c, dtype) -> layers.Encoder:
+  """The tower's pre-norm encoder: its own fields (activation, dropout,
+  scan, remat, ...) plus the sizes `c` resolved from the variant."""
+  return layers.Encoder(**shared_fields(
+      tower, layers.Encoder, num_layers=c["depth"], num_heads=c["num_heads"],
+      mlp_dim=c["mlp_dim"], norm="pre", dtype=dtype), name="encoder")
 
 
 def _dtype(name):
@@ -126,9 +134,7 @@ class ViT(nn.Module):
   def __call__(self, images: Array, *, deterministic: bool = True):
     c = _resolve(self, ["patch_size", "width", "depth", "mlp_dim",
                         "num_heads"])
-    if self.pool not in ("cls", "gap", "map", "none"):
-      raise ValueError(f"ViT: pool must be 'cls', 'gap', 'map' or 'none', got "
-                       f"{self.pool!r}.")
+    check_choice("ViT: pool", self.pool, ("cls", "gap", "map", "none"))
     if images.ndim != 4 or images.shape[-1] not in (1, 3):
       raise ValueError(f"ViT: images must be NHWC float [batch, height, width, "
                        f"1|3], got shape {images.shape}.")
@@ -165,14 +171,7 @@ class ViT(nn.Module):
     if self.ln_pre:
       x = nn.LayerNorm(epsilon=self.layer_norm_eps, dtype=dtype,
                        name="ln_pre")(x)
-    x = layers.Encoder(num_layers=c["depth"], num_heads=c["num_heads"],
-                       mlp_dim=c["mlp_dim"], norm="pre",
-                       activation=self.activation,
-                       layer_norm_eps=self.layer_norm_eps,
-                       dropout_rate=self.dropout_rate, dtype=dtype,
-                       scan=self.scan, remat=self.remat,
-                       attention_impl=self.attention_impl, name="encoder")(
-                           x, deterministic=deterministic)
+    x = _encoder(self, c, dtype)(x, deterministic=deterministic)
     mask = jnp.ones(x.shape[:2], bool)
     extras = {"tokens": x, "mask": mask, "grid": grid}
     if self.pool == "cls":
@@ -216,17 +215,13 @@ class TextTransformer(nn.Module):
   @nn.compact
   def __call__(self, texts: Array, *, deterministic: bool = True):
     c = _resolve(self, ["width", "depth", "mlp_dim", "num_heads"])
-    if self.pool not in ("last", "argmax", "eos", "first", "mean", "none"):
-      raise ValueError(f"TextTransformer: pool must be 'last', 'argmax', "
-                       f"'eos', 'first', 'mean' or 'none', got "
-                       f"{self.pool!r}.")
+    check_choice("TextTransformer: pool", self.pool,
+                 ("last", "argmax", "eos", "first", "mean", "none"))
     if (self.pool == "eos") != (self.eos_id is not None):
       raise ValueError(f"TextTransformer: eos_id={self.eos_id} goes with "
                        f"pool='eos' and only with it (pool={self.pool!r}).")
-    if texts.ndim != 2 or not jnp.issubdtype(texts.dtype, jnp.integer):
-      raise ValueError(f"TextTransformer: texts must be int token ids [batch, "
-                       f"len], got shape {texts.shape} dtype {texts.dtype}.")
-    if texts.shape[1] > self.max_len:
+    # Rank and dtype: TokenEmbedding checks them.
+    if texts.ndim == 2 and texts.shape[1] > self.max_len:
       raise ValueError(f"TextTransformer: {texts.shape[1]} tokens exceed "
                        f"max_len={self.max_len}; truncate in the tokenizer.")
     dtype = _dtype(self.dtype)
@@ -240,21 +235,14 @@ class TextTransformer(nn.Module):
     if self.causal:
       attn_mask = layers.combine_masks(attn_mask, layers.causal_mask(
           texts.shape[1]))
-    x = layers.Encoder(num_layers=c["depth"], num_heads=c["num_heads"],
-                       mlp_dim=c["mlp_dim"], norm="pre",
-                       activation=self.activation,
-                       layer_norm_eps=self.layer_norm_eps,
-                       dropout_rate=self.dropout_rate, dtype=dtype,
-                       scan=self.scan, remat=self.remat,
-                       attention_impl=self.attention_impl, name="encoder")(
-                           x, attn_mask, deterministic=deterministic)
+    x = _encoder(self, c, dtype)(x, attn_mask, deterministic=deterministic)
     extras = {"tokens": x, "mask": mask}
     if self.pool == "none":
       return x, extras
     if self.pool == "first":
       return x[:, 0], extras
     if self.pool == "mean":  # selects, so padding values never enter
-      return fusion_lib.masked_mean(x, mask).astype(x.dtype), extras
+      return layers.masked_mean(x, mask).astype(x.dtype), extras
     if self.pool == "argmax":
       last = jnp.argmax(texts, axis=1)
     elif self.pool == "eos":

@@ -17,6 +17,7 @@ import jax.numpy as jnp
 
 from mmtx import layers
 from mmtx.layers import video
+from mmtx.layers.transformer import check_choice
 
 Array = jax.Array
 
@@ -42,12 +43,9 @@ class VideoTransformer(nn.Module):
 
   @nn.compact
   def __call__(self, videos: Array, *, deterministic: bool = True):
-    if self.attention not in ("joint", "factorised"):
-      raise ValueError(f"VideoTransformer: attention must be 'joint' or "
-                       f"'factorised', got {self.attention!r}.")
-    if self.pool not in ("gap", "none"):
-      raise ValueError(f"VideoTransformer: pool must be 'gap' or 'none', got "
-                       f"{self.pool!r}.")
+    check_choice("VideoTransformer: attention", self.attention,
+                 ("joint", "factorised"))
+    check_choice("VideoTransformer: pool", self.pool, ("gap", "none"))
     dtype = jnp.dtype(self.dtype)
     x, grid = video.TubeletEmbedding(self.width, tuple(self.patch_size),
                                      dtype=dtype, name="embedding")(videos)
