@@ -76,7 +76,8 @@ def workdir_of(out, name, seed):
 
 def run_one(name, overrides, args, seed):
   from mmtx.configs import default
-  cfg = default.get_config(f"steps={args.steps}")
+  fusion = overrides.get("model.fusion.name", "cross_attention")
+  cfg = default.get_config(f"steps={args.steps},fusion={fusion}")
   with cfg.unlocked():
     cfg.data.eval_splits = ("test", "test_large")
     cfg.eval_every = args.eval_every or args.steps

@@ -86,6 +86,17 @@ def data(name, **kw) -> ml_collections.ConfigDict:
   return ml_collections.ConfigDict(d)
 
 
+def fusion(name: str, target: str, **fields) -> dict:
+  """config.model.fusion for strategy `name`: `target` (the modality that
+  queries) goes in only where the strategy has one (a DirectionalFusion), as
+  a model's config.fusion holds only the fields its strategy reads."""
+  from mmtx import fusion as fusion_lib
+  cls = fusion_lib.FUSIONS.get(name)
+  if cls is not None and issubclass(cls, fusion_lib.DirectionalFusion):
+    fields["target"] = target
+  return dict(name=name, **fields)
+
+
 def image_tower(width: int, depth: int = 0, **kw) -> dict:
   """The image tower of the default VQA job: three 3x3 stride-2
   convolutions (75x75 -> 10x10 tokens of ~8x8 pixels), fixed 2-D sin-cos

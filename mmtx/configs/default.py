@@ -36,10 +36,10 @@ def get_config(arg: str = ""):
       image=common.image_tower(width, args["image_depth"]),
       text=dict(vocab_size=-1, width=width, depth=1, mlp_dim=2 * width,
                 num_heads=4, max_len=20, causal=False, dtype="float32"),
-      fusion=dict(name=fusion, target="image" if fusion == "film" else "text",
-                  dim=width, num_heads=4,
-                  num_layers=args["fusion_layers"],
-                  mlp_dim=2 * width),
+      fusion=common.fusion(fusion, "image" if fusion == "film" else "text",
+                           dim=width, num_heads=4,
+                           num_layers=args["fusion_layers"],
+                           mlp_dim=2 * width),
       heads=("vqa",), num_answers=-1, head_hidden=256, head_dropout=0.0,
       zero_image=False, text_query="mean"))
   # Two half-batch programs keep two CPU cores busier than one (411 vs 352

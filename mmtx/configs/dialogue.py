@@ -37,8 +37,8 @@ def get_config(arg: str = ""):
       image=common.image_tower(width),
       text=dict(vocab_size=-1, width=width, depth=1, mlp_dim=2 * width,
                 num_heads=4, max_len=64, causal=False, dtype="float32"),
-      fusion=dict(name=args["fusion"], target="text",
-                  dim=width, num_heads=4, num_layers=3, mlp_dim=2 * width),
+      fusion=common.fusion(args["fusion"], "text", dim=width, num_heads=4,
+                           num_layers=3, mlp_dim=2 * width),
       heads=("vqa",), num_answers=-1, head_hidden=256, head_dropout=0.0,
       zero_image=False, text_query=args["query"]))
   c.optimizer.learning_rate = 1e-3

@@ -8,14 +8,15 @@ pad) or `[batch, Q, len]` (Q questions per clip; the clip's towers run once
 and their tokens are repeated per question). Returns ({'vqa_logits' [batch,
 answers] or [batch, Q, answers]}, extras {'fused', 'fused_mask', 'pooled'}).
 With texts None (audio-visual event classification) only the video and
-audio tokens are fused, the config needs no 'text', and the output is
+audio tokens are fused, the config has no 'text', and the output is
 {'event_logits' [batch, num_answers]} (num_answers = the class count).
 
 Config keys: video (VideoTransformer fields), audio (AudioTransformer fields
 plus 'mel': log_mel_spectrogram's keyword arguments), text (TextTransformer
 fields), fusion (name + strategy fields), num_answers, head_hidden, and
 `zero` (a list of 'video' / 'audio': those inputs are replaced by zeros - the
-single-modality and question-only floors at an equal parameter count).
+single-modality and question-only floors at an equal parameter count); see
+`mmtx.models.config.AudioVisualConfig`.
 """
 from __future__ import annotations
 
@@ -25,10 +26,11 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from mmtx import fusion as fusion_lib
 from mmtx.layers import audio as audio_lib
+from mmtx.layers import masked_mean
 from mmtx.models.audio import AudioTransformer
-from mmtx.models.dual_encoder import _as_dict, check_token_ids
+from mmtx.models.config import (AudioVisualConfig, check_token_ids,
+                                fusion_module, parse)
 from mmtx.models.towers import TextTransformer
 from mmtx.models.video import VideoTransformer
 
@@ -43,11 +45,7 @@ class AudioVisualModel(nn.Module):
   @nn.compact
   def __call__(self, videos: Array, audio: Array, texts: Array | None = None,
                *, deterministic: bool = True):
-    cfg = _as_dict(self.config)
-    zero = tuple(cfg.get("zero", ()))
-    if set(zero) - {"video", "audio"}:
-      raise ValueError(f"AudioVisualModel: zero may name 'video' and 'audio', "
-                       f"got {zero}.")
+    cfg = parse(AudioVisualConfig, self.config)
     text_shape = None if texts is None else texts.shape
     if videos.ndim != 5 or audio.ndim != 2 or (
         texts is not None and texts.ndim not in (2, 3)):
@@ -60,20 +58,24 @@ class AudioVisualModel(nn.Module):
       raise ValueError(f"AudioVisualModel: batch sizes differ: videos "
                        f"{videos.shape[0]}, audio {audio.shape[0]}, texts "
                        f"{text_shape and text_shape[0]}.")
+    if (texts is None) != (cfg.text is None):
+      raise ValueError("AudioVisualModel: config.text goes with texts (a "
+                       "text tower for questions) and only with them; got "
+                       f"texts {text_shape} and config.text "
+                       f"{'unset' if cfg.text is None else 'set'}.")
     if texts is not None:
-      txt_cfg = _as_dict(cfg["text"])
-      check_token_ids(texts, txt_cfg.get("vocab_size"), "AudioVisualModel")
+      check_token_ids(texts, cfg.text.get("vocab_size"), "AudioVisualModel")
     group = texts.shape[1] if texts is not None and texts.ndim == 3 else None
-    if "video" in zero:
+    if "video" in cfg.zero:
       videos = jnp.zeros_like(videos)
-    if "audio" in zero:
+    if "audio" in cfg.zero:
       audio = jnp.zeros_like(audio)
-    aud_cfg = dict(_as_dict(cfg["audio"]), pool="none")
+    aud_cfg = dict(cfg.audio, pool="none")
     mel = aud_cfg.pop("mel")
     spec = audio_lib.log_mel_spectrogram(audio, **mel)
     tokens, masks = {}, {}
     tokens["video"], vx = VideoTransformer(
-        **dict(_as_dict(cfg["video"]), pool="none"), name="video")(
+        **cfg.video, pool="none", name="video")(
             videos, deterministic=deterministic)
     tokens["audio"], ax = AudioTransformer(**aud_cfg, name="audio")(
         spec, deterministic=deterministic)
@@ -85,16 +87,14 @@ class AudioVisualModel(nn.Module):
       texts = texts.reshape(-1, texts.shape[-1])
     if texts is not None:
       tokens["text"], tx = TextTransformer(
-          **dict(txt_cfg, pool="none"), name="text")(
+          **cfg.text, pool="none", name="text")(
               texts, deterministic=deterministic)
       masks["text"] = tx["mask"]
-    fcfg = _as_dict(cfg["fusion"])
-    fuse = fusion_lib.build_fusion(fcfg.pop("name"), **fcfg)
+    fuse = fusion_module(cfg.fusion)
     fused, fused_mask = fuse(tokens, masks, deterministic=deterministic)
-    pooled = fusion_lib.masked_mean(fused, fused_mask)
-    h = nn.gelu(nn.Dense(cfg.get("head_hidden", 256), name="vqa_hidden")(
-        pooled))
-    logits = nn.Dense(cfg["num_answers"], name="vqa_out")(h)
+    pooled = masked_mean(fused, fused_mask)
+    h = nn.gelu(nn.Dense(cfg.head_hidden, name="vqa_hidden")(pooled))
+    logits = nn.Dense(cfg.num_answers, name="vqa_out")(h)
     if group is not None:
       logits = logits.reshape(-1, group, logits.shape[-1])
     key = "event_logits" if texts is None else "vqa_logits"

@@ -19,61 +19,27 @@ encode + decode in one jittable call.
 """
 from __future__ import annotations
 
-import dataclasses
-import math
 from typing import Any, Mapping, Optional
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import ml_collections
 
 from mmtx import generation
 from mmtx import layers
 from mmtx.layers.transformer import layer_norm
+from mmtx.models.config import (CaptionerConfig, check_images,
+                                check_token_ids, l2_normalize, logit_scale,
+                                parse)
 from mmtx.models.split_decoder import SplitDecoder
-from mmtx.models.dual_encoder import check_images, check_token_ids
-from mmtx.models.towers import ViT, decode_variant
+from mmtx.models.towers import ViT
 
 Array = jax.Array
 
-_REQUIRED = object()
-_TOP = {"image": _REQUIRED, "text": _REQUIRED, "decoder_depth": _REQUIRED,
-        "embed_dim": _REQUIRED, "pool": "attention", "num_queries": 0,
-        "tie_embeddings": True, "logit_scale_init": 1.0 / 0.07,
-        "max_logit_scale": 100.0, "class_token": False, "pool_dim": 0,
-        "pool_heads": 0, "pool_query_norm": False, "head_bias": True,
-        "decoder_layer": "fused"}
-_TEXT = {"vocab_size": _REQUIRED, "width": _REQUIRED, "depth": _REQUIRED,
-         "mlp_dim": _REQUIRED, "num_heads": _REQUIRED, "max_len": _REQUIRED,
-         "dropout_rate": 0.0, "dtype": "float32", "activation": "gelu",
-         "layer_norm_eps": 1e-6, "cls_position": False, "cls_mask": "cls"}
-_VIT_FIELDS = {f.name for f in dataclasses.fields(ViT)} - {
-    "parent", "name", "pool"}
 
-
-def _as_dict(cfg) -> dict[str, Any]:
-  if isinstance(cfg, (ml_collections.ConfigDict,
-                      ml_collections.FrozenConfigDict)):
-    return cfg.to_dict()
-  return dict(cfg)
-
-
-def _fill(cfg, spec, where):
-  unknown = sorted(set(cfg) - set(spec))
-  if unknown:
-    raise ValueError(f"{where}: unknown key(s) {unknown}; the keys are "
-                     f"{sorted(spec)}.")
-  out = {}
-  for key, default in spec.items():
-    if key not in cfg and default is _REQUIRED:
-      raise ValueError(f"{where}.{key} is required (keys: {sorted(spec)}).")
-    out[key] = cfg.get(key, default)
-  return out
-
-
-def parse_config(config) -> dict[str, Any]:
-  """Checks a Captioner config and fills the defaults.
+def parse_config(config) -> CaptionerConfig:
+  """A Captioner config (mapping) -> `mmtx.models.config.CaptionerConfig`,
+  checked, with the defaults filled.
 
   Keys: image (ViT fields except `pool`), text (vocab_size, width, depth =
   unimodal layers, mlp_dim, num_heads, max_len, dropout_rate, dtype,
@@ -103,57 +69,7 @@ def parse_config(config) -> dict[str, Any]:
     block, each with its own MLP; the unimodal outputs go to the multimodal
     decoder un-normalised and only the CLS passes the LayerNorm `txt_ln`).
   """
-  cfg = _fill(_as_dict(config), _TOP, "config")
-  cfg["text"] = _fill(_as_dict(cfg["text"]), _TEXT, "config.text")
-  image = _as_dict(cfg["image"])
-  if "pool" in image:
-    raise ValueError("config.image.pool: the Captioner reads all ViT tokens "
-                     "(pool='none') and pools them itself; remove the key and "
-                     "set config.pool ('attention' or 'gap') instead.")
-  unknown = sorted(set(image) - _VIT_FIELDS)
-  if unknown:
-    raise ValueError(f"config.image: unknown key(s) {unknown}; ViT fields are "
-                     f"{sorted(_VIT_FIELDS)}.")
-  cfg["image"] = image
-  if cfg["pool"] not in ("attention", "gap", "shared"):
-    raise ValueError(f"config.pool: expected 'attention', 'gap' or 'shared', "
-                     f"got {cfg['pool']!r}.")
-  if cfg["pool"] == "shared" and int(cfg["num_queries"]) < 1:
-    raise ValueError("config.num_queries: pool='shared' takes img_emb from "
-                     "the context pool, so it needs num_queries >= 1, got "
-                     f"{cfg['num_queries']}.")
-  if cfg["decoder_layer"] not in ("fused", "split"):
-    raise ValueError(f"config.decoder_layer: expected 'fused' or 'split', "
-                     f"got {cfg['decoder_layer']!r}.")
-  if cfg["text"]["cls_mask"] not in ("cls", "shifted"):
-    raise ValueError(f"config.text.cls_mask: expected 'cls' or 'shifted', "
-                     f"got {cfg['text']['cls_mask']!r}.")
-  for key, lo in (("decoder_depth", 1), ("embed_dim", 1), ("num_queries", 0),
-                  ("pool_dim", 0), ("pool_heads", 0)):
-    if int(cfg[key]) < lo:
-      raise ValueError(f"config.{key}: expected an int >= {lo}, got "
-                       f"{cfg[key]}.")
-  for key in ("vocab_size", "width", "depth", "mlp_dim", "num_heads",
-              "max_len"):
-    if int(cfg["text"][key]) < 1:
-      raise ValueError(f"config.text.{key}: expected an int >= 1, got "
-                       f"{cfg['text'][key]}.")
-  return cfg
-
-
-def _image_heads(image_cfg) -> int:
-  base = decode_variant(image_cfg["variant"]) if image_cfg.get("variant") \
-      else {}
-  heads = image_cfg.get("num_heads") or base.get("num_heads")
-  if heads is None:
-    raise ValueError("config.image: num_heads is unset; give a variant (e.g. "
-                     "'S/16') or num_heads.")
-  return heads
-
-
-def _normalize(x):
-  x = x.astype(jnp.float32)
-  return x / jnp.linalg.norm(x, axis=-1, keepdims=True).clip(1e-12)
+  return parse(CaptionerConfig, config)
 
 
 def _positions(mask):
@@ -205,71 +121,71 @@ class Captioner(nn.Module):
   decode: bool = False
 
   def setup(self):
-    cfg = parse_config(self.config)
-    txt = cfg["text"]
-    dtype = jnp.dtype(txt["dtype"])
-    self.img = ViT(**cfg["image"], pool="cls" if cfg["class_token"] else
-                   "none", name="img")
+    self.cfg = cfg = parse_config(self.config)
+    txt = cfg.text
+    dtype = jnp.dtype(txt.dtype)
+    self.img = ViT(**cfg.image, pool="cls" if cfg.class_token else "none",
+                   name="img")
     pool = lambda n, name: AttentionPool(  # noqa: E731
-        n, cfg["pool_heads"] or _image_heads(cfg["image"]),
-        features=cfg["pool_dim"] or None, query_norm=cfg["pool_query_norm"],
-        layer_norm_eps=cfg["image"].get("layer_norm_eps", 1e-6), name=name)
-    if cfg["pool"] == "attention":
+        n, cfg.pool_heads or cfg.image_heads,
+        features=cfg.pool_dim or None, query_norm=cfg.pool_query_norm,
+        layer_norm_eps=cfg.image.get("layer_norm_eps", 1e-6), name=name)
+    if cfg.pool == "attention":
       self.img_pool = pool(1, "img_pool")
-    if cfg["num_queries"]:
+    if cfg.num_queries:
       self.context_pool = pool(
-          cfg["num_queries"] + int(cfg["pool"] == "shared"), "context_pool")
-    self.embedding = layers.TokenEmbedding(txt["vocab_size"], txt["width"],
+          cfg.num_queries + int(cfg.pool == "shared"), "context_pool")
+    self.embedding = layers.TokenEmbedding(txt.vocab_size, txt.width,
                                            dtype=dtype, name="embedding")
     self.posemb = layers.PositionEmbedding(kind="learned",
-                                           max_len=txt["max_len"] +
-                                           int(txt["cls_position"]),
+                                           max_len=txt.max_len +
+                                           int(txt.cls_position),
                                            name="posemb")
     self.cls = self.param("cls", nn.with_logical_partitioning(
-        nn.initializers.normal(0.02), ("embed",)), (txt["width"],),
+        nn.initializers.normal(0.02), ("embed",)), (txt.width,),
                           jnp.float32)
-    kw = dict(num_heads=txt["num_heads"], mlp_dim=txt["mlp_dim"],
-              activation=txt["activation"], dropout_rate=txt["dropout_rate"],
-              layer_norm_eps=txt["layer_norm_eps"], dtype=dtype,
+    kw = dict(num_heads=txt.num_heads, mlp_dim=txt.mlp_dim,
+              activation=txt.activation, dropout_rate=txt.dropout_rate,
+              layer_norm_eps=txt.layer_norm_eps, dtype=dtype,
               decode=self.decode)
-    if cfg["decoder_layer"] == "split":
-      self.unimodal = SplitDecoder(txt["depth"], final_norm=False,
+    if cfg.decoder_layer == "split":
+      self.unimodal = SplitDecoder(txt.depth, final_norm=False,
                                    name="unimodal", **kw)
       self.txt_ln = layer_norm(dtype, jnp.float32, "txt_ln",
-                               txt["layer_norm_eps"])
-      self.multimodal = SplitDecoder(cfg["decoder_depth"], name="multimodal",
+                               txt.layer_norm_eps)
+      self.multimodal = SplitDecoder(cfg.decoder_depth, name="multimodal",
                                      **kw)
     else:
-      self.unimodal = layers.Decoder(num_layers=txt["depth"], norm="pre",
+      self.unimodal = layers.Decoder(num_layers=txt.depth, norm="pre",
                                      name="unimodal", **kw)
-      self.multimodal = layers.Decoder(num_layers=cfg["decoder_depth"], norm="pre",
-                                       name="multimodal", **kw)
-    if not cfg["tie_embeddings"]:
-      self.head = nn.Dense(txt["vocab_size"], dtype=dtype, name="head",
-                           use_bias=cfg["head_bias"],
+      self.multimodal = layers.Decoder(num_layers=cfg.decoder_depth,
+                                       norm="pre", name="multimodal", **kw)
+    if not cfg.tie_embeddings:
+      self.head = nn.Dense(txt.vocab_size, dtype=dtype, name="head",
+                           use_bias=cfg.head_bias,
                            kernel_init=nn.with_logical_partitioning(
                                nn.initializers.normal(0.02),
                                ("embed", "vocab")))
     dense = lambda name: nn.Dense(  # noqa: E731
-        cfg["embed_dim"], use_bias=False, name=name,
+        cfg.embed_dim, use_bias=False, name=name,
         kernel_init=nn.with_logical_partitioning(
             nn.initializers.lecun_normal(), ("embed", "mlp")))
     self.img_head = dense("img_head")
     self.txt_head = dense("txt_head")
-    self.log_scale = self.param("logit_scale", nn.initializers.constant(
-        math.log(cfg["logit_scale_init"])), (), jnp.float32)
+    self.logit_scale = logit_scale(self, cfg.logit_scale_init,
+                                   cfg.max_logit_scale)
 
   # -- checks ----------------------------------------------------------------
   def _check_texts(self, texts, name="texts"):
-    txt = parse_config(self.config)["text"]
+    txt = self.cfg.text
     if texts.ndim != 2 or not jnp.issubdtype(texts.dtype, jnp.integer):
       raise ValueError(f"Captioner: {name} must be int32 token ids [batch, "
                        f"len] with 0 as padding, got shape {texts.shape} dtype"
                        f" {texts.dtype}.")
-    if texts.shape[1] > txt["max_len"]:
+    if texts.shape[1] > txt.max_len:
       raise ValueError(f"Captioner: {name} has {texts.shape[1]} tokens, more "
-                       f"than config.text.max_len={txt['max_len']}; truncate.")
-    check_token_ids(texts, txt["vocab_size"], "Captioner")
+                       f"than config.text.max_len={txt.max_len}; truncate.")
+    check_token_ids(texts, txt.vocab_size, "Captioner")
 
   def _check_context(self, context, context_mask, batch):
     if context.ndim != 3 or context.shape[0] != batch:
@@ -286,14 +202,14 @@ class Captioner(nn.Module):
     (pool_dim) when num_queries > 0."""
     check_images(images, "Captioner")
     tokens = self.img(images, deterministic=deterministic)[1]["tokens"]
-    cfg = parse_config(self.config)
-    if cfg["pool"] == "shared":
+    cfg = self.cfg
+    if cfg.pool == "shared":
       queries = self.context_pool(tokens)
-      return queries[:, 1:], _normalize(self.img_head(queries[:, 0]))
-    pooled = self.img_pool(tokens)[:, 0] if cfg["pool"] == "attention" \
+      return queries[:, 1:], l2_normalize(self.img_head(queries[:, 0]))
+    pooled = self.img_pool(tokens)[:, 0] if cfg.pool == "attention" \
         else tokens.mean(axis=1)
-    context = self.context_pool(tokens) if cfg["num_queries"] else tokens
-    return context, _normalize(self.img_head(pooled))
+    context = self.context_pool(tokens) if cfg.num_queries else tokens
+    return context, l2_normalize(self.img_head(pooled))
 
   def _embed(self, tokens, positions):
     return self.posemb(self.embedding(tokens), positions)
@@ -301,7 +217,7 @@ class Captioner(nn.Module):
   def _logits(self, h, context, mask, context_mask, deterministic):
     y = self.multimodal(h, context, mask, context_mask,
                         deterministic=deterministic)
-    if parse_config(self.config)["tie_embeddings"]:
+    if self.cfg.tie_embeddings:
       return self.embedding.attend(y).astype(jnp.float32)
     return self.head(y).astype(jnp.float32)
 
@@ -329,12 +245,12 @@ class Captioner(nn.Module):
     context, img_emb = self.encode_image(images, deterministic=deterministic)
     b, t = texts.shape
     mask = texts != 0
-    cfg = parse_config(self.config)
-    txt = cfg["text"]
-    x = self._embed(texts, jnp.arange(t) if txt["cls_position"]
+    cfg = self.cfg
+    txt = cfg.text
+    x = self._embed(texts, jnp.arange(t) if txt.cls_position
                     else _positions(mask))
     cls = jnp.broadcast_to(self.cls.astype(x.dtype), (b, 1, x.shape[-1]))
-    if txt["cls_position"]:
+    if txt.cls_position:
       cls = self.posemb(cls, jnp.array([t]))
     # CLS goes last: causal attention lets it see the whole text while the
     # text tokens never see it (CoCa, Sec. 3.2).
@@ -343,18 +259,16 @@ class Captioner(nn.Module):
     keys = [mask, jnp.ones((b, 1), bool)]
     h = self.unimodal(jnp.concatenate([x, cls], axis=1),
                       mask=jnp.concatenate(
-                          keys[::-1] if txt["cls_mask"] == "shifted" else keys,
+                          keys[::-1] if txt.cls_mask == "shifted" else keys,
                           axis=1),
                       deterministic=deterministic)
     pooled = h[:, t]
-    if cfg["decoder_layer"] == "split":
+    if cfg.decoder_layer == "split":
       pooled = self.txt_ln(pooled)
-    txt_emb = _normalize(self.txt_head(pooled))
+    txt_emb = l2_normalize(self.txt_head(pooled))
     logits = self._logits(h[:, :t], context, mask, None, deterministic)
-    logit_scale = jnp.exp(jnp.minimum(self.log_scale,
-                                      math.log(cfg["max_logit_scale"])))
     return logits, {"img_emb": img_emb, "txt_emb": txt_emb,
-                    "logit_scale": logit_scale, "context": context}
+                    "logit_scale": self.logit_scale, "context": context}
 
   def decode_step(self, tokens: Array, context: Array,
                   context_mask: Optional[Array] = None,
@@ -392,7 +306,7 @@ class Captioner(nn.Module):
 # Adapters for mmtx.generation
 # ----------------------------------------------------------------------------
 def _check_max_len(config, max_len):
-  limit = parse_config(config)["text"]["max_len"]
+  limit = parse_config(config).text.max_len
   if not 1 <= max_len <= limit:
     raise ValueError(f"max_len: the decoded sequence (prompt + new tokens - 1"
                      f" = {max_len}) must be in [1, config.text.max_len = "

@@ -10,34 +10,20 @@ config.embed_dim, L2-normalised, and a learned CLIP temperature).
 """
 from __future__ import annotations
 
-import math
 from typing import Any, Mapping
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from mmtx import fusion as fusion_lib
-from mmtx.models.dual_encoder import (_as_dict, check_images,
-                                      check_images_texts, check_token_ids)
+from mmtx.layers import masked_mean
+from mmtx.models.config import (FusionModelConfig, check_images,
+                                check_images_texts, check_token_ids,
+                                fusion_module, l2_normalize, logit_scale,
+                                parse)
 from mmtx.models.towers import TextTransformer, ViT
 
 Array = jax.Array
-HEADS = ("vqa", "itm", "mlm", "contrastive")
-TEXT_QUERIES = ("tokens", "mean")
-
-
-def _text_offset(name, fcfg, n_img, fused_len, n_txt):
-  """Where the text tokens sit in the fused output, or None if they don't.
-
-  Stream strategies return every modality's tokens in sorted key order
-  ('image' before 'text'); directional ones return the target's tokens."""
-  if name in ("concat", "co_attention", "bottleneck"):
-    return n_img
-  if name in ("cross_attention", "additive", "gated_cross_attention") and (
-      fcfg.get("target") == "text" and fused_len == n_txt):
-    return 0
-  return None
 
 
 class FusionModel(nn.Module):
@@ -56,13 +42,8 @@ class FusionModel(nn.Module):
   'txt_emb' [batch, embed_dim] (L2-normalised, from the unfused towers) and
   'logit_scale' (exponentiated, at most 100)} for the configured heads;
   extras: {'fused', 'fused_mask', 'pooled', 'img', 'txt'}.
-  Config keys: image (ViT fields, pool ignored), text (TextTransformer
-  fields), fusion (name + strategy fields), heads (list), num_answers,
-  head_hidden, embed_dim ('contrastive' only), zero_image (ablation: the
-  image is replaced by zeros), text_query ('tokens': every text token goes
-  into the fusion, as in ALBEF; 'mean': one token, the mean of the text
-  tower's outputs, does - one query per question, as a question vector in
-  classic VQA models, cheaper when the fusion cost is per text token; the
+  Config: `mmtx.models.config.FusionModelConfig` (text_query 'mean' is one
+  query per question, cheaper when the fusion cost is per text token; the
   'mlm' head needs 'tokens').
   """
   config: Mapping[str, Any]
@@ -70,8 +51,8 @@ class FusionModel(nn.Module):
   @nn.compact
   def __call__(self, images: Array, texts: Array, *,
                deterministic: bool = True):
-    cfg = _as_dict(self.config)
-    vocab_size = _as_dict(cfg["text"]).get("vocab_size")
+    cfg = parse(FusionModelConfig, self.config)
+    vocab_size = cfg.text.get("vocab_size")
     group = None
     if texts.ndim == 3:   # [batch, Q, len]: Q questions about each image
       group = texts.shape[1]
@@ -87,34 +68,25 @@ class FusionModel(nn.Module):
       texts = texts.reshape(-1, texts.shape[-1])
     else:
       check_images_texts(images, texts, "FusionModel", vocab_size)
-    heads = cfg.get("heads", ("vqa",))
-    if group is not None and tuple(heads) != ("vqa",):
+    heads = cfg.heads
+    if group is not None and heads != ("vqa",):
       raise ValueError(f"FusionModel: texts of rank 3 (several questions per "
                        f"image) work with heads=('vqa',) only, got {heads}.")
-    if cfg.get("zero_image", False):
+    if cfg.zero_image:
       images = jnp.zeros_like(images)
-    query = cfg.get("text_query", "tokens")
-    if query not in TEXT_QUERIES:
-      raise ValueError(f"FusionModel: text_query must be one of "
-                       f"{TEXT_QUERIES}, got {query!r}.")
-    if query != "tokens" and "mlm" in heads:
-      raise ValueError("FusionModel: the 'mlm' head needs every text token "
-                       "in the fusion; set text_query='tokens'.")
-    img_cfg = dict(_as_dict(cfg["image"]), pool="none")
-    txt_cfg = dict(_as_dict(cfg["text"]),
-                   pool="mean" if query == "mean" else "none")
-    img_tok, img_extras = ViT(**img_cfg, name="img")(
+    query = cfg.text_query
+    img_tok, img_extras = ViT(**cfg.image, pool="none", name="img")(
         images, deterministic=deterministic)
-    txt_tok, txt_extras = TextTransformer(**txt_cfg, name="txt")(
-        texts, deterministic=deterministic)
-    fcfg = _as_dict(cfg["fusion"])
-    name = fcfg.pop("name")
-    fuse = fusion_lib.build_fusion(name, **fcfg)
+    txt_tok, txt_extras = TextTransformer(
+        **cfg.text, pool="mean" if query == "mean" else "none", name="txt")(
+            texts, deterministic=deterministic)
+    fuse = fusion_module(cfg.fusion)
     # Q mean-query questions about one image, fused by a strategy whose
     # target (text) tokens do not interact: one sequence of Q query tokens
     # per image, so the image's keys/values are computed once, not Q times.
-    shared = (group is not None and query == "mean" and fcfg.get("target")
-              == "text" and getattr(fuse, "independent_targets", False))
+    shared = (group is not None and query == "mean" and
+              fuse.takes_independent_targets and
+              fuse.token_offset("text", {"image": 1, "text": 1}) == 0)
     if group is not None and not shared:  # image encoded once, then repeated
       img_tok = jnp.repeat(img_tok, group, axis=0)
       img_extras = dict(img_extras, mask=jnp.repeat(img_extras["mask"], group,
@@ -124,7 +96,7 @@ class FusionModel(nn.Module):
       if shared:
         txt_tok = txt_tok.reshape(-1, group, txt_tok.shape[-1])
       txt_extras = dict(txt_extras, mask=jnp.ones(txt_tok.shape[:2], bool))
-    kw = dict(independent_target=True) if shared else {}
+    kw = dict(independent_targets=True) if shared else {}
     fused, fused_mask = fuse({"image": img_tok, "text": txt_tok},
                              {"image": img_extras["mask"],
                               "text": txt_extras["mask"]},
@@ -132,21 +104,17 @@ class FusionModel(nn.Module):
     if shared:  # back to one single-token sequence per question
       fused = fused.reshape(-1, 1, fused.shape[-1])
       fused_mask = fused_mask.reshape(-1, 1)
-    pooled = fusion_lib.masked_mean(fused, fused_mask)
+    pooled = masked_mean(fused, fused_mask)
     outputs = {}
-    for head in heads:
-      if head not in HEADS:
-        raise ValueError(f"FusionModel: unknown head {head!r} in "
-                         f"config.heads; known: {HEADS}.")
     if "vqa" in heads:
-      h = nn.Dense(cfg.get("head_hidden", 256), name="vqa_hidden",
+      h = nn.Dense(cfg.head_hidden, name="vqa_hidden",
                    kernel_init=nn.with_logical_partitioning(
                        nn.initializers.xavier_uniform(), ("embed", "mlp")))(
                            pooled)
-      h = nn.Dropout(cfg.get("head_dropout", 0.0))(
-          nn.gelu(h), deterministic=deterministic)
+      h = nn.Dropout(cfg.head_dropout)(nn.gelu(h),
+                                       deterministic=deterministic)
       outputs["vqa_logits"] = nn.Dense(
-          cfg["num_answers"], name="vqa_out",
+          cfg.num_answers, name="vqa_out",
           kernel_init=nn.with_logical_partitioning(
               nn.initializers.xavier_uniform(), ("mlp", "vocab")))(h)
       if group is not None:
@@ -156,42 +124,35 @@ class FusionModel(nn.Module):
       outputs["itm_logits"] = nn.Dense(2, name="itm_head")(pooled)
     if "mlm" in heads:
       n = texts.shape[1]
-      off = _text_offset(name, fcfg, img_tok.shape[1], fused.shape[1], n)
+      off = fuse.token_offset("text", {"image": img_tok.shape[1], "text": n})
       if off is None:
         raise ValueError(f"FusionModel: the 'mlm' head needs the fused text "
-                         f"tokens; strategy {name!r} (target="
-                         f"{fcfg.get('target')!r}) does not return them. Use "
-                         f"concat, co_attention, bottleneck, or a directional "
-                         f"strategy with target='text'.")
+                         f"tokens; strategy {cfg.fusion['name']!r} (target="
+                         f"{cfg.fusion.get('target')!r}) does not return "
+                         f"them. Use concat, co_attention, bottleneck, or a "
+                         f"directional strategy with target='text'.")
       outputs["mlm_logits"] = nn.Dense(
-          txt_cfg["vocab_size"], name="mlm_head",
+          cfg.text["vocab_size"], name="mlm_head",
           kernel_init=nn.with_logical_partitioning(
               nn.initializers.xavier_uniform(), ("embed", "vocab")))(
                   fused[:, off:off + n]).astype(jnp.float32)
     if "contrastive" in heads:
-      outputs.update(self._contrastive(cfg, img_tok, img_extras["mask"],
-                                       txt_tok, txt_extras["mask"]))
+      outputs.update(self._contrastive(cfg.embed_dim, img_tok,
+                                       img_extras["mask"], txt_tok,
+                                       txt_extras["mask"]))
     extras = {"fused": fused, "fused_mask": fused_mask, "pooled": pooled,
               "img": img_extras, "txt": txt_extras}
     return outputs, extras
 
-  def _contrastive(self, cfg, img_tok, img_mask, txt_tok, txt_mask):
+  def _contrastive(self, embed_dim, img_tok, img_mask, txt_tok, txt_mask):
     """Unimodal embeddings `[batch, embed_dim]` + logit_scale (ALBEF ITC)."""
-    embed_dim = cfg.get("embed_dim")
-    if not embed_dim or int(embed_dim) < 1:
-      raise ValueError(f"FusionModel: the 'contrastive' head needs "
-                       f"config.embed_dim (an int >= 1), got {embed_dim!r}.")
     out = {}
     for name, tok, mask in (("img", img_tok, img_mask),
                             ("txt", txt_tok, txt_mask)):
-      emb = nn.Dense(int(embed_dim), use_bias=False, name=f"{name}_proj",
-                     kernel_init=nn.with_logical_partitioning(
-                         nn.initializers.lecun_normal(), ("embed", "mlp")))(
-                             fusion_lib.masked_mean(tok, mask)).astype(
-                                 jnp.float32)
-      out[f"{name}_emb"] = emb / jnp.linalg.norm(
-          emb, axis=-1, keepdims=True).clip(1e-12)
-    log_scale = self.param("logit_scale", nn.initializers.constant(
-        math.log(1 / 0.07)), (), jnp.float32)
-    out["logit_scale"] = jnp.exp(jnp.minimum(log_scale, math.log(100.0)))
+      out[f"{name}_emb"] = l2_normalize(nn.Dense(
+          int(embed_dim), use_bias=False, name=f"{name}_proj",
+          kernel_init=nn.with_logical_partitioning(
+              nn.initializers.lecun_normal(), ("embed", "mlp")))(
+                  masked_mean(tok, mask)))
+    out["logit_scale"] = logit_scale(self, 1 / 0.07, 100.0)
     return out
