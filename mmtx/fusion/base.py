@@ -43,6 +43,16 @@ class Fusion(BlockFields):
   # to itself) only, so several independent queries - e.g. the questions
   # about one image - can share one sequence and one pass over the context.
   takes_independent_targets: ClassVar[bool] = False
+  # The common fields the strategy reads, checked when it is built.
+  reads: ClassVar[tuple] = ("dim",)
+
+  def __post_init__(self):
+    self._check_fields(*self.reads)
+    self._check_options()
+    super().__post_init__()
+
+  def _check_options(self):
+    """Checks the strategy's own fields (a subclass with some overrides)."""
 
   def token_offset(self, key: str, lengths: Mapping[str, int]):
     """Where modality `key`'s tokens start in the fused output, given the
@@ -52,7 +62,7 @@ class Fusion(BlockFields):
     return None
 
   def _check_fields(self, *names: str):
-    """Validates the named fields (called at the top of `__call__`)."""
+    """Validates the named common fields."""
     who = type(self).__name__
     checks = {
         "dim": (self.dim > 0, "a positive int"),

@@ -46,12 +46,12 @@ class FiLMFusion(DirectionalFusion):
   and the target's mask. Params: `proj_{key}` per modality, and per block
   `layers_{l}` with `conv1`, `conv2`, `film` (the generator, zero init).
   """
+  reads = ("dim", "num_layers", "norm")
 
   @nn.compact
   def __call__(self, tokens, masks, *, deterministic: bool = True):
     del deterministic  # no dropout
     who = type(self).__name__
-    self._check_fields("dim", "num_layers", "norm")
     keys, tokens, masks = check_inputs(tokens, masks, who, min_modalities=2)
     target, context_keys = self._split(keys)
     x = project(self, target, tokens[target])

@@ -85,11 +85,11 @@ class MModalFusion(Fusion):
   """
   kv_form: str = "union"
   pool: str = "mean"
+  reads = ("dim", "num_heads", "num_layers", "dropout_rate",
+           "attention_dropout_rate")
 
   @nn.compact
   def __call__(self, tokens, masks, *, deterministic: bool = True):
-    self._check_fields("dim", "num_heads", "num_layers", "dropout_rate",
-                       "attention_dropout_rate")
     keys, tokens, masks = check_inputs(tokens, masks, "MModalFusion",
                                        min_modalities=2)
     forms, aligned = resolve_m_modal(

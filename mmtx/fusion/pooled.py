@@ -49,7 +49,6 @@ class SumFusion(Fusion):
   @nn.compact
   def __call__(self, tokens, masks, *, deterministic: bool = True):
     del deterministic  # no dropout
-    self._check_fields("dim")
     keys, tokens, masks = check_inputs(tokens, masks, "SumFusion")
     fused = sum(masked_mean(project(self, k, tokens[k]), masks[k])
                 for k in keys)
@@ -67,7 +66,6 @@ class WeightedSumFusion(Fusion):
   @nn.compact
   def __call__(self, tokens, masks, *, deterministic: bool = True):
     del deterministic  # no dropout
-    self._check_fields("dim")
     keys, tokens, masks = check_inputs(tokens, masks, "WeightedSumFusion")
     pooled = jnp.stack([masked_mean(project(self, k, tokens[k]), masks[k])
                         for k in keys], axis=1)           # [b, M, dim]
@@ -90,7 +88,6 @@ class GatedFusion(Fusion):
   @nn.compact
   def __call__(self, tokens, masks, *, deterministic: bool = True):
     del deterministic  # no dropout
-    self._check_fields("dim")
     keys, tokens, masks = check_inputs(tokens, masks, "GatedFusion")
     xs = [masked_mean(tokens[k], masks[k]).astype(self.dtype) for k in keys]
     h = jnp.stack([jnp.tanh(project(self, k, x)) for k, x in zip(keys, xs)],
@@ -112,11 +109,13 @@ class LateFusion(Fusion):
   param_dtype. Returns `[batch, 1, dim]`.
   """
   combine: str = "mean"
+  reads = ("dim", "mlp_dim", "activation", "dropout_rate")
+
+  def _check_options(self):
+    check_choice("LateFusion: field combine", self.combine, COMBINES)
 
   @nn.compact
   def __call__(self, tokens, masks, *, deterministic: bool = True):
-    self._check_fields("dim", "mlp_dim", "activation", "dropout_rate")
-    check_choice("LateFusion: field combine", self.combine, COMBINES)
     keys, tokens, masks = check_inputs(tokens, masks, "LateFusion")
     ys = jnp.stack([
         Mlp(self.mlp_dim, self.activation, self.dropout_rate, out_dim=self.dim,
@@ -149,12 +148,14 @@ class FlattenFusion(Fusion):
   Reads dim, mlp_dim, num_layers, activation (relu, gelu, quick_gelu),
   dropout_rate, dtype, param_dtype. Returns `[batch, 1, dim]`.
   """
+  reads = ("dim", "mlp_dim", "num_layers", "dropout_rate")
+
+  def _check_options(self):
+    check_choice("FlattenFusion: field activation", self.activation,
+                 _FLATTEN_ACTIVATIONS)
 
   @nn.compact
   def __call__(self, tokens, masks, *, deterministic: bool = True):
-    self._check_fields("dim", "mlp_dim", "num_layers", "dropout_rate")
-    check_choice("FlattenFusion: field activation", self.activation,
-                 _FLATTEN_ACTIVATIONS)
     keys, tokens, masks = check_inputs(tokens, masks, "FlattenFusion")
     h = jnp.concatenate([
         (tokens[k] * masks[k][..., None]).reshape(tokens[k].shape[0], -1)

@@ -33,6 +33,7 @@ class ConcatFusion(Fusion):
   Positions are the towers' job (none are added here). Reads every common
   field. Returns `[batch, sum_m n_m, dim]` and the concatenated masks.
   """
+  reads = _STACK_FIELDS
 
   def token_offset(self, key, lengths):
     """Every modality's tokens, in sorted key order."""
@@ -40,7 +41,6 @@ class ConcatFusion(Fusion):
 
   @nn.compact
   def __call__(self, tokens, masks, *, deterministic: bool = True):
-    self._check_fields(*_STACK_FIELDS)
     keys, tokens, masks = check_inputs(tokens, masks, "ConcatFusion")
     xs = []
     for k in keys:
@@ -72,14 +72,9 @@ class BottleneckFusion(Fusion):
   """
   fusion_layer: int = 0
   num_bottleneck_tokens: int = 4
+  reads = _STACK_FIELDS
 
-  def token_offset(self, key, lengths):
-    """Every modality's tokens, in sorted key order."""
-    return sum(lengths[k] for k in sorted(lengths) if k < key)
-
-  @nn.compact
-  def __call__(self, tokens, masks, *, deterministic: bool = True):
-    self._check_fields(*_STACK_FIELDS)
+  def _check_options(self):
     if not 0 <= self.fusion_layer <= self.num_layers:
       raise ValueError(f"BottleneckFusion: field fusion_layer must be in [0, "
                        f"num_layers={self.num_layers}], got "
@@ -87,6 +82,13 @@ class BottleneckFusion(Fusion):
     if self.num_bottleneck_tokens < 1:
       raise ValueError(f"BottleneckFusion: field num_bottleneck_tokens must be"
                        f" >= 1, got {self.num_bottleneck_tokens}.")
+
+  def token_offset(self, key, lengths):
+    """Every modality's tokens, in sorted key order."""
+    return sum(lengths[k] for k in sorted(lengths) if k < key)
+
+  @nn.compact
+  def __call__(self, tokens, masks, *, deterministic: bool = True):
     keys, tokens, masks = check_inputs(tokens, masks, "BottleneckFusion")
     batch = tokens[keys[0]].shape[0]
     xs = {k: project(self, k, tokens[k]) for k in keys}
@@ -134,12 +136,12 @@ class CrossAttentionFusion(DirectionalFusion):
   """
   score: ClassVar[str] = "dot"
   takes_independent_targets: ClassVar[bool] = True
+  reads = _STACK_FIELDS
 
   @nn.compact
   def __call__(self, tokens, masks, *, deterministic: bool = True,
                independent_targets: bool = False):
     who = type(self).__name__
-    self._check_fields(*_STACK_FIELDS)
     keys, tokens, masks = check_inputs(tokens, masks, who, min_modalities=2)
     target, context_keys = self._split(keys)
     x = project(self, target, tokens[target])
@@ -175,13 +177,13 @@ class GatedCrossAttentionFusion(DirectionalFusion):
   attend to each other here, so `independent_targets` changes nothing.
   """
   takes_independent_targets: ClassVar[bool] = True
+  reads = tuple(f for f in _STACK_FIELDS if f != "norm")
 
   @nn.compact
   def __call__(self, tokens, masks, *, deterministic: bool = True,
                independent_targets: bool = False):
     del independent_targets  # no self-attention: always independent
     who = "GatedCrossAttentionFusion"
-    self._check_fields(*[f for f in _STACK_FIELDS if f != "norm"])
     keys, tokens, masks = check_inputs(tokens, masks, who, min_modalities=2)
     target, context_keys = self._split(keys)
     x = tokens[target].astype(self.dtype)
@@ -209,6 +211,7 @@ class CoAttentionFusion(Fusion):
   Reads every common field. Returns all streams' tokens concatenated in
   sorted key order `[batch, sum_m n_m, dim]` with the concatenated masks.
   """
+  reads = _STACK_FIELDS
 
   def token_offset(self, key, lengths):
     """Every modality's tokens, in sorted key order."""
@@ -216,7 +219,6 @@ class CoAttentionFusion(Fusion):
 
   @nn.compact
   def __call__(self, tokens, masks, *, deterministic: bool = True):
-    self._check_fields(*_STACK_FIELDS)
     keys, tokens, masks = check_inputs(tokens, masks, "CoAttentionFusion",
                                        min_modalities=2)
     xs = {k: project(self, k, tokens[k]) for k in keys}
