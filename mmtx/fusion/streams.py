@@ -16,7 +16,7 @@ from mmtx.fusion.base import (DirectionalFusion, Fusion, check_inputs,
                               concat_tokens, final_norm, project)
 from mmtx.layers import Encoder, EncoderBlock
 from mmtx.layers.blocks import CrossAttentionBlock, GatedCrossAttentionBlock
-from mmtx.layers.transformer import shared_fields
+from mmtx.layers.transformer import check_choice, shared_fields
 
 Dtype = Any
 
@@ -169,15 +169,18 @@ class GatedCrossAttentionFusion(DirectionalFusion):
   NOT projected (its width must equal `dim`) so that at initialisation the
   output is exactly the target input (cast to `dtype`). The context
   modalities are projected to `dim`. Flamingo interleaves these layers with a
-  frozen LM's own layers; those belong to the LM, not here. Always pre-norm,
-  no final LayerNorm.
+  frozen LM's own layers; those belong to the LM, not here. Always pre-norm
+  (norm must be 'pre'), no final LayerNorm.
 
-  Reads every common field except norm, plus target. Returns the target's
-  tokens `[batch, n_target, dim]` and the target's mask. Target tokens never
+  Reads every common field plus target. Returns the target's tokens
+  `[batch, n_target, dim]` and the target's mask. Target tokens never
   attend to each other here, so `independent_targets` changes nothing.
   """
   takes_independent_targets: ClassVar[bool] = True
-  reads = tuple(f for f in _STACK_FIELDS if f != "norm")
+  reads = _STACK_FIELDS
+
+  def _check_options(self):
+    check_choice("GatedCrossAttentionFusion: field norm", self.norm, ("pre",))
 
   @nn.compact
   def __call__(self, tokens, masks, *, deterministic: bool = True,

@@ -169,7 +169,7 @@ class CrossAttentionBlock(BlockFields):
     return x
 
 
-class GatedCrossAttentionBlock(nn.Module):
+class GatedCrossAttentionBlock(BlockFields):
   """Flamingo's GATED XATTN-DENSE layer (Alayrac et al. 2022):
 
   y = x + tanh(a_attn) * CrossAttn(LN(x), context)
@@ -177,20 +177,13 @@ class GatedCrossAttentionBlock(nn.Module):
 
   with scalar gates `attn_gate`, `mlp_gate` initialised to 0, so the layer is
   the identity at initialisation. x `[batch, t, dim]`, context `[batch, s,
-  dim]`, masks `[batch, t]`, `[batch, s]`.
+  dim]`, masks `[batch, t]`, `[batch, s]`. Always pre-norm (norm='pre').
   """
-  num_heads: int
-  mlp_dim: int
-  activation: str = "gelu"
-  dropout_rate: float = 0.0
-  attention_dropout_rate: float = 0.0
-  dtype: Dtype = jnp.float32
-  param_dtype: Dtype = jnp.float32
-  attention_impl: str = "xla"
 
   @nn.compact
   def __call__(self, x, context, mask, context_mask, *,
                deterministic: bool = True):
+    check_choice("GatedCrossAttentionBlock: norm", self.norm, ("pre",))
     drop = nn.Dropout(self.dropout_rate)
     gate = lambda name: jnp.tanh(  # noqa: E731
         zero_init_scalar(self, name, self.param_dtype)).astype(self.dtype)

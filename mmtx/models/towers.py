@@ -7,6 +7,7 @@ probing.
 """
 from __future__ import annotations
 
+import dataclasses
 import re
 from typing import Any, Optional
 
@@ -98,14 +99,26 @@ class MAPHead(nn.Module):
     return y[:, 0]
 
 
-class ViT(nn.Module):
-  """Vision Transformer: patches -> (+cls) + positions -> pre-norm encoder."""
+class _TowerFields(nn.Module):
+  """The fields both towers have: sizes (explicit, or from `variant`, see
+  `decode_variant`; explicit ones win) and their encoder's settings."""
   variant: Optional[str] = None
-  patch_size: Optional[int] = None
   width: Optional[int] = None
   depth: Optional[int] = None
   mlp_dim: Optional[int] = None
   num_heads: Optional[int] = None
+  activation: str = "gelu"
+  layer_norm_eps: float = 1e-6
+  dropout_rate: float = 0.0
+  dtype: Any = "float32"
+  scan: bool = False
+  remat: str = "none"
+  attention_impl: str = "xla"
+
+
+class ViT(_TowerFields):
+  """Vision Transformer: patches -> (+cls) + positions -> pre-norm encoder."""
+  patch_size: Optional[int] = None
   posemb: str = "learned"  # 'learned' | 'sincos2d'
   # sincos2d only: frequencies 1 / T^(k / (width/4)). The usual T = 10^4 is
   # made for long sequences; on a 10x10 grid most of its frequencies are
@@ -122,13 +135,6 @@ class ViT(nn.Module):
   # which then patches the feature map. () = plain ViT.
   stem_channels: tuple = ()
   ln_pre: bool = False  # CLIP's LayerNorm before the encoder
-  activation: str = "gelu"
-  layer_norm_eps: float = 1e-6
-  dropout_rate: float = 0.0
-  dtype: Any = "float32"
-  scan: bool = False
-  remat: str = "none"
-  attention_impl: str = "xla"
 
   @nn.compact
   def __call__(self, images: Array, *, deterministic: bool = True):
@@ -184,7 +190,7 @@ class ViT(nn.Module):
     return x, extras
 
 
-class TextTransformer(nn.Module):
+class TextTransformer(_TowerFields):
   """Token ids `[batch, len]` (0 = padding) -> Transformer encoder.
 
   causal=True gives a GPT/CLIP-style text tower; pool: 'last' (last real
@@ -193,22 +199,10 @@ class TextTransformer(nn.Module):
   'none'. mask_padding=False makes id 0 an ordinary token (CLIP's '!'):
   nothing is masked and every position is real, as in CLIP and SigLIP.
   """
-  vocab_size: int
-  variant: Optional[str] = None
-  width: Optional[int] = None
-  depth: Optional[int] = None
-  mlp_dim: Optional[int] = None
-  num_heads: Optional[int] = None
+  vocab_size: int = dataclasses.field(kw_only=True)
   max_len: int = 77
   causal: bool = False
   pool: str = "last"
-  activation: str = "gelu"
-  layer_norm_eps: float = 1e-6
-  dropout_rate: float = 0.0
-  dtype: Any = "float32"
-  scan: bool = False
-  remat: str = "none"
-  attention_impl: str = "xla"
   mask_padding: bool = True
   eos_id: Optional[int] = None  # pool='eos' only
 
