@@ -26,8 +26,8 @@ def get_config(arg: str = ""):
                        max_len=14, eval_batch_size=100,
                        questions_per_image=args["questions"])
   w = args["width"]
-  fusion = common.fusion(args["fusion"], "text", dim=w, num_heads=4, num_layers=2,
-                         mlp_dim=2 * w)
+  fusion = common.fusion(args["fusion"], "text", dim=w, num_heads=4,
+                         num_layers=2, mlp_dim=2 * w)
   c.model = ml_collections.ConfigDict(dict(
       # 8 frames of 32x32 -> 4 x 4 x 4 tubelets of 2 x 8 x 8.
       video=dict(width=w, depth=1, mlp_dim=2 * w, num_heads=4,

@@ -49,7 +49,8 @@ class AdditiveAttention(nn.Module):
   as in MultiHeadAttention, plus `score` (the v_h) `[heads, head_dim]`.
   inputs_q `[batch, q, dq]`, inputs_kv `[batch, k, dk]`, mask boolean
   `[batch, k]` (key padding) or broadcastable to `[batch, heads, q, k]`; a
-  query with no visible key gets zeros. Memory is O(batch q k dim) for the tanh, unlike dot products.
+  query with no visible key gets zeros. Memory is O(batch q k dim) for the
+  tanh, unlike dot products.
   """
   num_heads: int
   qkv_features: Optional[int] = None
