@@ -1,15 +1,18 @@
 """Device mesh, logical-axis rules and shardings (jit + jax.sharding, no pmap).
 
 The mesh has the axes ('data', 'fsdp', 'tensor'). Parameters carry logical
-axis names (nn.with_logical_partitioning); `RULES` map them to mesh axes. A
-dimension that the mesh axis does not divide stays replicated.
+axis names (nn.with_logical_partitioning) and activations are constrained by
+logical names (`constrain`, inside `use_rules`); `RULES` map both to mesh
+axes. A parameter dimension that the mesh axis does not divide stays
+replicated; an activation rule that cannot apply is logged once.
 """
 from __future__ import annotations
 
 import contextlib
+import contextvars
+import logging
 import math
 import os
-import threading
 import warnings
 from typing import Any, Sequence
 
@@ -22,7 +25,11 @@ from jax.sharding import PartitionSpec as P
 MESH_AXES = ("data", "fsdp", "tensor")
 BATCH_AXES = ("data", "fsdp")
 
-# logical name -> mesh axis (or None = replicated).
+log = logging.getLogger(__name__)
+
+# logical name -> mesh axis (or None = replicated). Parameters use the plain
+# names; activations the `act_` ones (an activation's embed dim stays whole
+# while its batch dim takes 'fsdp').
 RULES: tuple[tuple[str, Any], ...] = (
     ("batch", BATCH_AXES),
     ("embed", "fsdp"),
@@ -32,7 +39,18 @@ RULES: tuple[tuple[str, Any], ...] = (
     ("kv", None),
     ("layers", None),
     ("channels", None),
+    ("act_batch", BATCH_AXES),
+    ("act_len", None),
+    ("act_embed", None),
+    ("act_heads", "tensor"),
+    ("act_kv", None),
+    ("act_mlp", "tensor"),
 )
+# Names of activations: [batch, tokens, features] and [batch, tokens, heads,
+# head_dim].
+TOKENS = ("act_batch", "act_len", "act_embed")
+HEADS = ("act_batch", "act_len", "act_heads", "act_kv")
+MLP_HIDDEN = ("act_batch", "act_len", "act_mlp")
 
 
 def maybe_initialize_distributed():
@@ -166,10 +184,13 @@ def _spec_for(names, shape, mesh: Mesh, rules) -> P:
       out.append(axes[0] if len(axes) == 1 else axes)
   # FSDP: a parameter whose 'embed' dim the fsdp axis does not divide is
   # sharded on its largest dim that it does divide, so every big array is
-  # split (ZeRO-3 style); scalars and odd shapes stay replicated.
+  # split (ZeRO-3 style); scalars and odd shapes stay replicated. Never the
+  # stacked 'layers' dim of nn.scan'd params: each scan iteration reads one
+  # layer, which would then live on one device.
   f = mesh.shape.get("fsdp", 1)
   if f > 1 and "fsdp" not in used:
-    free = [i for i, a in enumerate(out) if a is None and shape[i] % f == 0]
+    free = [i for i, a in enumerate(out) if a is None and shape[i] % f == 0
+            and names[i] != "layers"]
     if free:
       i = max(free, key=lambda j: shape[j])
       out[i] = "fsdp"
@@ -232,38 +253,90 @@ def put_batch(batch: dict, mesh: Mesh) -> dict:
 
 
 # ----------------------------------------------------------- activations
-_ACTIVATIONS = threading.local()
+_MESH: contextvars.ContextVar[Mesh | None] = contextvars.ContextVar(
+    "mmtx_sharding_mesh", default=None)
 
 
 @contextlib.contextmanager
-def activation_sharding(mesh: Mesh | None):
-  """While a step is traced in this context, `constrain_batch` pins the
-  activations the Transformer blocks pass on to be split on their batch
-  axis over ('data', 'fsdp').
+def use_rules(mesh: Mesh | None, rules=RULES):
+  """The context a step is traced in: `rules` as Flax's logical axis rules
+  (`nn.logical_axis_rules`) over `mesh`, so that `constrain` pins
+  activations (the trainer wraps its train and eval steps in it; None: no
+  context). The mesh is not made JAX's global mesh: under one, Flax's
+  `LogicallyPartitioned` would constrain parameters too, by Flax's rules
+  instead of `param_shardings`.
 
   Without it XLA's sharding propagation may follow the FSDP-sharded weights
   instead and gather activations for the whole global batch on every
   device (per-device temp memory then grows with the device count; see
-  experiments/benchmarks/scaling.py). The trainer traces its step inside
-  this context; outside any context the constraint is a no-op.
+  experiments/benchmarks/scaling.py). Outside it `constrain` is a no-op.
   """
-  prev = getattr(_ACTIVATIONS, "mesh", None)
-  _ACTIVATIONS.mesh = mesh
-  try:
+  if mesh is None:
     yield
+    return
+  token = _MESH.set(mesh)
+  try:
+    with nn.logical_axis_rules(rules):
+      yield
   finally:
-    _ACTIVATIONS.mesh = prev
+    _MESH.reset(token)
 
 
-def constrain_batch(x):
-  """`x` `[batch, ...]` constrained to be batch-split over ('data', 'fsdp')
-  when inside `activation_sharding(mesh)`, the mesh has more than one
-  device on those axes and they divide the batch; else `x` unchanged."""
-  mesh = getattr(_ACTIVATIONS, "mesh", None)
-  if mesh is None or not hasattr(x, "shape") or not x.ndim:
+_LOGGED: set = set()
+
+
+def _log_once(key, msg):
+  if key not in _LOGGED:
+    _LOGGED.add(key)
+    log.warning(msg)
+
+
+def constrain(x, names: Sequence[str | None]):
+  """`nn.with_logical_constraint(x, names)` under the rules and mesh of
+  `use_rules`; `x` unchanged outside it.
+
+  A name whose rule cannot apply (no rule, a mesh axis the mesh lacks or an
+  earlier dimension took, a size the mesh axes do not divide) leaves that
+  dimension unconstrained and is logged once, with the shape and the rule.
+  """
+  rules = nn.get_logical_axis_rules()
+  mesh = _MESH.get()
+  if not rules or mesh is None or not hasattr(x, "shape"):
     return x
-  n = math.prod(mesh.shape[a] for a in BATCH_AXES)
-  if n == 1 or x.shape[0] % n:
-    return x
-  spec = P(BATCH_AXES, *([None] * (x.ndim - 1)))
-  return jax.lax.with_sharding_constraint(x, NamedSharding(mesh, spec))
+  names = tuple(names)
+  if len(names) != x.ndim:
+    raise ValueError(f"constrain: {len(names)} names {names} for an array of "
+                     f"shape {x.shape}.")
+  sizes = dict(mesh.shape)
+  known = {r for r, _ in rules}
+  kept = list(names)
+  for name in names:
+    if name is not None and name not in known:
+      kept[names.index(name)] = P.UNCONSTRAINED
+      _log_once(("norule", name), f"sharding: no rule for the logical axis "
+                f"{name!r} (of an activation {names}); left unconstrained.")
+  done, used = set(), set()
+  for rule_name, axes in rules:
+    if rule_name not in names or rule_name in done:
+      continue
+    pos = names.index(rule_name)
+    axes = (axes,) if isinstance(axes, str) else tuple(axes or ())
+    why = None
+    missing = [a for a in axes if a not in sizes]
+    if missing:
+      why = f"the mesh {sizes} has no axis {missing}"
+    elif used & set(axes):
+      why = f"mesh axes {sorted(used & set(axes))} are taken by another dim"
+    elif x.shape[pos] % math.prod(sizes[a] for a in axes):
+      why = (f"size {x.shape[pos]} is not divisible by mesh axes {axes} of "
+             f"size {math.prod(sizes[a] for a in axes)}")
+    if why:
+      kept[pos] = P.UNCONSTRAINED
+      _log_once((names, pos, x.shape[pos], why),
+                f"sharding: rule {rule_name!r} -> {axes} cannot apply to dim "
+                f"{pos} of an activation {names} of shape {tuple(x.shape)}: "
+                f"{why}; that dim is left unconstrained.")
+    else:
+      done.add(rule_name)
+      used |= set(axes)
+  return nn.with_logical_constraint(x, tuple(kept), mesh=mesh)

@@ -352,7 +352,8 @@ def train_and_evaluate(config, workdir: str, task, *, mode: str = "train",
                     donate_argnums=(0,))
 
   def evaluate(step):
-    metrics, table = task.evaluate(model, state.params, config, mesh)
+    with sharding.use_rules(mesh):   # the rules the train step runs under
+      metrics, table = task.evaluate(model, state.params, config, mesh)
     if is_main:
       writer.write(step, {f"eval/{k}": v for k, v in metrics.items()})
       if table:
@@ -427,7 +428,7 @@ def train_and_evaluate(config, workdir: str, task, *, mode: str = "train",
   try:
     for step in range(start + 1, total + 1):
       batch = sharding.put_batch(next(train_iter), mesh)
-      with sharding.activation_sharding(mesh):  # traced here on first call
+      with sharding.use_rules(mesh):  # traced here on first call
         state, metrics = step_fn(state, batch)
       pending.append((step, metrics))
       if len(pending) > MAX_STEPS_IN_FLIGHT:

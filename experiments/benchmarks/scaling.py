@@ -13,9 +13,9 @@ devices (`--xla_force_host_platform_device_count=8`, set before JAX starts):
   dp    make_mesh(data=N): params and AdamW state replicated, batch split.
   fsdp  make_mesh(data=1, fsdp=N): params and state sharded (ZeRO-3 style),
         batch split.
-  fsdp-nc  fsdp traced outside `sharding.activation_sharding`, i.e.
-        without the batch-split constraint mmtx's Transformer blocks put on
-        their activations (`sharding.constrain_batch`): with the weights
+  fsdp-nc  fsdp traced outside `sharding.use_rules`, i.e. without the
+        logical-axis constraints mmtx's Transformer blocks put on their
+        activations (`sharding.constrain`): with the weights
         sharded on their 'embed' dim, XLA's partitioner then all-gathers the
         activations of the whole global batch instead of the weights, and
         per-device temp grows with N. The row shows what the constraint buys
@@ -108,7 +108,7 @@ def measure(name: str, mode: str, n: int, a) -> dict:
                  in_shardings=(shardings, sharding.batch_sharding(mesh)),
                  out_shardings=(shardings, sharding.replicated(mesh)),
                  donate_argnums=(0,))
-  with sharding.activation_sharding(None if mode == "fsdp-nc" else mesh):
+  with sharding.use_rules(None if mode == "fsdp-nc" else mesh):
     compiled = step.lower(abstract, batch).compile()
   mem = compiled.memory_analysis()
   state = shard_bytes((abstract.params, abstract.opt_state),
