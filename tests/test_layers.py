@@ -109,14 +109,16 @@ def test_dot_product_attention_key_padding_rank2_mask():
 
 
 def test_cudnn_padding_logic_matches_unpadded():
-  """The cuDNN path pads to a multiple and drops the padding: check the
-  padding/masking arithmetic on CPU by running it through XLA."""
+  """The cuDNN path pads to a multiple (as sequence lengths) and drops the
+  padding: check the padding/length arithmetic on CPU by running it through
+  JAX's XLA kernel, which honours the same lengths and causal flag."""
   from mmtx.layers import attention
   q = jnp.asarray(_rand(0, B, 7, H, 8))
   kv = jnp.asarray(_rand(1, B, 9, H, 8))
+  q_len, kv_len = jnp.array([7, 4]), jnp.array([9, 6])
   mask = np.ones((B, 1, 7, 9), bool)
-  mask[1, :, :, -3:] = False
-  mask[0, :, 4, :] = False
+  mask[1, :, :, 6:] = False
+  mask[1, :, 4:, :] = False
   orig = jax.nn.dot_product_attention
 
   def xla_instead(*a, implementation=None, **kw):
@@ -124,12 +126,15 @@ def test_cudnn_padding_logic_matches_unpadded():
 
   try:
     jax.nn.dot_product_attention = xla_instead
-    got = attention._cudnn_attention(q, kv, kv, jnp.asarray(mask), None, 8)
+    got = attention._cudnn_attention(q, kv, kv, None, False, q_len, kv_len, 8)
+    causal = attention._cudnn_attention(q, kv, kv, None, True, None, None, 8)
   finally:
     jax.nn.dot_product_attention = orig
   want = layers.dot_product_attention(q, kv, kv, mask)
   assert got.shape == want.shape
   np.testing.assert_allclose(got, want, **TOL32)
+  want = layers.dot_product_attention(q, kv, kv, layers.causal_mask(7, 9))
+  np.testing.assert_allclose(causal, want, **TOL32)
 
 
 def test_cudnn_requested_on_cpu_is_a_clear_error():

@@ -12,11 +12,34 @@ from typing import Any, Callable, Optional
 import jax
 import jax.numpy as jnp
 import flax.linen as nn
+import numpy as np
+from jax.ad_checkpoint import checkpoint_name
+
+from mmtx import sharding
 
 Array = jax.Array
 Dtype = Any
 
+# 'xla': einsum + masked softmax, everywhere. 'cudnn': cuDNN flash attention
+# (GPU, bf16/fp16, no attention dropout) with structural masks only: causal
+# and sequence lengths. 'auto': cuDNN where it applies without a dense mask.
 IMPLEMENTATIONS = ("xla", "cudnn", "auto")
+
+
+def check_implementation(implementation: str) -> str:
+  if implementation not in IMPLEMENTATIONS:
+    raise ValueError(f"attention implementation must be one of "
+                     f"{IMPLEMENTATIONS}, got {implementation!r}.")
+  return implementation
+
+
+def flatten_rows(x) -> bool:
+  """Whether a projection flattens `[batch, tokens, features]` to `[rows,
+  features]` first: on XLA:CPU only, where the weight gradient of a 3-D dot
+  is the slower one (experiments/benchmarks/dense_rows.py prints the ratio).
+  Elsewhere the activations keep their batch and token axes, which the
+  sharding constraints name."""
+  return x.ndim > 2 and jax.default_backend() == "cpu"
 
 
 # ----------------------------------------------------------------------------
@@ -42,6 +65,68 @@ def combine_masks(*masks: Optional[Array]) -> Optional[Array]:
   return functools.reduce(jnp.logical_and, [m.astype(bool) for m in masks])
 
 
+def lengths_mask(length: int, kv_length: int,
+                 query_seq_lengths: Optional[Array] = None,
+                 key_value_seq_lengths: Optional[Array] = None):
+  """`[batch, 1, length, kv_length]` mask of the first `query_seq_lengths`
+  queries and `key_value_seq_lengths` keys (`[batch]` each; None = all)."""
+  q = kv = None
+  if query_seq_lengths is not None:
+    q = (jnp.arange(length)[None, :] <
+         jnp.asarray(query_seq_lengths)[:, None])[:, None, :, None]
+  if key_value_seq_lengths is not None:
+    kv = (jnp.arange(kv_length)[None, :] <
+          jnp.asarray(key_value_seq_lengths)[:, None])[:, None, None, :]
+  return combine_masks(q, kv)
+
+
+def padding_lengths(token_mask, name: str = "mask") -> Array:
+  """`[batch, tokens]` prefix mask (True then False per row) -> `[batch]`
+  int32 lengths. A mask known here (not traced) that is not a prefix is a
+  ValueError; under `jit` the mask's rows must be prefixes (token ids padded
+  at the end, as every mmtx tokenizer pads)."""
+  if token_mask.ndim != 2:
+    raise ValueError(f"{name}: a padding mask converted to sequence lengths "
+                     f"is [batch, tokens], got shape {token_mask.shape}.")
+  if not isinstance(token_mask, jax.core.Tracer):
+    m = np.asarray(token_mask).astype(bool)
+    n = m.sum(axis=1)
+    prefix = np.arange(m.shape[1])[None, :] < n[:, None]
+    bad = np.flatnonzero((m != prefix).any(axis=1))
+    if bad.size:
+      raise ValueError(
+          f"{name}: implementation='cudnn' takes padding as sequence lengths, "
+          f"so each row of the [batch, tokens] mask must be True then False; "
+          f"rows {bad[:5].tolist()} are not (row {bad[0]}: "
+          f"{m[bad[0]].astype(int).tolist()}). Pad at the end, or use "
+          f"implementation='xla'.")
+  return jnp.sum(token_mask.astype(jnp.int32), axis=1)
+
+
+def mask_kwargs(implementation: str, q_mask: Optional[Array] = None,
+                kv_mask: Optional[Array] = None, *, causal: bool = False):
+  """MultiHeadAttention keyword arguments for `[batch, q]` / `[batch, kv]`
+  token masks (True = real token; None = all real): sequence lengths for
+  'cudnn' (prefix masks), else the dense mask of `padding_mask`. A padded
+  query row attends to nothing (its output is zero) either way."""
+  if implementation == "cudnn":
+    return dict(
+        causal=causal,
+        query_seq_lengths=None if q_mask is None else padding_lengths(
+            q_mask, "query mask"),
+        key_value_seq_lengths=None if kv_mask is None else padding_lengths(
+            kv_mask, "key/value mask"))
+  if q_mask is None and kv_mask is None:
+    mask = None
+  elif q_mask is None:
+    mask = kv_mask.astype(bool)[:, None, None, :]
+  elif kv_mask is None:
+    mask = q_mask.astype(bool)[:, None, :, None]
+  else:
+    mask = padding_mask(q_mask.astype(bool), kv_mask.astype(bool))
+  return dict(mask=mask, causal=causal)
+
+
 def check_mask(mask, batch: int, heads: int, q_len: int, kv_len: int):
   """Accepts `[batch, kv]` (key padding) or a rank-4 mask; returns rank 4."""
   if mask is None:
@@ -65,6 +150,12 @@ def check_mask(mask, batch: int, heads: int, q_len: int, kv_len: int):
           f"expected shape [batch, heads, q_len, kv_len] = "
           f"{(batch, heads, q_len, kv_len)}, got {shape}.")
   return mask.astype(bool)
+
+
+def _check_lengths(lengths, batch, name):
+  if lengths is not None and tuple(jnp.shape(lengths)) != (batch,):
+    raise ValueError(f"dot_product_attention: {name} must have shape [batch]"
+                     f" = ({batch},), got {tuple(jnp.shape(lengths))}.")
 
 
 # ----------------------------------------------------------------------------
@@ -107,32 +198,38 @@ def _pad_axis(x, axis, target):
   return jnp.pad(x, pad)
 
 
-def _cudnn_attention(q, k, v, mask, bias, pad_multiple):
-  """cuDNN flash attention via `jax.nn.dot_product_attention`.
+def _cudnn_attention(q, k, v, bias, causal, q_lengths, kv_lengths,
+                     pad_multiple):
+  """cuDNN flash attention via `jax.nn.dot_product_attention`, masked only
+  by structure: `causal` and `[batch]` sequence lengths (cuDNN's PADDING /
+  CAUSAL mask types; no `[b, h, t, s]` mask is built).
 
   cuDNN rejects some sequence lengths (training with a mask needs even
   lengths, e.g. ViT-B/16's 197 fails): q/k/v are padded to a multiple of
-  `pad_multiple`, padded keys are masked out and padded queries dropped.
+  `pad_multiple`, expressed as sequence lengths; padded queries are dropped.
+  Query rows past their length, or with no key (length 0), return zeros.
   """
-  b, t, h, _ = q.shape
+  b, t = q.shape[:2]
   s = k.shape[1]
   tp = -(-t // pad_multiple) * pad_multiple
   sp = -(-s // pad_multiple) * pad_multiple
-  full = jnp.ones((b, h, t, s), bool) if mask is None else jnp.broadcast_to(
-      mask, (b, h, t, s))
-  if tp != t or sp != s:
+  if (tp, sp) != (t, s) or q_lengths is not None or kv_lengths is not None:
+    full = lambda n: jnp.full((b,), n, jnp.int32)  # noqa: E731
+    q_lengths = full(t) if q_lengths is None else q_lengths.astype(jnp.int32)
+    kv_lengths = full(s) if kv_lengths is None else kv_lengths.astype(
+        jnp.int32)
     q, k, v = _pad_axis(q, 1, tp), _pad_axis(k, 1, sp), _pad_axis(v, 1, sp)
-    full = jnp.pad(full, ((0, 0), (0, 0), (0, tp - t), (0, sp - s)))
     if bias is not None:
-      bias = jnp.pad(jnp.broadcast_to(bias, (b, h, t, s)),
+      bias = jnp.pad(jnp.broadcast_to(bias, (b,) + bias.shape[1:2] + (t, s)),
                      ((0, 0), (0, 0), (0, tp - t), (0, sp - s)))
-    # Padded query rows see key 0 so cuDNN never meets an empty row there.
-    full = full.at[:, :, t:, 0].set(True)
-  out = jax.nn.dot_product_attention(q, k, v, bias=bias, mask=full,
-                                     implementation="cudnn")
-  out = out[:, :t]
-  row_visible = jnp.any(full[:, :, :t], axis=-1)  # [b, h, t]
-  return out * jnp.swapaxes(row_visible, 1, 2)[..., None].astype(out.dtype)
+  out = jax.nn.dot_product_attention(
+      q, k, v, bias=bias, is_causal=causal, query_seq_lengths=q_lengths,
+      key_value_seq_lengths=kv_lengths, implementation="cudnn")[:, :t]
+  if q_lengths is None:
+    return out
+  live = jnp.arange(t)[None, :] < q_lengths[:, None]        # [b, t]
+  live = jnp.logical_and(live, (kv_lengths > 0)[:, None])
+  return out * live[:, :, None, None].astype(out.dtype)
 
 
 def dot_product_attention(query: Array,
@@ -140,6 +237,9 @@ def dot_product_attention(query: Array,
                           value: Array,
                           mask: Optional[Array] = None,
                           *,
+                          causal: bool = False,
+                          query_seq_lengths: Optional[Array] = None,
+                          key_value_seq_lengths: Optional[Array] = None,
                           bias: Optional[Array] = None,
                           implementation: str = "xla",
                           dropout_rng: Optional[Array] = None,
@@ -155,10 +255,12 @@ def dot_product_attention(query: Array,
     key, value: `[batch, kv_len, heads, head_dim]`.
     mask: boolean, True = attend; `[batch, kv_len]` (key padding) or
       broadcastable `[batch, heads|1, q_len, kv_len]`. Rows with no visible key
-      return zeros.
+      return zeros. 'cudnn' takes only the `[batch, kv_len]` form, as lengths.
+    causal: query i sees keys j <= i (aligned at 0).
+    query_seq_lengths, key_value_seq_lengths: `[batch]` int: only the first
+      that many queries / keys are real (padded queries return zeros).
     bias: optional additive logits bias, broadcastable like `mask`.
-    implementation: `'xla'` (everywhere), `'cudnn'` (GPU flash attention;
-      bf16/fp16, no attention dropout) or `'auto'` (cuDNN where it applies).
+    implementation: one of IMPLEMENTATIONS ('xla', 'cudnn', 'auto').
     return_weights: also return the `[batch, heads, q_len, kv_len]` attention
       probabilities (xla path only; None otherwise).
 
@@ -171,16 +273,16 @@ def dot_product_attention(query: Array,
         "dot_product_attention: query, key and value must be rank 4 [batch, "
         f"len, heads, head_dim]; got {query.shape}, {key.shape}, {value.shape}.")
   b, t, h, d = query.shape
+  s = key.shape[1]
   if key.shape[0] != b or key.shape[2:] != (h, d):
     raise ValueError(f"dot_product_attention: key shape {key.shape} does not "
                      f"match query shape {query.shape} in batch/heads/head_dim.")
   if value.shape[:3] != key.shape[:3]:
     raise ValueError(f"dot_product_attention: value shape {value.shape} does "
                      f"not match key shape {key.shape} in batch/len/heads.")
-  if implementation not in IMPLEMENTATIONS:
-    raise ValueError(f"implementation must be one of {IMPLEMENTATIONS}, got "
-                     f"{implementation!r}.")
-  mask = check_mask(mask, b, h, t, key.shape[1])
+  check_implementation(implementation)
+  _check_lengths(query_seq_lengths, b, "query_seq_lengths")
+  _check_lengths(key_value_seq_lengths, b, "key_value_seq_lengths")
   dtype = dtype or query.dtype
   use_dropout = (not deterministic) and dropout_rate > 0.0
   if use_dropout and dropout_rng is None:
@@ -199,13 +301,33 @@ def dot_product_attention(query: Array,
     if use_dropout:
       raise ValueError("implementation='cudnn' has no attention dropout; set "
                        "attention dropout to 0 or use 'xla'.")
+    if mask is not None and mask.ndim != 2:
+      raise ValueError(
+          f"implementation='cudnn' takes masks by structure, not a dense "
+          f"{tuple(mask.shape)} mask: causal=True and sequence lengths "
+          f"(query_seq_lengths / key_value_seq_lengths; mask_kwargs builds "
+          f"them from [batch, tokens] padding masks). Use 'xla' for other "
+          f"masks.")
   use_cudnn = implementation == "cudnn" or (
       implementation == "auto" and on_gpu and half and not use_dropout and
-      not return_weights and d <= 128 and d % 8 == 0)
+      not return_weights and d <= 128 and d % 8 == 0 and mask is None)
   if use_cudnn:
+    if mask is not None:
+      if tuple(mask.shape) != (b, s):
+        check_mask(mask, b, h, t, s)   # the shape error, if any
+        raise ValueError(f"mask: a key padding mask for cudnn is [batch, "
+                         f"kv_len] = {(b, s)}, got {tuple(mask.shape)}.")
+      kv_len = padding_lengths(mask, "mask")
+      key_value_seq_lengths = kv_len if key_value_seq_lengths is None else \
+          jnp.minimum(kv_len, key_value_seq_lengths)
     out = _cudnn_attention(query.astype(dtype), key.astype(dtype),
-                           value.astype(dtype), mask, bias, cudnn_pad_multiple)
+                           value.astype(dtype), bias, causal,
+                           query_seq_lengths, key_value_seq_lengths,
+                           cudnn_pad_multiple)
     return (out, None) if return_weights else out
+  mask = combine_masks(
+      check_mask(mask, b, h, t, s), causal_mask(t, s) if causal else None,
+      lengths_mask(t, s, query_seq_lengths, key_value_seq_lengths))
   out, weights = _xla_attention(query, key, value, mask, bias, dropout_rng,
                                 dropout_rate, deterministic, dtype,
                                 return_weights)
@@ -239,7 +361,10 @@ class MultiHeadAttention(nn.Module):
   `cache` collection of length `max_len` fixed by `init`; each call appends its
   `[batch, L, dim]` chunk and attends causally over everything cached so far.
   The attention probabilities are sown as `intermediates/attention_weights`
-  when `sow_weights=True` (xla path).
+  when `sow_weights=True` (xla path). The q/k/v projections `[batch, tokens,
+  heads, head_dim]` carry the logical names `sharding.HEADS` and the
+  `checkpoint_name`s 'query_proj', 'key_proj', 'value_proj' (for remat
+  policies). `implementation` is one of IMPLEMENTATIONS.
   """
   num_heads: int
   qkv_features: Optional[int] = None
@@ -255,9 +380,14 @@ class MultiHeadAttention(nn.Module):
 
   @nn.compact
   def __call__(self, inputs_q: Array, inputs_kv: Optional[Array] = None,
-               mask: Optional[Array] = None, *, deterministic: bool = True):
+               mask: Optional[Array] = None, *, deterministic: bool = True,
+               causal: bool = False,
+               query_seq_lengths: Optional[Array] = None,
+               key_value_seq_lengths: Optional[Array] = None):
     """inputs_q `[batch, q_len, dq]`, inputs_kv `[batch, kv_len, dkv]` (None =
-    self-attention); returns `[batch, q_len, out_features or dq]`."""
+    self-attention); returns `[batch, q_len, out_features or dq]`. `mask`,
+    `causal` and the `[batch]` sequence lengths are those of
+    `dot_product_attention` (`mask_kwargs` builds them from token masks)."""
     if inputs_q.ndim != 3:
       raise ValueError(f"MultiHeadAttention: inputs_q must be rank 3 [batch, "
                        f"tokens, features], got shape {inputs_q.shape}.")
@@ -267,6 +397,7 @@ class MultiHeadAttention(nn.Module):
       raise ValueError(f"MultiHeadAttention: inputs_kv must be rank 3 [batch, "
                        f"tokens, features] with batch {inputs_q.shape[0]}, got "
                        f"shape {inputs_kv.shape}.")
+    check_implementation(self.implementation)
     features = self.out_features or inputs_q.shape[-1]
     qkv_features = self.qkv_features or inputs_q.shape[-1]
     if qkv_features % self.num_heads:
@@ -274,34 +405,41 @@ class MultiHeadAttention(nn.Module):
                        f"divisible by num_heads={self.num_heads}.")
     head_dim = qkv_features // self.num_heads
     self._check_feature_sizes(inputs_q, inputs_kv)
-
-    def proj(name):
-      return _dense((self.num_heads, head_dim), -1, ("embed", "heads", "kv"),
-                    self.kernel_init, self.use_bias, self.dtype,
-                    self.param_dtype, name)
-
-    def rows(x):  # [b, t, d] -> [b*t, d]: faster weight grads on XLA:CPU
-      return x.reshape(-1, x.shape[-1])
-
     batch, q_len = inputs_q.shape[:2]
     kv_len = inputs_kv.shape[1]
-    query = proj("query")(rows(inputs_q)).reshape(batch, q_len, self.num_heads,
-                                                  head_dim)
-    key = proj("key")(rows(inputs_kv)).reshape(batch, kv_len, self.num_heads,
-                                               head_dim)
-    value = proj("value")(rows(inputs_kv)).reshape(batch, kv_len,
-                                                   self.num_heads, head_dim)
-    mask = check_mask(mask, batch, self.num_heads, q_len, inputs_kv.shape[1]) \
-        if not self.decode else mask
 
+    def project(name, x, length):
+      dense = _dense((self.num_heads, head_dim), -1, ("embed", "heads", "kv"),
+                     self.kernel_init, self.use_bias, self.dtype,
+                     self.param_dtype, name)
+      rows = flatten_rows(x)
+      y = dense(x.reshape(-1, x.shape[-1]) if rows else x)
+      y = y.reshape(batch, length, self.num_heads, head_dim)
+      return checkpoint_name(sharding.constrain(y, sharding.HEADS),
+                             f"{name}_proj")
+    query = project("query", inputs_q, q_len)
+    key = project("key", inputs_kv, kv_len)
+    value = project("value", inputs_kv, kv_len)
+    implementation = self.implementation
     if self.decode:
+      if causal or query_seq_lengths is not None or (
+          key_value_seq_lengths is not None):
+        raise ValueError("MultiHeadAttention(decode=True): the cache is "
+                         "causal by itself; pass a [batch, kv] padding mask, "
+                         "not causal or sequence lengths.")
       key, value, mask = self._update_cache(key, value, mask)
+      implementation = "xla"   # the cache's mask is dense
+    elif mask is not None and mask.ndim != 2:
+      mask = check_mask(mask, batch, self.num_heads, q_len, kv_len)
 
     dropout_rng = None
     if not deterministic and self.dropout_rate > 0.0:
       dropout_rng = self.make_rng("dropout")
     res = dot_product_attention(
-        query, key, value, mask, implementation=self.implementation,
+        query, key, value, mask, causal=causal,
+        query_seq_lengths=query_seq_lengths,
+        key_value_seq_lengths=key_value_seq_lengths,
+        implementation=implementation,
         dropout_rng=dropout_rng, dropout_rate=self.dropout_rate,
         deterministic=deterministic, dtype=self.dtype,
         return_weights=self.sow_weights)
@@ -319,7 +457,10 @@ class MultiHeadAttention(nn.Module):
         bias_init=nn.with_logical_partitioning(nn.initializers.zeros_init(),
                                                ("embed",)),
         name="out")
-    return out(x.reshape((-1,) + x.shape[2:])).reshape(batch, q_len, features)
+    if flatten_rows(x):
+      return out(x.reshape((-1,) + x.shape[2:])).reshape(batch, q_len,
+                                                          features)
+    return out(x)
 
   def _check_feature_sizes(self, inputs_q, inputs_kv):
     if self.is_initializing() or "params" not in self.variables:

@@ -14,20 +14,32 @@ import jax
 import jax.numpy as jnp
 import flax.linen as nn
 
-from mmtx.sharding import constrain_batch
-from mmtx.layers.attention import (MultiHeadAttention, causal_mask,
-                                   combine_masks, padding_mask)
+from jax.ad_checkpoint import checkpoint_name
+
+from mmtx import sharding
+from mmtx.layers.attention import (MultiHeadAttention, flatten_rows,
+                                   mask_kwargs)
 
 Array = jax.Array
 Dtype = Any
 
 ACTIVATIONS = ("relu", "gelu", "gelu_tanh", "quick_gelu", "swiglu")
 NORMS = ("post", "pre")
+# Activations tagged with `checkpoint_name`, for the policies that name them:
+# the q/k/v projections (`[batch, tokens, heads, head_dim]`, in
+# MultiHeadAttention) and the FFN's first projection (before the activation).
+QKV_NAMES = ("query_proj", "key_proj", "value_proj")
+MLP_NAMES = ("mlp_in",)
 REMAT_POLICIES = {
     "none": None,  # no remat
     "full": jax.checkpoint_policies.nothing_saveable,
     "dots": jax.checkpoint_policies.checkpoint_dots,
     "dots_no_batch": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+    # Keep q/k/v (recompute attention and the FFN), or q/k/v and the FFN's
+    # first projection (recompute attention, the activation and the rest).
+    "qkv": jax.checkpoint_policies.save_only_these_names(*QKV_NAMES),
+    "qkv_mlp": jax.checkpoint_policies.save_only_these_names(
+        *QKV_NAMES, *MLP_NAMES),
 }
 
 
@@ -104,32 +116,46 @@ class Mlp(nn.Module):
   def __call__(self, x: Array, *, deterministic: bool = True) -> Array:
     check_choice("Mlp: activation", self.activation, ACTIVATIONS)
     out_dim = self.out_dim or x.shape[-1]
-    # Matmuls on [rows, features]: XLA:CPU computes the weight gradient of a
-    # 3-D dot ~2x slower than the same dot flattened (see
-    # experiments/benchmarks/NOTES.md); the params are the same either way.
     lead = x.shape[:-1]
-    x = x.reshape(-1, x.shape[-1])
-    dense = lambda f, names, name: nn.Dense(  # noqa: E731
-        f, dtype=self.dtype, param_dtype=self.param_dtype,
-        kernel_init=_kernel(names), bias_init=_zeros(names[-1:]), name=name)
+    if flatten_rows(x):
+      x = x.reshape(-1, x.shape[-1])
+    hidden_names = (("act_batch",) + (None,) * (x.ndim - 2) + ("act_mlp",)
+                    if x.ndim != 3 else sharding.MLP_HIDDEN)
+
+    def dense_in(name):
+      h = nn.Dense(self.hidden_dim, dtype=self.dtype,
+                   param_dtype=self.param_dtype,
+                   kernel_init=_kernel(("embed", "mlp")),
+                   bias_init=_zeros(("mlp",)), name=name)(x)
+      return checkpoint_name(sharding.constrain(h, hidden_names), "mlp_in")
     if self.activation == "swiglu":
-      h = nn.swish(dense(self.hidden_dim, ("embed", "mlp"), "wi_0")(x)) * dense(
-          self.hidden_dim, ("embed", "mlp"), "wi_1")(x)
+      h = nn.swish(dense_in("wi_0")) * dense_in("wi_1")
     else:
-      h = elementwise_activation(self.activation)(
-          dense(self.hidden_dim, ("embed", "mlp"), "wi")(x))
+      h = elementwise_activation(self.activation)(dense_in("wi"))
     h = nn.Dropout(self.dropout_rate)(h, deterministic=deterministic)
-    return dense(out_dim, ("mlp", "embed"), "wo")(h).reshape(lead + (out_dim,))
+    out = nn.Dense(out_dim, dtype=self.dtype, param_dtype=self.param_dtype,
+                   kernel_init=_kernel(("mlp", "embed")),
+                   bias_init=_zeros(("embed",)), name="wo")(h)
+    return out.reshape(lead + (out_dim,))
 
 
-def _token_mask_to_attention(mask, x):
-  """None | `[batch, tokens]` | rank-4 attention mask -> rank-4 (or None)."""
+def _check_token_mask(mask, x):
+  """None | `[batch, tokens]` | rank-4 attention mask, checked."""
   if mask is None or mask.ndim == 4:
     return mask
   if mask.shape != x.shape[:2]:
     raise ValueError(f"token mask must have shape [batch, tokens] = "
                      f"{x.shape[:2]}, got {mask.shape}.")
-  return padding_mask(mask.astype(bool))
+  return mask.astype(bool)
+
+
+def _self_attention_masks(mask, implementation, causal):
+  """MultiHeadAttention mask arguments for self-attention under a token
+  mask `[batch, tokens]` (padded queries and keys both masked) or a rank-4
+  mask, plus causality."""
+  if mask is None or mask.ndim == 2:
+    return mask_kwargs(implementation, mask, mask, causal=causal)
+  return dict(mask=mask, causal=causal)
 
 
 def _check_tokens(x, who):
@@ -168,9 +194,11 @@ class _LayerFields(BlockFields):
 
 class EncoderBlock(_LayerFields):
   """One Transformer encoder layer: self-attention + FFN, each with residual
-  dropout and LayerNorm placed by `norm` ('post' = the paper, 'pre')."""
+  dropout and LayerNorm placed by `norm` ('post' = the paper, 'pre');
+  `causal` makes token i attend to tokens j <= i (a GPT/CLIP text tower)."""
   norm: str = "post"
   activation: str = "relu"
+  causal: bool = False
 
   @nn.compact
   def __call__(self, x: Array, mask: Optional[Array] = None, *,
@@ -179,8 +207,9 @@ class EncoderBlock(_LayerFields):
     attention mask. Returns `[batch, tokens, dim]`."""
     check_choice("EncoderBlock: norm", self.norm, NORMS)
     _check_tokens(x, "EncoderBlock")
-    x = constrain_batch(x)  # no-op outside sharding.activation_sharding
-    attn_mask = _token_mask_to_attention(mask, x)
+    x = sharding.constrain(x, sharding.TOKENS)  # no-op outside use_rules
+    masks = _self_attention_masks(_check_token_mask(mask, x),
+                                  self.attention_impl, self.causal)
     attn = MultiHeadAttention(
         num_heads=self.num_heads, dropout_rate=self.attention_dropout_rate,
         dtype=self.dtype, param_dtype=self.param_dtype,
@@ -195,15 +224,17 @@ class EncoderBlock(_LayerFields):
     ln2 = layer_norm(self.dtype, self.param_dtype, "ln_mlp",
                       self.layer_norm_eps)
     if self.norm == "post":
-      z = ln1(x + drop(attn(x, mask=attn_mask, deterministic=deterministic),
+      z = ln1(x + drop(attn(x, deterministic=deterministic, **masks),
                        deterministic=deterministic))
-      return constrain_batch(ln2(z + drop(mlp(z, deterministic=deterministic),
-                                          deterministic=deterministic)))
+      return sharding.constrain(
+          ln2(z + drop(mlp(z, deterministic=deterministic),
+                       deterministic=deterministic)), sharding.TOKENS)
     h = ln1(x)
-    z = x + drop(attn(h, mask=attn_mask, deterministic=deterministic),
+    z = x + drop(attn(h, deterministic=deterministic, **masks),
                  deterministic=deterministic)
-    return constrain_batch(z + drop(mlp(ln2(z), deterministic=deterministic),
-                                    deterministic=deterministic))
+    return sharding.constrain(
+        z + drop(mlp(ln2(z), deterministic=deterministic),
+                 deterministic=deterministic), sharding.TOKENS)
 
 
 class DecoderBlock(_LayerFields):
@@ -226,16 +257,16 @@ class DecoderBlock(_LayerFields):
     (causality is added here); context_mask `[batch, s]`."""
     check_choice("DecoderBlock: norm", self.norm, NORMS)
     _check_tokens(x, "DecoderBlock")
-    x = constrain_batch(x)
+    x = sharding.constrain(x, sharding.TOKENS)
     b, t, _ = x.shape
     if self.decode:
       # The cache builds the causal mask; target padding applies to keys.
-      self_mask = None if mask is None else _check_key_mask(mask, b, None,
-                                                            "mask")
+      self_masks = dict(mask=None if mask is None else _check_key_mask(
+          mask, b, None, "mask"))
     else:
-      self_mask = combine_masks(
-          causal_mask(t), None if mask is None else padding_mask(
-              _check_key_mask(mask, b, t, "mask")))
+      self_masks = _self_attention_masks(
+          None if mask is None else _check_key_mask(mask, b, t, "mask"),
+          self.attention_impl, True)
     drop = nn.Dropout(self.dropout_rate)
     mha = lambda name, sow=False: MultiHeadAttention(  # noqa: E731
         num_heads=self.num_heads, dropout_rate=self.attention_dropout_rate,
@@ -244,20 +275,20 @@ class DecoderBlock(_LayerFields):
         implementation=self.attention_impl, sow_weights=sow,
         decode=self.decode and name == "self_attention", name=name)
     sublayers = [lambda h: mha("self_attention")(
-        h, mask=self_mask, deterministic=deterministic)]
+        h, deterministic=deterministic, **self_masks)]
     if context is not None:
       _check_tokens(context, "DecoderBlock(context)")
       if context.shape[0] != b:
         raise ValueError(f"DecoderBlock: context batch {context.shape[0]} != "
                          f"target batch {b}.")
-      cross_mask = None
+      cross_masks = {}
       if context_mask is not None:
         cm = _check_key_mask(context_mask, b, context.shape[1], "context_mask")
-        cross_mask = cm[:, None, None, :]
-        if mask is not None and not self.decode:
-          cross_mask = padding_mask(mask.astype(bool), cm)
+        q_mask = mask.astype(bool) if (mask is not None and
+                                       not self.decode) else None
+        cross_masks = mask_kwargs(self.attention_impl, q_mask, cm)
       sublayers.append(lambda h: mha("cross_attention", self.sow_weights)(
-          h, context, mask=cross_mask, deterministic=deterministic))
+          h, context, deterministic=deterministic, **cross_masks))
     mlp = Mlp(self.mlp_dim, self.activation, self.dropout_rate, dtype=self.dtype,
               param_dtype=self.param_dtype, name="mlp")
     sublayers.append(lambda h: mlp(h, deterministic=deterministic))
@@ -271,7 +302,7 @@ class DecoderBlock(_LayerFields):
         x = ln(x + drop(fn(x), deterministic=deterministic))
       else:
         x = x + drop(fn(ln(x)), deterministic=deterministic)
-    return constrain_batch(x)
+    return sharding.constrain(x, sharding.TOKENS)
 
 
 def _check_key_mask(mask, batch, length, name):
@@ -319,17 +350,18 @@ class Encoder(_LayerFields):
 
   `scan=True` stores the layers' params stacked under `layers` (leading axis =
   layer) and runs them with `nn.scan`; otherwise as `layers_0 ... layers_{L-1}`.
-  `remat` in {'none', 'full', 'dots', 'dots_no_batch'} sets `nn.remat`.
+  `remat` names a policy of `REMAT_POLICIES` for `nn.remat` ('none': off).
   """
   num_layers: int = dataclasses.field(kw_only=True)
   scan: bool = False
   remat: str = "none"
+  causal: bool = False
 
   @nn.compact
   def __call__(self, x: Array, mask: Optional[Array] = None, *,
                deterministic: bool = True) -> Array:
     _check_tokens(x, "Encoder")
-    attn_mask = _token_mask_to_attention(mask, x)
+    attn_mask = _check_token_mask(mask, x)
     kw = shared_fields(self, _ScannedEncoderBlock,
                        deterministic=deterministic)
     block = _stack(_ScannedEncoderBlock, self.scan, self.remat, self.num_layers,

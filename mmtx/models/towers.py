@@ -225,11 +225,9 @@ class TextTransformer(_TowerFields):
     x = layers.PositionEmbedding(kind="learned", max_len=self.max_len,
                                  name="posemb")(x)
     x = nn.Dropout(self.dropout_rate)(x, deterministic=deterministic)
-    attn_mask = layers.padding_mask(mask) if self.mask_padding else None
-    if self.causal:
-      attn_mask = layers.combine_masks(attn_mask, layers.causal_mask(
-          texts.shape[1]))
-    x = _encoder(self, c, dtype)(x, attn_mask, deterministic=deterministic)
+    # The text tower's `causal` reaches the Encoder through shared_fields.
+    x = _encoder(self, c, dtype)(x, mask if self.mask_padding else None,
+                                 deterministic=deterministic)
     extras = {"tokens": x, "mask": mask}
     if self.pool == "none":
       return x, extras
