@@ -61,6 +61,33 @@ def test_dp_fsdp_and_tensor_parallel_match_one_device_and_shard_by_rules():
   assert res["fsdp"]["argument_bytes"] < res["dp"]["argument_bytes"] / 4
 
 
+def test_eval_runs_under_the_rules_and_a_rule_that_cannot_apply_is_logged():
+  """On 2 CPU devices: the trainer's evaluation is traced under the same
+  logical-axis rules as its train step (its lowered function holds the
+  activation constraints; called outside the trainer it holds none, and
+  gives the same metric), and each rule that cannot apply (a batch of 3 on
+  2 devices, a name without a rule, a rule naming an axis the mesh lacks)
+  is logged once."""
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  script = os.path.join(os.path.dirname(__file__), "multidevice_rules_check.py")
+  out = subprocess.run([sys.executable, script], capture_output=True,
+                       text=True, timeout=600,
+                       env=dict(os.environ, PYTHONPATH=root))
+  assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+  res = json.loads(out.stdout.split("RESULT ", 1)[1].splitlines()[0])
+  inside, outside = res["inside"], res["outside"]
+  assert inside["rules"] and not outside["rules"]
+  # One Encoder layer: its input and output, q, k, v and the FFN hidden.
+  assert inside["constraints"] == 6, inside
+  assert outside["constraints"] == 0, outside
+  np.testing.assert_allclose(inside["neg_mse"], outside["neg_mse"], rtol=1e-5)
+  logged = res["logged"]
+  assert len(logged) == 3, logged
+  assert "size 3 is not divisible by mesh axes ('data', 'fsdp')" in logged[0]
+  assert "no rule for the logical axis 'typo'" in logged[1]
+  assert "has no axis ['sequence']" in logged[2]
+
+
 def test_cpu_devices_is_applied_before_jax_starts_and_warns_after():
   """sharding.set_cpu_devices(n) (config.mesh.cpu_devices, applied by
   mmtx.main) splits the CPU into n devices when JAX has not started; once it
