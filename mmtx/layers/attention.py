@@ -33,15 +33,6 @@ def check_implementation(implementation: str) -> str:
   return implementation
 
 
-def flatten_rows(x) -> bool:
-  """Whether a projection flattens `[batch, tokens, features]` to `[rows,
-  features]` first: on XLA:CPU only, where the weight gradient of a 3-D dot
-  is the slower one (experiments/benchmarks/dense_rows.py prints the ratio).
-  Elsewhere the activations keep their batch and token axes, which the
-  sharding constraints name."""
-  return x.ndim > 2 and jax.default_backend() == "cpu"
-
-
 # ----------------------------------------------------------------------------
 # Masks
 # ----------------------------------------------------------------------------
@@ -408,18 +399,16 @@ class MultiHeadAttention(nn.Module):
     batch, q_len = inputs_q.shape[:2]
     kv_len = inputs_kv.shape[1]
 
-    def project(name, x, length):
+    def project(name, x):
       dense = _dense((self.num_heads, head_dim), -1, ("embed", "heads", "kv"),
                      self.kernel_init, self.use_bias, self.dtype,
                      self.param_dtype, name)
-      rows = flatten_rows(x)
-      y = dense(x.reshape(-1, x.shape[-1]) if rows else x)
-      y = y.reshape(batch, length, self.num_heads, head_dim)
+      y = dense(x)    # [batch, length, heads, head_dim]
       return checkpoint_name(sharding.constrain(y, sharding.HEADS),
                              f"{name}_proj")
-    query = project("query", inputs_q, q_len)
-    key = project("key", inputs_kv, kv_len)
-    value = project("value", inputs_kv, kv_len)
+    query = project("query", inputs_q)
+    key = project("key", inputs_kv)
+    value = project("value", inputs_kv)
     implementation = self.implementation
     if self.decode:
       if causal or query_seq_lengths is not None or (
@@ -457,9 +446,6 @@ class MultiHeadAttention(nn.Module):
         bias_init=nn.with_logical_partitioning(nn.initializers.zeros_init(),
                                                ("embed",)),
         name="out")
-    if flatten_rows(x):
-      return out(x.reshape((-1,) + x.shape[2:])).reshape(batch, q_len,
-                                                          features)
     return out(x)
 
   def _check_feature_sizes(self, inputs_q, inputs_kv):

@@ -17,8 +17,7 @@ import flax.linen as nn
 from jax.ad_checkpoint import checkpoint_name
 
 from mmtx import sharding
-from mmtx.layers.attention import (MultiHeadAttention, flatten_rows,
-                                   mask_kwargs)
+from mmtx.layers.attention import MultiHeadAttention, mask_kwargs
 
 Array = jax.Array
 Dtype = Any
@@ -116,27 +115,26 @@ class Mlp(nn.Module):
   def __call__(self, x: Array, *, deterministic: bool = True) -> Array:
     check_choice("Mlp: activation", self.activation, ACTIVATIONS)
     out_dim = self.out_dim or x.shape[-1]
-    lead = x.shape[:-1]
-    if flatten_rows(x):
-      x = x.reshape(-1, x.shape[-1])
-    hidden_names = (("act_batch",) + (None,) * (x.ndim - 2) + ("act_mlp",)
-                    if x.ndim != 3 else sharding.MLP_HIDDEN)
+    hidden_names = sharding.MLP_HIDDEN if x.ndim == 3 else (
+        ("act_batch",) + (None,) * (x.ndim - 2) + ("act_mlp",)
+        if x.ndim >= 2 else None)
 
     def dense_in(name):
       h = nn.Dense(self.hidden_dim, dtype=self.dtype,
                    param_dtype=self.param_dtype,
                    kernel_init=_kernel(("embed", "mlp")),
                    bias_init=_zeros(("mlp",)), name=name)(x)
-      return checkpoint_name(sharding.constrain(h, hidden_names), "mlp_in")
+      if hidden_names is not None:
+        h = sharding.constrain(h, hidden_names)
+      return checkpoint_name(h, "mlp_in")
     if self.activation == "swiglu":
       h = nn.swish(dense_in("wi_0")) * dense_in("wi_1")
     else:
       h = elementwise_activation(self.activation)(dense_in("wi"))
     h = nn.Dropout(self.dropout_rate)(h, deterministic=deterministic)
-    out = nn.Dense(out_dim, dtype=self.dtype, param_dtype=self.param_dtype,
-                   kernel_init=_kernel(("mlp", "embed")),
-                   bias_init=_zeros(("embed",)), name="wo")(h)
-    return out.reshape(lead + (out_dim,))
+    return nn.Dense(out_dim, dtype=self.dtype, param_dtype=self.param_dtype,
+                    kernel_init=_kernel(("mlp", "embed")),
+                    bias_init=_zeros(("embed",)), name="wo")(h)
 
 
 def _check_token_mask(mask, x):
