@@ -281,46 +281,15 @@ def test_scaling_tiny_dp_and_fsdp():
     assert cells[4] >= cells[2], key  # peak >= args
 
 
-def test_cudnn_seqlen_prototype_pads_with_lengths(monkeypatch):
-  """The benchmark's cuDNN prototype, with cuDNN replaced by an XLA kernel
-  that honours the sequence lengths: equal to float64 attention on the
-  unpadded tokens, padded only when the length is not a multiple of 8."""
-  real = jax.nn.dot_product_attention
-  calls = []
-
-  def fake(q, k, v, query_seq_lengths=None, key_value_seq_lengths=None,
-           implementation=None):
-    assert implementation == "cudnn"
-    calls.append((q.shape, key_value_seq_lengths is not None))
-    mask = None
-    if key_value_seq_lengths is not None:
-      mask = (np.arange(k.shape[1])[None, :] <
-              np.asarray(key_value_seq_lengths)[:, None])[:, None, None, :]
-    return real(q, k, v, mask=mask, implementation="xla")
-  monkeypatch.setattr(jax.nn, "dot_product_attention", fake)
-  rs = np.random.RandomState(0)
-  for t in (17, 16):
-    q, k, v = (rs.randn(2, t, 3, 8) for _ in range(3))
-    out = clip_step._cudnn_seqlen_attention(
-        None, *(x.astype(np.float32) for x in (q, k, v)), None, None, 8)
-    logits = np.einsum("bqhd,bkhd->bhqk", q, k) / np.sqrt(8)
-    w = np.exp(logits - logits.max(-1, keepdims=True))
-    w /= w.sum(-1, keepdims=True)
-    np.testing.assert_allclose(out, np.einsum("bhqk,bkhd->bqhd", w, v),
-                               atol=2e-5)
-  assert calls == [((2, 24, 3, 8), True), ((2, 16, 3, 8), False)]
-  # A masked call (the text tower) goes to the library's path.
-  mask = np.ones((2, 1, 16, 16), bool)
-  assert clip_step._cudnn_seqlen_attention(
-      lambda *a: "library path", q, k, v, mask, None, 8) == "library path"
-
-
-def test_attention_patch_swaps_and_restores():
-  from mmtx.layers import attention
-  library_fn = attention._cudnn_attention
-  v = dict(attention="cudnn_seqlen", text_attention="xla")
-  with clip_step.attention_patch(v):
-    assert attention._cudnn_attention is not library_fn
-  assert attention._cudnn_attention is library_fn
-  with clip_step.attention_patch(dict(attention="cudnn", text_attention="")):
-    assert attention._cudnn_attention is library_fn
+def test_clip_step_passes_the_attention_switch_to_both_towers():
+  """The suite's cuDNN rows are mmtx's own `implementation=` switch (the
+  padding-by-lengths kernel is tested in tests/test_attention_kernels.py)."""
+  args = clip_step.parse_args(["--tiny"])
+  v = dict(precision="bf16", attention="cudnn", text_attention="xla",
+           pool="cls", scan=False, remat="qkv")
+  cfg = clip_step.model_config(args, v)
+  assert cfg["image"]["attention_impl"] == "cudnn"
+  assert cfg["text"]["attention_impl"] == "xla"
+  assert cfg["image"]["remat"] == cfg["text"]["remat"] == "qkv"
+  with pytest.raises(SystemExit):
+    clip_step.parse_args(["--attention", "cudnn_seqlen"])

@@ -35,8 +35,8 @@ E=512, B=256: 3 x (35.13 + 5.96 + 0.0003) = 123.26 GFLOP/sample, issue 8's
 defaults by device_kind: H100 989 (PCIe 756), H200 989 (datasheet; issue 8
 quoted MFU at 790, see NOTES.md), none on CPU.
 
-`--suite` times, each once, the variants of issue 8 (cuDNN attention with
-padding, a seq-length cuDNN prototype, no class token, fused QKV if mmtx has
+`--suite` times, each once, the variants of issue 8 (cuDNN attention,
+padded by sequence lengths, no class token, fused QKV if mmtx has
 it, bf16 params and optimizer state, no donation, scan, remat policies, 2x
 batch, the loss's cost, the latency-hiding scheduler; `--suite_full` adds
 fp32 compute, remat dots, optax.adamw, no Triton GEMM) and finally the
@@ -54,18 +54,18 @@ mode: mmtx samples/s over the peer's.
 from __future__ import annotations
 
 import argparse
-import contextlib
-import functools
 import json
 import math
 import os
-import statistics
 import subprocess
 import sys
 import time
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-ROOT = os.path.dirname(os.path.dirname(HERE))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from harness import (abstract_batch, abstract_state, apply_preset,  # noqa: E402
+                     bench_task, emit, jit_train_step, log, make_batch,
+                     markdown_table, optimizer_config, short_error,
+                     start_worker, tagged, time_steps)
 
 # device_kind substring -> bf16 dense TFLOP/s; first match wins.
 # Dense bf16 TFLOP/s from NVIDIA's datasheets (H200 SXM = H100 SXM).
@@ -111,31 +111,12 @@ def default_peak(device_kind: str):
   return None
 
 
-def make_batch(args, batch: int, seed: int = 0):
-  """Random NHWC images and token ids: a random length in [L/4, L], the EOT
-  (highest id, so argmax pooling finds it) last, 0 = padding after it."""
-  import numpy as np
-  rs = np.random.RandomState(seed)
-  images = rs.randn(batch, args.image_size, args.image_size, 3).astype(
-      np.float32)
-  texts = np.zeros((batch, args.text_len), np.int32)
-  lengths = rs.randint(max(2, args.text_len // 4), args.text_len + 1, batch)
-  for i, n in enumerate(lengths):
-    texts[i, :n - 1] = rs.randint(1, args.vocab - 1, n - 1)
-    texts[i, n - 1] = args.vocab - 1
-  return images, texts
-
-
 # ----------------------------------------------------------------------------
 # mmtx worker
 # ----------------------------------------------------------------------------
 def has_fused_qkv() -> bool:
   from mmtx.models.towers import ViT
   return "fused_qkv" in getattr(ViT, "__dataclass_fields__", {})
-
-
-def _impl(name: str) -> str:
-  return "cudnn" if name == "cudnn_seqlen" else name
 
 
 def model_config(args, v: dict) -> dict:
@@ -150,103 +131,12 @@ def model_config(args, v: dict) -> dict:
   text_attention = v.get("text_attention") or v["attention"]
   return dict(
       image=dict(variant=args.image, pool=v["pool"], ln_pre=True,
-                 patch_bias=False, attention_impl=_impl(v["attention"]),
+                 patch_bias=False, attention_impl=v["attention"],
                  **common),
       text=dict(variant=args.text, vocab_size=args.vocab,
                 max_len=args.text_len, causal=True, pool="argmax",
-                attention_impl=_impl(text_attention), **common),
+                attention_impl=text_attention, **common),
       embed_dim=args.embed_dim, loss="softmax")
-
-
-def _cudnn_seqlen_attention(library_fn, q, k, v, mask, bias, pad_multiple):
-  """PROTOTYPE (benchmark only, not mmtx code): cuDNN attention without a
-  dense mask. The library path turns every call into a full [b, h, t, s]
-  mask, which jax.nn.dot_product_attention converts into a dense bias (and
-  cuDNN returns its gradient). Unmasked attention (the ViT) needs none:
-  padding to `pad_multiple` is expressed with sequence lengths (cuDNN's
-  PADDING mask type) and an even length with no mask at all. Masked calls
-  go to the library path."""
-  import jax
-  import jax.numpy as jnp
-  if mask is not None or bias is not None:
-    return library_fn(q, k, v, mask, bias, pad_multiple)
-  b, t = q.shape[:2]
-  s = k.shape[1]
-  tp = -(-t // pad_multiple) * pad_multiple
-  sp = -(-s // pad_multiple) * pad_multiple
-  if (tp, sp) == (t, s):
-    return jax.nn.dot_product_attention(q, k, v, implementation="cudnn")
-
-  def pad(x, n):
-    return jnp.pad(x, ((0, 0), (0, n - x.shape[1]), (0, 0), (0, 0)))
-  out = jax.nn.dot_product_attention(
-      pad(q, tp), pad(k, sp), pad(v, sp),
-      query_seq_lengths=jnp.full((b,), t, jnp.int32),
-      key_value_seq_lengths=jnp.full((b,), s, jnp.int32),
-      implementation="cudnn")
-  return out[:, :t]
-
-
-@contextlib.contextmanager
-def attention_patch(v: dict):
-  """Swaps in the seq-length cuDNN prototype while a variant is traced."""
-  from mmtx.layers import attention as attn
-  library_fn = attn._cudnn_attention  # pylint: disable=protected-access
-  if "cudnn_seqlen" in (v["attention"], v.get("text_attention")):
-    attn._cudnn_attention = functools.partial(_cudnn_seqlen_attention,
-                                              library_fn)
-  try:
-    yield
-  finally:
-    attn._cudnn_attention = library_fn
-
-
-def optimizer_config():
-  """open_clip's training defaults: lr 5e-4, betas (0.9, 0.98), eps 1e-6,
-  weight decay 0.2 (not on gains/biases), cosine schedule, no clipping."""
-  import ml_collections
-  return ml_collections.ConfigDict(dict(
-      name="adamw", learning_rate=5e-4, b1=0.9, b2=0.98, eps=1e-6,
-      weight_decay=0.2, warmup_steps=10, schedule="cosine",
-      end_lr_factor=0.0, grad_clip_norm=0.0, accumulate_steps=1, freeze=(),
-      lr_multipliers=(), layer_decay=0.0))
-
-
-def bench_task(args, v: dict):
-  """The real contrastive task's loss_fn on synthetic shapes (no dataset)."""
-  import jax
-  import jax.numpy as jnp
-  from mmtx.models import DualEncoder
-  from mmtx.tasks.contrastive import ContrastiveTask
-
-  class BenchTask(ContrastiveTask):
-    """ContrastiveTask without data: fixed model config and input shapes."""
-
-    def build_model(self, config):
-      return DualEncoder(config.model.to_dict())
-
-    def init_batch(self, config):
-      # Params do not depend on the batch: init on 2 rows.
-      images, texts = make_batch(args, 2)
-      return {"image": images, "text": texts}
-
-    def init_variables(self, model, rng, batch):
-      variables = super().init_variables(model, rng, batch)
-      if v["param_dtype"] != "bf16":
-        return variables
-      # Pure-bf16 params (and so AdamW moments); scalars stay float32.
-      return jax.tree_util.tree_map(
-          lambda x: x.astype(jnp.bfloat16) if x.ndim else x, variables)
-
-    def loss_fn(self, model, params, batch, rng, train):
-      if v["loss"] == "softmax":
-        return super().loss_fn(model, params, batch, rng, train)
-      # 'dot': a surrogate with the same towers and no B x B logits; the
-      # step time difference to 'softmax' is the contrastive loss's cost.
-      img_emb, txt_emb, _ = model.apply({"params": params}, batch["image"],
-                                        batch["text"], deterministic=not train)
-      return -jnp.mean(jnp.sum(img_emb * txt_emb, axis=-1)), {}
-  return BenchTask()
 
 
 def build_variant(args, v: dict):
@@ -254,7 +144,7 @@ def build_variant(args, v: dict):
   import jax
   import ml_collections
   import optax
-  from mmtx import optimizers, sharding, train
+  from mmtx import optimizers, sharding
   config = ml_collections.ConfigDict(dict(
       batch_size=v["batch"], model=model_config(args, v)))
   task = bench_task(args, v)
@@ -268,64 +158,23 @@ def build_variant(args, v: dict):
   mesh = sharding.make_mesh(num_devices=1)
   rng = jax.random.key(0)
   abstract, shardings = abstract_state(config, task, model, tx, mesh, rng)
-  step = jax.jit(train.make_train_step(task, model, tx),
-                 in_shardings=(shardings, sharding.batch_sharding(mesh)),
-                 out_shardings=(shardings, sharding.replicated(mesh)),
-                 donate_argnums=(0,) if v["donate"] else ())
+  step = jit_train_step(task, model, tx, shardings, mesh, v["donate"])
   return dict(step=step, config=config, task=task, model=model, tx=tx,
               abstract=abstract, mesh=mesh, rng=rng)
-
-
-def abstract_state(config, task, model, tx, mesh, rng):
-  """(abstract TrainState, its shardings): `train.create_train_state` under
-  `jax.eval_shape`, so nothing is allocated."""
-  import jax
-  from mmtx import train
-  held = {}
-
-  def state_only(r):
-    state, shardings, _ = train.create_train_state(config, task, model, tx,
-                                                   mesh, r)
-    held["shardings"] = shardings
-    return state
-  abstract = jax.eval_shape(state_only, rng)
-  return abstract, held["shardings"]
-
-
-def abstract_batch(args, v, mesh):
-  import jax
-  import jax.numpy as jnp
-  from mmtx import sharding
-  s = sharding.batch_sharding(mesh)
-  b = v["batch"]
-  return {"image": jax.ShapeDtypeStruct(
-              (b, args.image_size, args.image_size, 3), jnp.float32,
-              sharding=s),
-          "text": jax.ShapeDtypeStruct((b, args.text_len), jnp.int32,
-                                       sharding=s)}
-
-
-def _short_error(e: BaseException) -> str:
-  text = f"{type(e).__name__}: {e}".replace("\n", " ")
-  return text[:300]
 
 
 def time_compiled(compiled, state, batch, args):
   """Median seconds per step and the first step's loss."""
   import jax
-  state, metrics = compiled(state, batch)
-  loss0 = float(metrics["loss"])
-  for _ in range(args.warmup - 1):
-    state, metrics = compiled(state, batch)
-  jax.block_until_ready(metrics)
-  times = []
-  for _ in range(args.repeats):
-    start = time.perf_counter()
-    for _ in range(args.steps):
-      state, metrics = compiled(state, batch)
-    jax.block_until_ready((state, metrics))
-    times.append((time.perf_counter() - start) / args.steps)
-  return statistics.median(times), loss0, state
+  box = {"state": state}
+
+  def step():
+    box["state"], metrics = compiled(box["state"], batch)
+    return metrics
+  sec, first = time_steps(step, lambda: jax.block_until_ready(box),
+                          warmup=args.warmup, repeats=args.repeats,
+                          steps=args.steps)
+  return sec, float(first["loss"]), box["state"]
 
 
 def init_key(v: dict) -> tuple:
@@ -351,21 +200,20 @@ def run_mmtx_worker(args):
       continue
     try:
       t0 = time.perf_counter()
-      with attention_patch(v):
-        b = build_variant(args, v)
-        lowered[v["name"]] = b["step"].lower(
-            b["abstract"], abstract_batch(args, v, b["mesh"]))
+      b = build_variant(args, v)
+      lowered[v["name"]] = b["step"].lower(
+          b["abstract"], abstract_batch(args, v, b["mesh"]))
       built[v["name"]] = b
       log(f"[mmtx] traced {v['name']} in {time.perf_counter() - t0:.1f} s")
     except Exception as e:  # noqa: BLE001 - reported in the table
-      v["error"] = _short_error(e)
+      v["error"] = short_error(e)
   t0 = time.perf_counter()
 
   def compile_one(name):
     try:
       return name, lowered[name].compile(), None
     except Exception as e:  # noqa: BLE001
-      return name, None, _short_error(e)
+      return name, None, short_error(e)
   with concurrent.futures.ThreadPoolExecutor(args.compile_workers) as ex:
     compiled = {n: (c, e) for n, c, e in ex.map(compile_one, list(lowered))}
   log(f"[mmtx] compiled {len(compiled)} variant(s) in "
@@ -383,11 +231,11 @@ def run_mmtx_worker(args):
     res = dict(v, framework="mmtx", device_kind=dev.device_kind)
     name = v["name"]
     if v.get("skip") or v.get("error"):
-      emit(res)
+      emit("RESULT", res)
       continue
     exe, err = compiled[name]
     if err:
-      emit(dict(res, error=err))
+      emit("RESULT", dict(res, error=err))
       continue
     b = built[name]
     try:
@@ -407,8 +255,8 @@ def run_mmtx_worker(args):
       del state, batch
       res.update(step_s=sec, loss0=loss0)
     except Exception as e:  # noqa: BLE001
-      res["error"] = _short_error(e)
-    emit(res)
+      res["error"] = short_error(e)
+    emit("RESULT", res)
     key = init_key(v)
     if v["name"] in built:
       pending[key] -= 1
@@ -477,40 +325,28 @@ def run_open_clip_worker(args):
       def sync():
         if cuda:
           torch.cuda.synchronize()
+      last = {}
+
+      def timed():
+        last["loss"] = step()
+        return last["loss"]
       t0 = time.perf_counter()
-      loss0 = float(step().detach())
-      for _ in range(args.warmup - 1):
-        step()
-      sync()
-      log(f"[open_clip] {mode}: warm-up {time.perf_counter() - t0:.1f} s")
-      times = []
-      for _ in range(args.repeats):
-        start = time.perf_counter()
-        for _ in range(args.steps):
-          loss = step()
-        sync()
-        times.append((time.perf_counter() - start) / args.steps)
-      res.update(step_s=statistics.median(times), loss0=loss0,
-                 loss_last=float(loss))
+      sec, loss0 = time_steps(timed, sync, warmup=args.warmup,
+                              repeats=args.repeats, steps=args.steps)
+      log(f"[open_clip] {mode}: {time.perf_counter() - t0:.1f} s")
+      res.update(step_s=sec, loss0=float(loss0.detach()),
+                 loss_last=float(last["loss"].detach()))
       del model, opt, fwd
       if cuda:
         torch.cuda.empty_cache()
     except Exception as e:  # noqa: BLE001
-      res["error"] = _short_error(e)
-    emit(res)
+      res["error"] = short_error(e)
+    emit("RESULT", res)
 
 
 # ----------------------------------------------------------------------------
 # Orchestration
 # ----------------------------------------------------------------------------
-def log(msg: str):
-  print(msg, file=sys.stderr, flush=True)
-
-
-def emit(res: dict):
-  print("RESULT " + json.dumps(res), flush=True)
-
-
 def base_variant(args) -> dict:
   return dict(name="mmtx", precision=args.precision_resolved,
               attention=args.attention,
@@ -539,10 +375,6 @@ def suite_variants(args, on_gpu: bool) -> list[dict]:
           var("gap pool (no cls token)", pool="gap"),
           var("cudnn + gap pool", attention="cudnn", text_attention="cudnn",
               pool="gap", extra=True),
-          var("cudnn seq-lengths prototype, image", attention="cudnn_seqlen",
-              text_attention="xla", toggle=True),
-          var("cudnn seq-lengths prototype, image + gap pool",
-              attention="cudnn_seqlen", text_attention="xla", pool="gap"),
           var("fused qkv", fused_qkv=True, toggle=True),
           var("bf16 params + opt state", param_dtype="bf16", toggle=True),
           var("no donation", donate=False),
@@ -550,6 +382,8 @@ def suite_variants(args, on_gpu: bool) -> list[dict]:
           var("remat full", remat="full"),
           var("remat dots", remat="dots", extra=True),
           var("remat dots_no_batch", remat="dots_no_batch"),
+          var("remat qkv", remat="qkv"),
+          var("remat qkv_mlp", remat="qkv_mlp"),
           var(f"batch {2 * b}", batch=2 * b),
           var("optax.adamw", optimizer="optax", toggle=True, extra=True),
           var("loss: dot surrogate", loss="dot"),
@@ -561,7 +395,7 @@ def suite_variants(args, on_gpu: bool) -> list[dict]:
   if not args.suite_full:
     rows = [r for r in rows if not r.get("extra")]
   for r in rows:
-    cudnn = {r["attention"], r["text_attention"]} & {"cudnn", "cudnn_seqlen"}
+    cudnn = {r["attention"], r["text_attention"]} & {"cudnn"}
     if not on_gpu and (cudnn or "xla_gpu" in r["xla_flags"]):
       r["skip"] = "needs a GPU"
     if r.get("fused_qkv") and not has_fused_qkv():
@@ -603,23 +437,18 @@ def combined_variant(args, rows: list[dict]) -> dict | None:
 
 def run_worker_process(args, kind: str, variants=None, xla_flags=""):
   """Runs this script as a worker; returns its RESULT dicts."""
-  cmd = [sys.executable, os.path.abspath(__file__), "--worker", kind]
-  cmd += [a for a in args.argv if a not in ("--suite", "--suite_full")]
-  cmd += ["--backend", args.backend]
+  argv = ["--worker", kind]
+  argv += [a for a in args.argv if a not in ("--suite", "--suite_full")]
+  argv += ["--backend", args.backend]
   if variants is not None:
-    cmd += ["--variants", json.dumps(variants)]
-  env = dict(os.environ)
-  env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
-  if xla_flags:
-    env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") + " " + xla_flags).strip()
-  if kind == "open_clip":
-    # JAX is not in this process; keep torch's own allocator defaults.
-    env.pop("XLA_FLAGS", None)
-  proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, env=env)
+    argv += ["--variants", json.dumps(variants)]
+  # open_clip: JAX is not in that process; torch's own allocator defaults.
+  proc = start_worker(os.path.abspath(__file__), argv, xla_flags=xla_flags,
+                      jax_free=kind == "open_clip")
   results = []
   for line in proc.stdout:
-    if line.startswith("RESULT "):
-      res = json.loads(line[len("RESULT "):])
+    res = tagged(line, "RESULT")
+    if res is not None:
       results.append(res)
       log(f"  -> {res['name']}: " + (
           f"{res['step_s'] * 1e3:.2f} ms/step" if res.get("step_s") else
@@ -666,7 +495,7 @@ def table(args, rows, peers, peak) -> str:
           "params", "donate", "ms/step", "samples/s", "TFLOP/s", "MFU",
           "temp GiB", "cuDNN fMHA", "loss0"]
   head += [f"x {p['name']}" for p in ok_peers]
-  lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+  lines = []
   for r in rows + peers:
     if r.get("step_s"):
       b = r["batch"]
@@ -690,8 +519,8 @@ def table(args, rows, peers, peak) -> str:
       why = r.get("skip") and f"skipped: {r['skip']}" or (
           f"FAILED: {r.get('error')}")
       cells = [r["name"], why] + [""] * (len(head) - 2)
-    lines.append("| " + " | ".join(cells) + " |")
-  return "\n".join(lines)
+    lines.append(cells)
+  return markdown_table(head, lines)
 
 
 def checks(rows) -> list[str]:
@@ -721,6 +550,8 @@ def checks(rows) -> list[str]:
 
 
 def parse_args(argv=None):
+  from mmtx.layers import REMAT_POLICIES
+  from mmtx.layers.attention import IMPLEMENTATIONS
   p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
   p.add_argument("--image", default="B/16")
   p.add_argument("--text", default="M")
@@ -731,17 +562,14 @@ def parse_args(argv=None):
   p.add_argument("--batch", type=int, default=256)
   p.add_argument("--precision", choices=("auto", "fp32", "bf16"),
                  default="auto", help="compute dtype; auto: bf16 on GPU")
-  p.add_argument("--attention", default="xla",
-                 choices=("xla", "cudnn", "auto", "cudnn_seqlen"),
-                 help="cudnn_seqlen: the benchmark's prototype (see "
-                 "_cudnn_seqlen_attention)")
+  p.add_argument("--attention", default="xla", choices=IMPLEMENTATIONS,
+                 help="mmtx.layers attention implementation")
   p.add_argument("--text_attention", default="",
-                 choices=("", "xla", "cudnn", "auto", "cudnn_seqlen"),
+                 choices=("",) + IMPLEMENTATIONS,
                  help="text tower's attention (default: --attention)")
   p.add_argument("--pool", choices=("cls", "gap"), default="cls")
   p.add_argument("--scan", action="store_true")
-  p.add_argument("--remat", default="none",
-                 choices=("none", "full", "dots", "dots_no_batch"))
+  p.add_argument("--remat", default="none", choices=sorted(REMAT_POLICIES))
   p.add_argument("--param_dtype", choices=("fp32", "bf16"), default="fp32")
   p.add_argument("--no_donate", action="store_true")
   p.add_argument("--optimizer", choices=("mmtx", "optax"), default="mmtx")
@@ -782,10 +610,7 @@ def parse_args(argv=None):
   args.argv = argv
   args.suite = args.suite or args.suite_full
   if args.tiny:
-    given = {a.split("=")[0].lstrip("-") for a in argv}
-    for k, val in TINY.items():
-      if k not in given:
-        setattr(args, k, val)
+    apply_preset(args, argv, TINY)
   return args
 
 

@@ -45,12 +45,11 @@ import json
 import os
 import resource
 import statistics
-import subprocess
 import sys
 import time
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-ROOT = os.path.dirname(os.path.dirname(HERE))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import harness  # noqa: E402
 FRAMEWORKS = ("mmtx", "hf_flax", "open_clip", "hf_torch")
 QUICK = dict(image_size=32, patch=16, width=64, depth=1, heads=2, text_len=8,
              vocab=512, embed_dim=64, batch=8, rounds=2, steps=2, warmup=1)
@@ -89,9 +88,7 @@ def mmtx_model_config(a) -> dict:
 
 def batch_arrays(a):
   """NHWC images, int32 ids (EOT = vocab - 1 last, 0-padded) and the mask."""
-  sys.path.insert(0, HERE)
-  import clip_step
-  images, texts = clip_step.make_batch(a, a.batch)
+  images, texts = harness.make_batch(a, a.batch)
   return images, texts, (texts != 0).astype("int32")
 
 
@@ -101,23 +98,18 @@ def batch_arrays(a):
 def mmtx_worker(a):
   import jax
   import ml_collections
-  sys.path.insert(0, HERE)
-  import clip_step
   from mmtx import optimizers, sharding, train
   sharding.set_cpu_sync_dispatch()   # as mmtx.main does, before JAX starts
   images, texts, _ = batch_arrays(a)
   config = ml_collections.ConfigDict(dict(batch_size=a.batch,
                                           model=mmtx_model_config(a)))
-  task = clip_step.bench_task(a, dict(param_dtype="fp32", loss="softmax"))
+  task = harness.bench_task(a, dict(param_dtype="fp32", loss="softmax"))
   model = task.build_model(config)
-  tx, _ = optimizers.make_optimizer(clip_step.optimizer_config(), 1000)
+  tx, _ = optimizers.make_optimizer(harness.optimizer_config(), 1000)
   mesh = sharding.make_mesh(num_devices=1)
   state, shardings, _ = train.create_train_state(config, task, model, tx, mesh,
                                                  jax.random.key(0))
-  step_fn = jax.jit(train.make_train_step(task, model, tx),
-                    in_shardings=(shardings, sharding.batch_sharding(mesh)),
-                    out_shardings=(shardings, sharding.replicated(mesh)),
-                    donate_argnums=(0,))
+  step_fn = harness.jit_train_step(task, model, tx, shardings, mesh)
   batch = sharding.put_batch({"image": images, "text": texts}, mesh)
   box = {"state": state}
   n = sum(x.size for x in jax.tree_util.tree_leaves(state.params))
@@ -256,7 +248,7 @@ def worker_main(a):
     step()
   info = dict(params=int(n_params), loss0=loss0,
               warmup_s=time.perf_counter() - t0, threads=_threads(a.worker))
-  print("READY " + json.dumps(info), flush=True)
+  harness.emit("READY", info)
   for line in sys.stdin:
     if line.strip() != "run":
       break
@@ -267,8 +259,7 @@ def worker_main(a):
     sec = (time.perf_counter() - start) / a.steps
     faults = (resource.getrusage(resource.RUSAGE_SELF).ru_minflt -
               faults) / a.steps
-    print("TIME " + json.dumps(dict(sec=sec, loss=loss, faults=faults)),
-          flush=True)
+    harness.emit("TIME", dict(sec=sec, loss=loss, faults=faults))
 
 
 def _threads(worker) -> str:
@@ -284,33 +275,8 @@ def _threads(worker) -> str:
 # Parent
 # ----------------------------------------------------------------------------
 def start(a, name):
-  cmd = [sys.executable, os.path.abspath(__file__), "--worker", name]
-  cmd += [arg for arg in a.argv if not arg.startswith("--worker")]
-  env = dict(os.environ)
-  env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
-  env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-  return subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                          text=True, env=env)
-
-
-def read_tagged(proc, tag):
-  for line in proc.stdout:
-    if line.startswith(tag + " "):
-      return json.loads(line[len(tag) + 1:])
-  raise RuntimeError(f"worker exited (status {proc.wait()}) before '{tag}'; "
-                     f"see its stderr above.")
-
-
-def machine() -> str:
-  sys.path.insert(0, os.path.dirname(HERE))
-  import runlib   # experiments/runlib.py: the same name every table uses
-  return runlib.machine(accelerator=False)
-
-
-def versions() -> str:
-  from importlib import metadata
-  names = ("jax", "flax", "optax", "torch", "transformers", "open_clip_torch")
-  return ", ".join(f"{n} {metadata.version(n)}" for n in names)
+  argv = ["--worker", name] + [x for x in a.argv if not x.startswith("--worker")]
+  return harness.start_worker(os.path.abspath(__file__), argv, stdin=True)
 
 
 def parent_main(a):
@@ -325,7 +291,7 @@ def parent_main(a):
   procs = {n: start(a, n) for n in names}
   info = {}
   for n, p in procs.items():
-    info[n] = read_tagged(p, "READY")
+    info[n] = harness.read_tagged(p, "READY")
     print(f"# {n}: ready in {info[n]['warmup_s']:.1f} s, "
           f"{info[n]['params'] / 1e6:.2f} M params, first loss "
           f"{info[n]['loss0']:.4f}", file=sys.stderr, flush=True)
@@ -337,7 +303,7 @@ def parent_main(a):
       time.sleep(a.pause)
       procs[n].stdin.write("run\n")
       procs[n].stdin.flush()
-      got = read_tagged(procs[n], "TIME")
+      got = harness.harness.read_tagged(procs[n], "TIME")
       times[n].append(got["sec"])
       faults[n].append(got["faults"])
   for p in procs.values():
@@ -346,8 +312,9 @@ def parent_main(a):
     p.wait()
   load1 = os.getloadavg()
   med = {n: statistics.median(t) for n, t in times.items()}
-  print(f"\ncpu_step, {time.strftime('%Y-%m-%d %H:%M')}, {machine()}, load "
-        f"average {load0[0]:.1f} -> {load1[0]:.1f}; {versions()}; "
+  print(f"\ncpu_step, {time.strftime('%Y-%m-%d %H:%M')}, {harness.machine()}"
+        f", load average {load0[0]:.1f} -> {load1[0]:.1f}; "
+        f"{harness.versions()}; "
         f"GLIBC_TUNABLES={os.environ.get('GLIBC_TUNABLES', '(unset)')}")
   print(f"CLIP: image {a.image_size}px patch {a.patch} "
         f"({(a.image_size // a.patch) ** 2 + 1} tokens), text {a.text_len} "
@@ -356,15 +323,17 @@ def parent_main(a):
         f"{f'pinned to {a.cpus} core(s)' if a.cpus else 'default threads'}, "
         f"{a.rounds} rounds x {a.steps} steps, total "
         f"{time.perf_counter() - t0:.0f} s\n")
-  print("| framework | params (M) | threads | ms/step (median) | min-max | "
-        "samples/s | page faults/step | mmtx speed-up (x) |")
-  print("|---|---|---|---|---|---|---|---|")
+  rows = []
   for n in names:
     ratio = statistics.median(t / m for t, m in zip(times[n], times["mmtx"]))
-    print(f"| {n} | {info[n]['params'] / 1e6:.2f} | {info[n]['threads']} | "
-          f"{med[n] * 1e3:.1f} | {min(times[n]) * 1e3:.0f}-"
-          f"{max(times[n]) * 1e3:.0f} | {a.batch / med[n]:.1f} | "
-          f"{statistics.median(faults[n]):,.0f} | {ratio:.2f} |")
+    rows.append([n, f"{info[n]['params'] / 1e6:.2f}", info[n]["threads"],
+                 f"{med[n] * 1e3:.1f}",
+                 f"{min(times[n]) * 1e3:.0f}-{max(times[n]) * 1e3:.0f}",
+                 f"{a.batch / med[n]:.1f}",
+                 f"{statistics.median(faults[n]):,.0f}", f"{ratio:.2f}"])
+  print(harness.markdown_table(
+      ["framework", "params (M)", "threads", "ms/step (median)", "min-max",
+       "samples/s", "page faults/step", "mmtx speed-up (x)"], rows))
   if a.json:
     with open(a.json, "w") as f:
       json.dump(dict(args={k: v for k, v in vars(a).items() if k != "argv"},
@@ -404,10 +373,7 @@ def parse_args(argv=None):
   a = p.parse_args(argv)
   a.argv = argv
   if a.quick:
-    given = {x.split("=")[0].lstrip("-") for x in argv}
-    for k, v in QUICK.items():
-      if k not in given:
-        setattr(a, k, v)
+    harness.apply_preset(a, argv, QUICK)
   if a.width % a.heads:
     p.error(f"--width {a.width} is not divisible by --heads {a.heads}")
   return a

@@ -39,6 +39,7 @@ run() {   # run SECONDS NAME CMD...: timed, logged, never stops the stage
 case "$stage" in
   check)
     run 240 gpu-tests python3 -m pytest tests/test_gpu.py tests/test_layers.py \
+        tests/test_attention_kernels.py \
         tests/test_losses.py tests/test_generation.py tests/test_train.py \
         -q -p no:cacheprovider -n 4 --junitxml="$OUT/pytest.xml"
     run 150 default-job python3 -m mmtx.main --workdir=/tmp/runs/default \

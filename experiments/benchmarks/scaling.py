@@ -56,8 +56,10 @@ import ml_collections  # noqa: E402
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 import clip_step  # noqa: E402
+import harness  # noqa: E402
 
-from mmtx import optimizers, sharding, train  # noqa: E402
+from mmtx import optimizers, sharding  # noqa: E402
+from mmtx.layers import REMAT_POLICIES  # noqa: E402
 
 MODELS = {
     "B/16": dict(image="B/16", text="M", image_size=224, text_len=77,
@@ -95,19 +97,16 @@ def measure(name: str, mode: str, n: int, a) -> dict:
   config = ml_collections.ConfigDict(dict(
       batch_size=a.per_device_batch * n,
       model=clip_step.model_config(shapes, v)))
-  task = clip_step.bench_task(shapes, v)
+  task = harness.bench_task(shapes, v)
   model = task.build_model(config)
-  tx, _ = optimizers.make_optimizer(clip_step.optimizer_config(), 1000)
+  tx, _ = optimizers.make_optimizer(harness.optimizer_config(), 1000)
   mesh = mesh_for(mode.split("-")[0], n)
   t0 = time.perf_counter()
-  abstract, shardings = clip_step.abstract_state(config, task, model, tx,
-                                                 mesh, jax.random.key(0))
+  abstract, shardings = harness.abstract_state(config, task, model, tx,
+                                               mesh, jax.random.key(0))
   b = config.batch_size
-  batch = clip_step.abstract_batch(shapes, dict(v, batch=b), mesh)
-  step = jax.jit(train.make_train_step(task, model, tx),
-                 in_shardings=(shardings, sharding.batch_sharding(mesh)),
-                 out_shardings=(shardings, sharding.replicated(mesh)),
-                 donate_argnums=(0,))
+  batch = harness.abstract_batch(shapes, dict(v, batch=b), mesh)
+  step = harness.jit_train_step(task, model, tx, shardings, mesh)
   with sharding.use_rules(None if mode == "fsdp-nc" else mesh):
     compiled = step.lower(abstract, batch).compile()
   mem = compiled.memory_analysis()
@@ -131,8 +130,7 @@ def main(argv=None):
   p.add_argument("--modes", default="dp,fsdp,fsdp-nc")
   p.add_argument("--per_device_batch", type=int, default=16)
   p.add_argument("--precision", choices=("fp32", "bf16"), default="bf16")
-  p.add_argument("--remat", default="none",
-                 choices=("none", "full", "dots", "dots_no_batch"))
+  p.add_argument("--remat", default="none", choices=sorted(REMAT_POLICIES))
   p.add_argument("--no_scan", action="store_true")
   p.add_argument("--unit", choices=sorted(UNITS), default="GiB")
   a = p.parse_args(argv)
