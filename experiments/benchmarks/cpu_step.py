@@ -303,7 +303,7 @@ def parent_main(a):
       time.sleep(a.pause)
       procs[n].stdin.write("run\n")
       procs[n].stdin.flush()
-      got = harness.harness.read_tagged(procs[n], "TIME")
+      got = harness.read_tagged(procs[n], "TIME")
       times[n].append(got["sec"])
       faults[n].append(got["faults"])
   for p in procs.values():
