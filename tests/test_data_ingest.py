@@ -143,8 +143,8 @@ def _ingest(export, fmt, tmp_path, **kw):
   return ddir, summary
 
 
-def _batches(name, data_dir, split, task, words, n, **kw):
-  it, info = data.get_dataset(name, split, task, batch_size=8, seed=3,
+def _batches(name, data_dir, split, view, words, n, **kw):
+  it, info = data.get_dataset(name, split, view, batch_size=8, seed=3,
                               data_dir=data_dir, shard=(0, 1), tokenizer=words,
                               max_len=24, **kw)
   return [next(it) for _ in range(n or info.steps_per_epoch)], info
@@ -538,8 +538,8 @@ def test_flip_only_where_no_text_says_left_or_right():
            ("vqa", {"question": np.array([b"what is it?"], dtype=object),
                     "answer": np.array([0], np.int32),
                     "qtype": np.array([0], np.int32)}, True)]
-  for task, fields, flips in cases:
-    spec = views.ViewSpec(task=task, tokenizer=tok, max_len=8,
+  for view, fields, flips in cases:
+    spec = views.ViewSpec(view=view, tokenizer=tok, max_len=8,
                           image_shape=(16, 16, 3), answers=("dog", "right"),
                           augment=True, image_policy=policy)
     seen = set()

@@ -1,4 +1,4 @@
-"""The grain pipeline: task views, determinism, host sharding, resume from a
+"""The grain pipeline: views, determinism, host sharding, resume from a
 saved iterator state, eval padding, error messages, device placement, and
 catalog datasets through tfds.testing.mock_data."""
 import json
@@ -28,10 +28,10 @@ def data_dir(tmp_path_factory):
   return d
 
 
-def _get(data_dir, split="train", task="vqa", **kw):
+def _get(data_dir, split="train", view="vqa", **kw):
   kw.setdefault("batch_size", 8)
   kw.setdefault("shard", (0, 1))
-  return data.get_dataset(NAME, split, task, data_dir=data_dir, **kw)
+  return data.get_dataset(NAME, split, view, data_dir=data_dir, **kw)
 
 
 def _take(it, n):
@@ -220,14 +220,14 @@ def test_missing_dataset_names_the_build_command(tmp_path):
 
 
 def test_bad_arguments():
-  with pytest.raises(ValueError, match="task"):
+  with pytest.raises(ValueError, match="view"):
     data.get_dataset(NAME, "train", "segmentation", batch_size=4)
   with pytest.raises(ValueError, match="shard index"):
     data.get_dataset(NAME, "train", "vqa", batch_size=4, shard=(2, 2))
 
 
 def _spec(**kw):
-  kw = dict(task="vqa", tokenizer=data.WordTokenizer(["a"]), max_len=8,
+  kw = dict(view="vqa", tokenizer=data.WordTokenizer(["a"]), max_len=8,
             image_shape=(75, 75, 3), answers=soc.ANSWERS, dataset="sort_of_clevr") | kw
   return views.ViewSpec(**kw)
 
@@ -366,7 +366,7 @@ def test_unknown_split_lists_the_splits(data_dir):
   assert info.num_records == 4 and info.num_examples == 120
 
 
-def test_task_without_its_features(tmp_path, monkeypatch):
+def test_view_without_its_features(tmp_path, monkeypatch):
   monkeypatch.setenv("MMTX_DATA_DIR", str(tmp_path))
   assert data.default_data_dir() == str(tmp_path)
   with pytest.raises(ValueError, match=r"easy_vqa has no \['dialogue_question'"):
@@ -433,7 +433,7 @@ def test_grouped_vqa_training_draws_distinct_questions_and_pads(data_dir):
   assert not batch["question"][:, 30:].any() and not batch["answer"][:, 30:].any()
 
 
-def test_grouped_vqa_resumes_and_rejects_other_tasks(data_dir):
+def test_grouped_vqa_resumes_and_rejects_other_views(data_dir):
   it, _ = _get(data_dir, "train", questions_per_image=5, batch_size=24)
   _take(it, 2)
   state = json.loads(json.dumps(it.get_state()))
@@ -442,7 +442,7 @@ def test_grouped_vqa_resumes_and_rejects_other_tasks(data_dir):
   again.set_state(state)
   for got, want in zip(_take(again, 3), expected):
     assert _same(got, want)
-  with pytest.raises(ValueError, match="questions_per_image=5 needs task 'vqa'"):
+  with pytest.raises(ValueError, match="questions_per_image=5 needs view 'vqa'"):
     _get(data_dir, "train", "caption", questions_per_image=5)
 
 
@@ -488,9 +488,9 @@ def test_decoded_record_cache_gives_the_same_batches(data_dir):
   """cache_mb keeps decoded records in memory after their first read; the
   batches of several epochs (64 images / 8 per batch = 8 per epoch) equal
   those read from disk every time, for grouped VQA and for captions."""
-  for task, kw in (("vqa", dict(questions_per_image=4)), ("caption", {})):
-    cached, info = _get(data_dir, task=task, cache_mb=64, **kw)
-    plain, _ = _get(data_dir, task=task, cache_mb=0, **kw)
+  for view, kw in (("vqa", dict(questions_per_image=4)), ("caption", {})):
+    cached, info = _get(data_dir, view=view, cache_mb=64, **kw)
+    plain, _ = _get(data_dir, view=view, cache_mb=0, **kw)
     assert all(_same(a, b) for a, b in zip(_take(cached, 20), _take(plain, 20)))
   # The cache is there (and read-only: a view writing into a record would
   # change later epochs), and absent when the split exceeds cache_mb.

@@ -7,11 +7,11 @@ from mmtx.data.pipeline import DataInfo, batch_sharding, get_dataset, to_device
 from mmtx.data.tokenizers import (BOS, EOS, MASK, PAD, SEP, UNK,
                                   SentencePieceTokenizer, Tokenizer,
                                   WordTokenizer, load_tokenizer)
-from mmtx.data.views import TASKS, as_text
+from mmtx.data.views import VIEWS, as_text
 
 __all__ = [
     "default_data_dir", "ensure_built", "CATALOG_FIELDS", "Fields", "DataInfo",
     "batch_sharding", "get_dataset", "to_device", "BOS", "EOS", "MASK", "PAD",
     "SEP", "UNK", "SentencePieceTokenizer", "Tokenizer", "WordTokenizer",
-    "load_tokenizer", "TASKS", "as_text",
+    "load_tokenizer", "VIEWS", "as_text",
 ]

@@ -3,7 +3,7 @@
 `to_record` turns one decoded TFDS example into mmtx's record schema
 ({'id', 'image' uint8 [S, S, 3], 'caption' str [C]}, and 'label' int32 [1],
 the class id zero-shot evaluation reads, when `Fields.label` names one) that
-the task views read,
+the views read,
 so any such dataset serves captioning and contrastive pretraining. Which
 features hold the image, the text(s) and the id is set by `Fields`; known
 datasets are in `CATALOG_FIELDS`.

@@ -42,8 +42,8 @@ class DataInfo:
   """What a trainer needs to know about the stream `get_dataset` returns."""
   name: str
   split: str
-  task: str
-  num_examples: int          # examples of `task` in the split (one epoch)
+  view: str
+  num_examples: int          # examples of `view` in the split (one epoch)
   num_records: int           # records (images) in the split
   shard: tuple[int, int]     # (index, count)
   examples_per_shard: int    # per epoch on this host, padding included
@@ -214,21 +214,21 @@ class _FileSource:
       return str(getattr(inner, "_paths", "its files"))
 
 
-def _unit_layout(task, split, source, metadata, to_record,
+def _unit_layout(view, split, source, metadata, to_record,
                  questions_per_image=0):
   """(starts, per_record, num_examples) of the flat example index."""
   n = len(source)
-  if task in ("caption", "contrastive", "label") or questions_per_image:
+  if view in ("caption", "contrastive", "label") or questions_per_image:
     return None, 1, n
-  if task == "vqa" and "questions_per_image" in metadata:
+  if view == "vqa" and "questions_per_image" in metadata:
     per = int(metadata["questions_per_image"])
     return None, per, n * per
-  if task == "dialogue" and "dialogues_per_image" in metadata:
+  if view == "dialogue" and "dialogues_per_image" in metadata:
     per = int(metadata["dialogues_per_image"]) * int(metadata["dialogue_turns"])
     return None, per, n * per
-  counts = metadata.get("question_counts", {}).get(split) if task == "vqa" else None
+  counts = metadata.get("question_counts", {}).get(split) if view == "vqa" else None
   if counts is None or len(counts) != n:   # e.g. a sliced split: count them
-    counts = [views.units_per_record(task, to_record(source[i], i)) for i in range(n)]
+    counts = [views.units_per_record(view, to_record(source[i], i)) for i in range(n)]
   starts = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
   return starts[:-1], None, int(starts[-1])
 
@@ -312,7 +312,7 @@ def _open_ingested(name, split, data_dir, image_size):
   return source, _identity, shape, meta, hint, builder
 
 
-def get_dataset(name: str, split: str, task: str, *, batch_size: int,
+def get_dataset(name: str, split: str, view: str, *, batch_size: int,
                 seed: int = 0, tokenizer=None, max_len: int = 32,
                 shuffle: bool | None = None, repeat: bool | None = None,
                 drop_remainder: bool | None = None, augment: bool = False,
@@ -331,8 +331,8 @@ def get_dataset(name: str, split: str, task: str, *, batch_size: int,
       `python -m mmtx.data ingest` wrote into `data_dir`, or a TFDS catalog
       dataset with an image and a text feature (see `fields`).
     split: a split name ('train', 'test', 'test_large') or TFDS slice.
-    task: 'vqa', 'caption', 'contrastive', 'dialogue' or 'label' (views.py
-      lists the batch keys of each).
+    view: 'vqa', 'caption', 'contrastive', 'dialogue' or 'label': how a
+      record becomes examples (views.py lists the batch keys of each).
     batch_size: examples per batch on this host.
     seed: shuffling and augmentation seed, in [0, 2**32).
     tokenizer: a `tokenizers.Tokenizer`, a path to a saved one (.json word
@@ -377,9 +377,9 @@ def get_dataset(name: str, split: str, task: str, *, batch_size: int,
     (iterator, info): `iterator` yields dicts of numpy arrays and has
     `get_state()` / `set_state(state)`; `info` is a `DataInfo`.
   """
-  if task not in views.TASKS:
-    raise ValueError(f"get_dataset: task must be one of {views.TASKS}, got "
-                     f"{task!r}.")
+  if view not in views.VIEWS:
+    raise ValueError(f"get_dataset: view must be one of {views.VIEWS}, got "
+                     f"{view!r}.")
   if not isinstance(batch_size, int) or batch_size < 1:
     raise ValueError(f"get_dataset: batch_size must be a positive int, got "
                      f"{batch_size!r}.")
@@ -404,7 +404,7 @@ def get_dataset(name: str, split: str, task: str, *, batch_size: int,
   elif isinstance(tokenizer, str):
     tokenizer = tok_lib.load_tokenizer(tokenizer)
   answers = tuple(metadata["answers"]) if "answers" in metadata else None
-  spec = views.ViewSpec(task=task, tokenizer=tokenizer, max_len=max_len,
+  spec = views.ViewSpec(view=view, tokenizer=tokenizer, max_len=max_len,
                         image_shape=image_shape, answers=answers,
                         augment=augment, random_text=shuffle, dataset=name,
                         rebuild_hint=hint,
@@ -423,14 +423,14 @@ def get_dataset(name: str, split: str, task: str, *, batch_size: int,
   if cache_mb and _record_nbytes(first) * len(source) <= cache_mb * 2 ** 20:
     source, to_record = _DecodedRecords(source, to_record), _identity
     source.keep(0, first)  # decoded once, for the size estimate
-  missing = [f for f in views.REQUIRED_FIELDS[task] if f not in first]
+  missing = [f for f in views.REQUIRED_FIELDS[view] if f not in first]
   if missing:
     raise ValueError(f"get_dataset: {name} has no {missing} feature(s), which "
-                     f"task {task!r} needs; its records have {sorted(first)}.")
-  starts, per_record, n = _unit_layout(task, split, source, metadata, to_record,
+                     f"view {view!r} needs; its records have {sorted(first)}.")
+  starts, per_record, n = _unit_layout(view, split, source, metadata, to_record,
                                        questions_per_image)
   if n < count:
-    raise ValueError(f"get_dataset: {name} {split} has {n} {task} examples, "
+    raise ValueError(f"get_dataset: {name} {split} has {n} {view} examples, "
                      f"fewer than the {count} hosts sharing it.")
 
   order = grain.MapDataset.range(n)
@@ -464,7 +464,7 @@ def get_dataset(name: str, split: str, task: str, *, batch_size: int,
   steps = (per_shard // batch_size if drop_remainder
            else math.ceil(per_shard / batch_size))
   info = DataInfo(
-      name=name, split=split, task=task, num_examples=n, num_records=len(source),
+      name=name, split=split, view=view, num_examples=n, num_records=len(source),
       shard=(index, count), examples_per_shard=per_shard, batch_size=batch_size,
       steps_per_epoch=steps, tokenizer=tokenizer, max_len=max_len,
       image_shape=image_shape, answers=answers,

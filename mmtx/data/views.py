@@ -1,4 +1,5 @@
-"""Task views: how one record becomes one training/eval example.
+"""Views: how one record becomes one training/eval example (a task names
+the view its batches come from: `Task.view`).
 
 Record schema (what mmtx's builders and `catalog.to_record` produce):
   'id' str; 'image' uint8 [H, W, 3], or the encoded bytes (JPEG / PNG /
@@ -16,7 +17,7 @@ Record schema (what mmtx's builders and `catalog.to_record` produce):
   in place of 'image'.
 
 Example keys (the pipeline stacks them into batches with a leading [B]):
-  every task: 'image' float32 [H, W, 3] in [-1, 1] (or normalised with
+  every view: 'image' float32 [H, W, 3] in [-1, 1] (or normalised with
     `ViewSpec.normalize`; encoded images are decoded and cropped as
     `ViewSpec.image_policy` says, images.py); 'index' int32, the
     record's index in its split; 'valid' bool, False for padding examples.
@@ -60,7 +61,7 @@ import numpy as np
 from mmtx.data import images as images_lib
 from mmtx.data import tokenizers as tok_lib
 
-TASKS = ("vqa", "caption", "contrastive", "dialogue", "label")
+VIEWS = ("vqa", "caption", "contrastive", "dialogue", "label")
 REQUIRED_FIELDS = {"vqa": ("question", "answer", "qtype"),
                    "caption": ("caption",), "contrastive": ("caption",),
                    "dialogue": ("dialogue_question", "dialogue_answer"),
@@ -99,7 +100,7 @@ def caption_set(fingerprints, first: int = 0,
 @dataclasses.dataclass(frozen=True)
 class ViewSpec:
   """What a view needs besides the record."""
-  task: str
+  view: str
   tokenizer: Any
   max_len: int
   image_shape: tuple[int, int, int]
@@ -114,19 +115,19 @@ class ViewSpec:
   labels: tuple[str, ...] | None = None  # 'label': the class names
 
   def __post_init__(self):
-    if self.task not in TASKS:
-      raise ValueError(f"unknown task {self.task!r}; expected one of {TASKS}.")
-    if self.task in ("vqa", "dialogue") and not self.answers:
-      raise ValueError(f"task {self.task!r} needs a dataset with an answer "
+    if self.view not in VIEWS:
+      raise ValueError(f"unknown view {self.view!r}; expected one of {VIEWS}.")
+    if self.view in ("vqa", "dialogue") and not self.answers:
+      raise ValueError(f"view {self.view!r} needs a dataset with an answer "
                        f"vocabulary; {self.dataset} has none.")
-    if self.task == "label" and not self.labels:
-      raise ValueError(f"task 'label' needs a dataset with a class list "
+    if self.view == "label" and not self.labels:
+      raise ValueError(f"view 'label' needs a dataset with a class list "
                        f"(metadata 'labels'); {self.dataset} has none.")
-    if self.questions_per_image and (self.task not in ("vqa", "dialogue")
+    if self.questions_per_image and (self.view not in ("vqa", "dialogue")
                                      or self.questions_per_image < 0):
       raise ValueError(f"questions_per_image={self.questions_per_image} needs "
-                       f"task 'vqa' or 'dialogue' and a value >= 0 (task is "
-                       f"{self.task!r}).")
+                       f"view 'vqa' or 'dialogue' and a value >= 0 (view is "
+                       f"{self.view!r}).")
 
 
 def as_text(x) -> str:
@@ -138,11 +139,11 @@ def record_id(record) -> str:
   return as_text(record.get("id", "?"))
 
 
-def units_per_record(task: str, record, questions_per_image: int = 0) -> int:
-  """How many examples of `task` one record holds."""
-  if task == "vqa" and not questions_per_image:
+def units_per_record(view: str, record, questions_per_image: int = 0) -> int:
+  """How many examples of `view` one record holds."""
+  if view == "vqa" and not questions_per_image:
     return len(record["question"])
-  if task == "dialogue" and not questions_per_image:
+  if view == "dialogue" and not questions_per_image:
     return int(np.asarray(record["dialogue_answer"]).size)
   return 1
 
@@ -271,13 +272,13 @@ def make_example(spec: ViewSpec, record, index: int, unit: int,
     _fail(spec, record, f"{'video' if 'video' in record else 'image'} has "
           f"shape {image.shape} and dtype {image.dtype}, expected uint8 "
           f"{tuple(spec.image_shape)}")
-  count = units_per_record(spec.task, record, spec.questions_per_image)
+  count = units_per_record(spec.view, record, spec.questions_per_image)
   if not 0 <= unit < count:
-    _fail(spec, record, f"it has {count} {spec.task} examples but example "
+    _fail(spec, record, f"it has {count} {spec.view} examples but example "
           f"{unit} was asked for (the dataset's metadata disagrees)")
   ex = {"index": np.int32(index), "valid": np.bool_(True)}
   tok = spec.tokenizer
-  if spec.task == "vqa":
+  if spec.view == "vqa":
     lengths = {f: len(record[f]) for f in ("question", "answer", "qtype")}
     if len(set(lengths.values())) != 1:
       _fail(spec, record, f"its question fields differ in length {lengths}")
@@ -296,14 +297,14 @@ def make_example(spec: ViewSpec, record, index: int, unit: int,
             record["question_encoding"][unit], np.float32)
       if "answer_ids" in record:
         ex["answer_ids"] = np.asarray(record["answer_ids"][unit], np.int32)
-  elif spec.task in ("caption", "contrastive"):
+  elif spec.view in ("caption", "contrastive"):
     captions = record["caption"]
     if len(captions) == 0:
       _fail(spec, record, "it has no caption")
     pick = 0
     if spec.random_text and rng is not None:
       pick = int(rng.integers(len(captions)))
-    if spec.task == "contrastive":   # every caption, for 'caption_set'
+    if spec.view == "contrastive":   # every caption, for 'caption_set'
       ids, mask = tok.encode_batch([as_text(c) for c in captions],
                                    spec.max_len)
       ex["caption_set"] = caption_set(fingerprint(ids), pick)
@@ -311,7 +312,7 @@ def make_example(spec: ViewSpec, record, index: int, unit: int,
     else:
       ids, mask = tok.encode_batch([as_text(captions[pick])], spec.max_len)
     ex.update(text=ids[0], text_mask=mask[0])
-  elif spec.task == "label":
+  elif spec.view == "label":
     ids = np.asarray(record["label"]).reshape(-1)
     if ids.size == 0 or ids.min() < 0 or ids.max() >= len(spec.labels):
       _fail(spec, record, f"its label ids {ids.tolist()} are not 1 or more "
