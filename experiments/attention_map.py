@@ -79,12 +79,12 @@ def draw(cfg, workdir, *, split="test", num=8, start=0, every=1, layer=-1,
   ck = checkpoint.Checkpointer(ck_dir, async_save=False)
   params = ck.restore_params()["params"]
   ck.close()
-  task = tasks.get_task(cfg.task)
-  model = task.build_model(cfg)
   cfg = cfg.copy_and_resolve_references()
   with cfg.unlocked():
     cfg.data.eval_batch_size = start + every * (num - 1) + 1
-  it, info = task.eval_iterator(cfg, split)
+  task = tasks.build_task(cfg)
+  model = task.model
+  it, info = task.eval_iterator(split)
   batch = next(it)
   pick = start + every * np.arange(num)
   images, questions = batch["image"][pick], batch["question"][pick]

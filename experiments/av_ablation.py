@@ -59,13 +59,13 @@ def forward_flops(cfg) -> float:
   import jax
   import numpy as np
   from mmtx import tasks
-  task = tasks.get_task(cfg.task)
-  model = task.build_model(cfg)
+  task = tasks.build_task(cfg)
+  model = task.model
   with cfg.unlocked():
     cfg.batch_size = 1
-  batch = task.init_batch(cfg)
+  batch = task.init_batch()
   params = jax.eval_shape(lambda: task.init_variables(
-      model, jax.random.key(0), batch))["params"]
+      jax.random.key(0), batch))["params"]
   inputs = [jax.ShapeDtypeStruct(np.shape(x), np.asarray(x).dtype)
             for x in task.inputs(batch)]
   compiled = jax.jit(lambda p, *x: model.apply({"params": p}, *x)).lower(

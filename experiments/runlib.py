@@ -23,7 +23,7 @@ def train_run(cfg, workdir: str, mode: str = "train") -> dict:
   sharding.set_cpu_sync_dispatch()
   sharding.set_cpu_devices(cfg.mesh.get("cpu_devices", 0))
   logging.set_verbosity(logging.WARNING)
-  task = tasks.get_task(cfg.task)
+  task = tasks.build_task(cfg)
   first = max(checkpoint_steps(workdir), default=0)
   start = time.time()
   try:
@@ -48,10 +48,9 @@ def train_run(cfg, workdir: str, mode: str = "train") -> dict:
                for k, v in r.items() if k.startswith("eval/")}
   speeds = [r["train/examples_per_sec"] for r in rows
             if "train/examples_per_sec" in r][1:]
-  model = task.build_model(cfg)
-  batch = task.init_batch(cfg)
+  batch = task.init_batch()
   shapes = jax.eval_shape(
-      lambda: task.init_variables(model, jax.random.key(0), batch))["params"]
+      lambda: task.init_variables(jax.random.key(0), batch))["params"]
   per_sec = float(np.median(speeds)) if speeds else None
   q = max(int(cfg.data.get("questions_per_image", 0)), 1)
   return {"metrics": metrics, "wall_s": wall, "examples_per_sec": per_sec,

@@ -85,11 +85,10 @@ def main():
 
   if args.init:
     zs_cfg = _config(args, 1)
-    task = tasks.get_task(zs_cfg.task)
-    model = task.build_model(zs_cfg)
-    batch = task.init_batch(zs_cfg)
+    task = tasks.build_task(zs_cfg)
+    batch = task.init_batch()
     shapes = jax.eval_shape(lambda: nn.meta.unbox(task.init_variables(
-        model, jax.random.key(0), batch)["params"]))
+        jax.random.key(0), batch)["params"]))
     fresh = jax.tree_util.tree_map(
         lambda s: jax.device_put(np.zeros(s.shape, s.dtype)), shapes)
     theta0 = train.load_transfer_params(zs_cfg, fresh, task)[0]
@@ -107,14 +106,13 @@ def main():
   runlib.train_run(ft_cfg, ft_dir)
   theta1 = _params(ft_dir)
 
-  task = tasks.get_task(ft_cfg.task)
-  model = task.build_model(ft_cfg)
+  task = tasks.build_task(ft_cfg)
   mesh = sharding.make_mesh(**ft_cfg.mesh)
   rows = []
   for alpha in (float(a) for a in args.alphas.split(",")):
     params = jax.device_put(wise_ft.interpolate(theta0, theta1, alpha),
                             sharding.replicated(mesh))
-    metrics, _ = task.evaluate(model, params, ft_cfg, mesh)
+    metrics, _ = task.evaluate(params, mesh)
     rows.append({"alpha": alpha, "metrics": {k: metrics.get(k)
                                              for k in KEYS}})
     print(f"alpha={alpha}: {rows[-1]['metrics']}", flush=True)
@@ -124,9 +122,9 @@ def main():
   best = max(rows, key=score)
   with ft_cfg.unlocked():
     ft_cfg.data.eval_splits = ("test_large",)
-  test, _ = task.evaluate(model, jax.device_put(
+  test, _ = task.evaluate(jax.device_put(
       wise_ft.interpolate(theta0, theta1, best["alpha"]),
-      sharding.replicated(mesh)), ft_cfg, mesh)
+      sharding.replicated(mesh)), mesh)
 
   source = args.init or (f"configs/clip.py:width={args.width} trained "
                          f"{args.zero_shot_steps} steps on "

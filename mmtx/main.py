@@ -171,10 +171,11 @@ def main(argv):
   # Errors a user acts on print their message, not a traceback (exit
   # statuses: the module docstring).
   try:
-    task = tasks.get_task(config.task)
+    train.check_config(config)
     devices = jax.devices()
     print(f"mmtx: task={config.task} workdir={workdir} "
           f"devices={len(devices)} {devices[0].platform}", flush=True)
+    task = tasks.build_task(config)
     train.train_and_evaluate(config, workdir, task, mode=_MODE.value,
                              progress=_PROGRESS.value)
   except train.Preempted as e:

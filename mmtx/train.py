@@ -1,14 +1,14 @@
-"""The one training loop. It imports no task: `main` hands it one.
-
-A task (mmtx/tasks/*) provides:
-  build_model(config) -> flax module
-  init_batch(config) -> dict of numpy arrays with the model's input shapes
-  init_variables(model, rng, batch) -> variables (boxed, logical axis names)
-  loss_fn(model, params, batch, rng, train) -> (loss, metrics dict)
-  train_iterator(config, shard_index, shard_count) -> iterator with
+"""The one training loop. It imports no task: `main` hands it one, built
+once from the config (mmtx/tasks/*, `tasks.build_task(config)`), which has:
+  model: the flax module
+  init_batch() -> dict of numpy arrays with the model's input shapes
+  init_variables(rng, batch) -> variables (boxed, logical axis names)
+  loss_fn(params, batch, rng, train) -> (loss, metrics dict)
+  train_iterator(shard_index, shard_count) -> iterator with
     get_state() / set_state(state)
-  evaluate(model, params, config, mesh) -> (metrics dict, printable table)
-  import_weights(config) -> params (only for config.init_from.weights)
+  evaluate(params, mesh) -> (metrics dict, printable table); its jitted steps
+    are made once per task, so later evaluations reuse their compilations
+  import_weights() -> params (only for config.init_from.weights)
 
 Per step: batch -> `put_batch` (sharded over data x fsdp) -> jitted
 `train_step` (grad of task.loss_fn, optax update) -> metrics. Checkpoints hold
@@ -158,15 +158,15 @@ class MetricWriter:
       self.tb.close()
 
 
-def create_train_state(config, task, model, tx, mesh, rng):
+def create_train_state(task, tx, mesh, rng):
   """Params and optimizer state created already sharded (jit out_shardings)."""
-  batch = task.init_batch(config)
-  boxed = jax.eval_shape(lambda r: task.init_variables(model, r, batch)["params"],
+  batch = task.init_batch()
+  boxed = jax.eval_shape(lambda r: task.init_variables(r, batch)["params"],
                          rng)
   p_shard = sharding.param_shardings(boxed, mesh)
 
   def init(r):
-    params = nn.meta.unbox(task.init_variables(model, r, batch)["params"])
+    params = nn.meta.unbox(task.init_variables(r, batch)["params"])
     return TrainState(step=jnp.zeros((), jnp.int32), params=params,
                       opt_state=tx.init(params), rng=r)
 
@@ -185,12 +185,12 @@ def create_train_state(config, task, model, tx, mesh, rng):
   return state, shardings, abstract
 
 
-def make_train_step(task, model, tx):
+def make_train_step(task, tx):
   def train_step(state: TrainState, batch):
     rng = jax.random.fold_in(state.rng, state.step)
 
     def loss(params):
-      return task.loss_fn(model, params, batch, rng, True)
+      return task.loss_fn(params, batch, rng, True)
 
     (l, metrics), grads = jax.value_and_grad(loss, has_aux=True)(state.params)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
@@ -206,14 +206,14 @@ def load_transfer_params(config, params, task=None):
   weights}.
 
   Loads params from another run's latest checkpoint (workdir), or from
-  released weights that `task.import_weights(config)` converts (weights);
+  released weights that `task.import_weights()` converts (weights);
   each target path is renamed by the first matching rule. From a checkpoint,
   params missing there keep their fresh init and are reported by name; from
   weights, a missing or misshapen param or a source param left unused is a
   ValueError naming them (and both shapes), raised before any training."""
   weights = config.init_from.get("weights", "")
   if weights:
-    src = task.import_weights(config)
+    src = task.import_weights()
   else:
     ck = ckpt_lib.Checkpointer(
         os.path.join(config.init_from.workdir, "checkpoints"),
@@ -280,16 +280,13 @@ def train_and_evaluate(config, workdir: str, task, *, mode: str = "train",
   os.makedirs(workdir, exist_ok=True)
   is_main = jax.process_index() == 0
   mesh = sharding.make_mesh(**config.mesh)
-  model = task.build_model(config)
   tx, sched = optimizers.make_optimizer(config.optimizer, config.total_steps)
   rng = jax.random.key(config.seed)
-  state, shardings, abstract = create_train_state(config, task, model, tx,
-                                                  mesh, rng)
+  state, shardings, abstract = create_train_state(task, tx, mesh, rng)
   ck = ckpt_lib.Checkpointer(
       os.path.join(workdir, "checkpoints"), keep=config.keep_checkpoints,
       best_metric=config.best_metric or None, best_mode=config.best_mode)
-  train_iter = task.train_iterator(config, jax.process_index(),
-                                   jax.process_count())
+  train_iter = task.train_iterator(jax.process_index(), jax.process_count())
 
   def on_corrupt(step, err):
     print(f"mmtx: checkpoint at step {step} is corrupt or partial "
@@ -346,14 +343,14 @@ def train_and_evaluate(config, workdir: str, task, *, mode: str = "train",
   writer = MetricWriter(workdir, enabled=is_main)
   if mode == "train":
     writer.drop_after(int(state.step))
-  step_fn = jax.jit(make_train_step(task, model, tx),
+  step_fn = jax.jit(make_train_step(task, tx),
                     in_shardings=(shardings, sharding.batch_sharding(mesh)),
                     out_shardings=(shardings, sharding.replicated(mesh)),
                     donate_argnums=(0,))
 
   def evaluate(step):
     with sharding.use_rules(mesh):   # the rules the train step runs under
-      metrics, table = task.evaluate(model, state.params, config, mesh)
+      metrics, table = task.evaluate(state.params, mesh)
     if is_main:
       writer.write(step, {f"eval/{k}": v for k, v in metrics.items()})
       if table:

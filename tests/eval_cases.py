@@ -15,7 +15,6 @@ import numpy as np
 
 from mmtx import data as data_lib
 from mmtx import losses
-from mmtx.tasks import caption as caption_lib
 from mmtx.tasks import contrastive as contrastive_lib
 from mmtx.tasks import get_task
 
@@ -217,16 +216,12 @@ def _caption_setup(data_dir):
   return st.Stub("captioner"), params
 
 
-def stub_generate_fn(model_config, config, mesh):
-  """Stands in for caption._generate_fn: the tokens of params['gen'] for
-  each image, replicated like the real one."""
-  from mmtx import sharding
-
-  def generate(params, images):
-    row = st._row(params["img_keys"], st.jnp_image_keys(images, params),
-                  jax.numpy)
-    return params["gen"][row]
-  return jax.jit(generate, out_shardings=sharding.replicated(mesh))
+def stub_generate(params, images):
+  """Stands in for CaptionTask.generate: the tokens of params['gen'] for
+  each image."""
+  row = st._row(params["img_keys"], st.jnp_image_keys(images, params),
+                jax.numpy)
+  return params["gen"][row]
 
 
 def _caption_reference(data_dir, params):
@@ -318,28 +313,21 @@ _SETUP = {"vqa": _vqa_setup, "dialogue": _dialogue_setup,
 
 
 def setup(name, data_dir):
-  """(task, model, params, config) for `task.evaluate`."""
+  """(task, model, params, config): the task of `name` on the stub model
+  (caption: with the stub decoder)."""
   cfg = st.config(name, data_dir, SPLITS.get(name, (SPLIT,)),
                   EVAL_BATCH[name])
-  task = get_task(name)
   model, params = _SETUP[name](data_dir)
-  if name == "dialogue":
-    task.history = "full"
-  if name == "pretrain":
-    task.loss_cfg = cfg.loss
-    task.vocab_size = int(params["vocab"].shape[0])
+  task = get_task(name)(cfg, st.open_split(data_dir, SPLIT), model=model)
+  if name == "caption":
+    task.generate = stub_generate
   return task, model, params, cfg
 
 
 def evaluate(name, data_dir, mesh):
-  """task.evaluate with the stub (caption: with the stub decoder)."""
-  task, model, params, cfg = setup(name, data_dir)
-  real = caption_lib._generate_fn
-  caption_lib._generate_fn = stub_generate_fn
-  try:
-    return task.evaluate(model, params, cfg, mesh)
-  finally:
-    caption_lib._generate_fn = real
+  """task.evaluate with the stub."""
+  task, _, params, _ = setup(name, data_dir)
+  return task.evaluate(params, mesh)
 
 
 def reference(name, data_dir):

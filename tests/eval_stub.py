@@ -131,6 +131,7 @@ def config(task, data_dir, eval_splits, eval_batch_size, **extra):
                 eval_batch_size=eval_batch_size, max_len=MAX_LEN,
                 augment=False, data_dir=str(data_dir), tokenizer="",
                 train_fraction=1.0, questions_per_image=0, history="full"),
+      model=dict(text=dict(vocab_size=-1)),
       loss=dict(mask_prob=0.3),
       decode=dict(method="greedy", beam_size=1, alpha=0.0)))
   c.update_from_flattened_dict(extra)

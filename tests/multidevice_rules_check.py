@@ -40,11 +40,13 @@ def constraints(hlo: str) -> int:
 class EncoderTask(RegressionTask):
   seen = []
 
-  def build_model(self, config):
-    return Regressor()
+  def __init__(self, config):
+    super().__init__(config)
+    self.model = Regressor()
 
-  def evaluate(self, model, params, config, mesh):
-    recs = self._records(config)
+  def evaluate(self, params, mesh):
+    model = self.model
+    recs = self._records()
     x = np.stack([r["x"] for r in recs])
     y = np.stack([r["y"] for r in recs])
     fn = jax.jit(lambda p, x: model.apply({"params": p}, x))
@@ -71,12 +73,12 @@ def main():
   cfg = base_config(total_steps=2, log_every=1, eval_every=2,
                     checkpoint_every=100, batch_size=8,
                     **{"mesh.data": 2})
-  task = EncoderTask()
+  task = EncoderTask(cfg)
   with tempfile.TemporaryDirectory() as d:
     train.train_and_evaluate(cfg, d, task, progress=False)
   inside = task.seen[-1]
   # The same evaluation of the same params, outside the trainer (no rules).
-  task.evaluate(task.build_model(cfg), task.params, cfg, None)
+  task.evaluate(task.params, None)
   outside = task.seen[-1]
 
   captured = Captured()

@@ -31,20 +31,19 @@ def run(mesh_kw):
                        "optimizer.weight_decay": 0.0}, **kw)
   with cfg.unlocked():
     cfg.model.hidden = 256
-  task = RegressionTask()
+  task = RegressionTask(cfg)
   with tempfile.TemporaryDirectory() as d:
     train.train_and_evaluate(cfg, d, task, progress=False)
     losses = [json.loads(l)["train/loss"] for l in open(f"{d}/metrics.jsonl")
               if "train/loss" in l]
   # Per-device bytes of params + optimizer state in the compiled step.
   mesh = sharding.make_mesh(**cfg.mesh)
-  model = task.build_model(cfg)
   tx, _ = optimizers.make_optimizer(cfg.optimizer, cfg.total_steps)
-  state, shard, _ = train.create_train_state(cfg, task, model, tx, mesh,
+  state, shard, _ = train.create_train_state(task, tx, mesh,
                                              jax.random.key(0))
-  step = jax.jit(train.make_train_step(task, model, tx),
+  step = jax.jit(train.make_train_step(task, tx),
                  in_shardings=(shard, sharding.batch_sharding(mesh)))
-  batch = sharding.put_batch(task.init_batch(cfg), mesh)
+  batch = sharding.put_batch(task.init_batch(), mesh)
   mem = step.lower(state, batch).compile().memory_analysis()
   state_bytes = sum(
       x.addressable_shards[0].data.nbytes

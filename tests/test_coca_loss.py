@@ -34,13 +34,13 @@ def test_caption_task_loss_equals_open_clip_coca_loss(lambda_con, lambda_cap):
   img = unit(rs.randn(b, dim)).astype(np.float32)
   txt = unit(rs.randn(b, dim)).astype(np.float32)
   scale = np.float32(7.5)
-  task = CaptionTask()
-  task.loss_cfg = ml_collections.ConfigDict(dict(
-      lambda_con=lambda_con, lambda_cap=lambda_cap, label_smoothing=0.0))
+  config = ml_collections.ConfigDict({"loss": dict(
+      lambda_con=lambda_con, lambda_cap=lambda_cap, label_smoothing=0.0)})
   model = _FixedCaptioner(logits, {"img_emb": img, "txt_emb": txt,
                                    "logit_scale": scale})
-  loss, aux = task.loss_fn(model, {}, {"image": np.zeros((b, 2, 2, 3)),
-                                       "text": texts}, None, False)
+  task = CaptionTask(config, model=model)
+  loss, aux = task.loss_fn({}, {"image": np.zeros((b, 2, 2, 3)),
+                                "text": texts}, None, False)
   # open_clip: logits of positions 0..L-2 predict the labels text[:, 1:];
   # pad id 0 is ignored in its token-mean cross-entropy.
   ref = oc_loss.CoCaLoss(caption_loss_weight=lambda_cap,

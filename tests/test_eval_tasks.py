@@ -157,10 +157,9 @@ def test_pretrain_itm_negative_of_the_same_image_never_counts(mesh):
                                  ids[i], w) for i in range(2)]
   params = eval_stub.embedding_params(w, u8, pair_keys, vocab=tok.vocab_size,
                                       mlm_guess=[i[0] for i in ids])
-  task = get_task("pretrain")
-  task.loss_cfg, task.vocab_size = cfg.loss, tok.vocab_size
-  task.eval_iterator = lambda config, split: (iter(batches), info)
-  got, table = task.evaluate(eval_stub.Stub("fusion"), params, cfg, mesh)
+  task = get_task("pretrain")(cfg, info, model=eval_stub.Stub("fusion"))
+  task.eval_iterator = lambda split: (iter(batches), info)
+  got, table = task.evaluate(params, mesh)
   pos = eval_stub.np_itm_pred(np.concatenate(pair_keys)) == 1
   assert 0 < pos.mean() < 1
   assert got["itm_accuracy/positive"] == pytest.approx(pos.mean())

@@ -29,8 +29,9 @@ from toy_task import RegressionTask, base_config
 
 
 def _train(workdir, **kw):
-  return train.train_and_evaluate(base_config(**kw), str(workdir),
-                                  RegressionTask(), progress=False)
+  cfg = base_config(**kw)
+  return train.train_and_evaluate(cfg, str(workdir), RegressionTask(cfg),
+                                  progress=False)
 
 
 def _snapshot(workdir):
@@ -62,11 +63,10 @@ def test_changed_model_is_a_mismatch_not_corruption(tmp_path, capsys):
   _train(tmp_path, total_steps=6)
   before = _snapshot(tmp_path)
   for mode in ("train", "eval"):
+    cfg = base_config(total_steps=12, **{"model.hidden": 8})
     with pytest.raises(checkpoint.CheckpointMismatchError) as e:
-      train.train_and_evaluate(base_config(total_steps=12,
-                                           **{"model.hidden": 8}),
-                               str(tmp_path), RegressionTask(), mode=mode,
-                               progress=False)
+      train.train_and_evaluate(cfg, str(tmp_path), RegressionTask(cfg),
+                               mode=mode, progress=False)
     msg = str(e.value)
     assert ("params/dense_in/bias has shape (16,) in the checkpoint and (8,) "
             "in the model") in msg, msg
@@ -164,9 +164,9 @@ def test_total_steps_below_the_resumed_step_is_an_error(tmp_path):
 
 def test_eval_needs_a_checkpoint_or_every_param_from_init_from(tmp_path):
   def evaluate(workdir, **kw):
-    return train.train_and_evaluate(base_config(**kw), str(workdir),
-                                    RegressionTask(), mode="eval",
-                                    progress=False)
+    cfg = base_config(**kw)
+    return train.train_and_evaluate(cfg, str(workdir), RegressionTask(cfg),
+                                    mode="eval", progress=False)
   with pytest.raises(FileNotFoundError, match="--mode=eval: no checkpoint"):
     evaluate(tmp_path / "new")
   _train(tmp_path / "src", total_steps=3)

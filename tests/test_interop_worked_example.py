@@ -181,20 +181,19 @@ def test_worked_example(kind, lit, tmp_path, data_dir):
     if kind == "clip":  # the labelled-dataset evaluator; SigLIP: the default
       config.zero_shot.update(label="objects.shape.0", classes=SHAPES,
                               templates=RED_TEMPLATES)
-  task = tasks.get_task(config.task)
+  task = tasks.build_task(config)
 
   # Imported: mmtx's embeddings equal transformers' on Sort-of-CLEVR images
   # and captions prepared by the source's own processor and tokenizer.
   pixels, ids = _reference_inputs(kind, src, data_dir)
   want = _hf_embeddings(hf, pixels, ids)
-  imported = train.load_transfer_params(config, _fresh(config, task),
-                                        task)[0]
+  imported = train.load_transfer_params(config, _fresh(task), task)[0]
   model_config = config.model.to_dict()
   for got, ref in zip(_mmtx_embeddings(model_config, imported, pixels, ids),
                       want):
     np.testing.assert_allclose(got, ref, atol=1e-4)
   # ... and so does the data pipeline's batch (tokenizer, normalisation).
-  it, info = task.eval_iterator(config, "test")
+  it, info = task.eval_iterator("test")
   batch = next(it)
   np.testing.assert_allclose(batch["image"][:8],
                              pixels.transpose(0, 2, 3, 1), atol=1e-5)
@@ -202,8 +201,7 @@ def test_worked_example(kind, lit, tmp_path, data_dir):
   # Zero-shot before: the evaluator on the imported weights, against the
   # same classifier built from transformers' embeddings.
   mesh = sharding.make_mesh(**config.mesh)
-  model = task.build_model(config)
-  before, table = task.evaluate(model, imported, config, mesh)
+  before, table = task.evaluate(imported, mesh)
   assert before["zero_shot/top1"] == pytest.approx(
       _hf_zero_shot(hf, kind, src, info, kind == "clip"), abs=1e-9)
   assert ("zero-shot 'objects.shape.0' (2 classes x 2 prompts)" in table
@@ -246,14 +244,13 @@ def _paths(tree):
           jax.tree_util.tree_leaves_with_path(tree)]
 
 
-def _fresh(config, task):
-  """Freshly initialised params of the config's model (what the trainer
+def _fresh(task):
+  """Freshly initialised params of the task's model (what the trainer
   loads the weights into)."""
-  model = task.build_model(config)
-  batch = task.init_batch(config)
+  batch = task.init_batch()
   import flax.linen as nn  # pylint: disable=g-import-not-at-top
   return jax.jit(lambda r: nn.meta.unbox(
-      task.init_variables(model, r, batch)["params"]))(jax.random.key(0))
+      task.init_variables(r, batch)["params"]))(jax.random.key(0))
 
 
 def test_weights_that_do_not_fit_are_an_error_before_training(tmp_path,
@@ -270,7 +267,7 @@ def test_weights_that_do_not_fit_are_an_error_before_training(tmp_path,
   with config.unlocked():
     config.data.update(name="sort_of_clevr/tiny", data_dir=data_dir)
     config.batch_size = 8
-  task = tasks.get_task(config.task)
+  task = tasks.build_task(config)
   with pytest.raises(ValueError, match=(
       r"img/posemb/pos_embedding: \(17, 32\) in the source, \(26, 32\) in "
       r"the model")):
@@ -281,4 +278,4 @@ def test_weights_that_do_not_fit_are_an_error_before_training(tmp_path,
   with config.unlocked():
     config.data.tokenizer = ""
   with pytest.raises(ValueError, match="config.data.tokenizer is unset"):
-    task.import_weights(config)
+    task.import_weights()

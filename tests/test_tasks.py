@@ -168,6 +168,11 @@ def test_last_question_of_real_histories_is_the_question_alone(data_dir):
     np.testing.assert_array_equal(got[row], want[0])
 
 
+def _history_config(history):
+  import ml_collections
+  return ml_collections.ConfigDict({"data": {"history": history}})
+
+
 def test_grouped_dialogue_loss_drops_the_history_of_every_row():
   """history='last' on a [B, Q, L] group: the model sees each row's last
   question, as the one-per-turn path (last_question on [B, L]) gives it."""
@@ -183,12 +188,11 @@ def test_grouped_dialogue_loss_drops_the_history_of_every_row():
                  [BOS, 10, EOS, 0, 0, 0, 0, 0]],
                 [[BOS, 30, SEP, 31, SEP, 34, 35, EOS],
                  [BOS, 7, 8, SEP, 9, SEP, 6, EOS]]], np.int32)
-  task = DialogueTask()
-  task.history = "last"
+  task = DialogueTask(_history_config("last"), model=Recorder())
   batch = {"image": np.zeros((2, 1, 1, 3)), "history": jnp.asarray(h),
            "answer": jnp.zeros((2, 2), jnp.int32),
            "question_valid": np.ones((2, 2), bool)}
-  task.loss_fn(Recorder(), {}, batch, None, True)
+  task.loss_fn({}, batch, None, True)
   assert seen["texts"].shape == (2, 2, 8)
   np.testing.assert_array_equal(seen["texts"].reshape(4, 8),
                                 last_question(h.reshape(4, 8)))
@@ -396,15 +400,56 @@ def test_loss_over_question_groups_skips_padding(task):
   text_key = {"vqa": "question", "dialogue": "history"}[task]
   batch = {"image": np.zeros((2, 1, 1, 3)), text_key: np.ones((2, 4, 3), np.int32),
            "answer": jnp.asarray(answer, jnp.int32), "question_valid": valid}
+  model = Fixed(jnp.asarray(logits, jnp.float32))
   if task == "vqa":
-    t = vqa.VqaTask()
+    t = vqa.VqaTask(_history_config("full"), model=model)
   else:
-    t = dialogue.DialogueTask()
-    t.history = "full"
-  loss, metrics = t.loss_fn(
-      Fixed(jnp.asarray(logits, jnp.float32)), {}, batch, None, True)
+    t = dialogue.DialogueTask(_history_config("full"), model=model)
+  loss, metrics = t.loss_fn({}, batch, None, True)
   logp = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
   ce = -np.take_along_axis(logp, answer[..., None], -1)[..., 0]
   np.testing.assert_allclose(loss, ce[valid].mean(), rtol=1e-5)
   hits = (logits.argmax(-1) == answer)[valid]
   np.testing.assert_allclose(metrics["accuracy"], hits.mean(), rtol=1e-6)
+
+
+def test_a_run_compiles_each_eval_step_once(tmp_path, data_dir):
+  """The task is built once and its eval steps are jitted once: a run with
+  two evaluations over two splits (the same padded batch shape) compiles
+  the VQA eval step once, and the train step once."""
+  import logging
+  from mmtx import tasks, train
+  from mmtx.configs import default
+
+  class Compiles(logging.Handler):
+    def __init__(self):
+      super().__init__()
+      self.names = []
+
+    def emit(self, record):
+      m = re.match(r"Compiling jit\((\w+)\)", record.getMessage())
+      if m:
+        self.names.append(m.group(1))
+
+  cfg = default.get_config("steps=2,width=16,fusion_layers=1,questions=2,"
+                           "images=4")
+  cfg.unlock()
+  cfg.update(eval_every=1, log_every=1, checkpoint_every=2)
+  cfg.data.update(name="sort_of_clevr/tiny", data_dir=str(data_dir),
+                  eval_splits=("test", "test[:15]"), eval_batch_size=64)
+  cfg.lock()
+  task = tasks.build_task(cfg)
+  assert task.info.split == "train"
+  handler = Compiles()
+  logger = logging.getLogger("jax")
+  logger.addHandler(handler)
+  try:
+    with jax.log_compiles():
+      out = train.train_and_evaluate(cfg, str(tmp_path), task, progress=False)
+  finally:
+    logger.removeHandler(handler)
+  assert "accuracy" in out and "test[:15]/accuracy" in out
+  rows = [json.loads(line) for line in open(tmp_path / "metrics.jsonl")]
+  assert [r["step"] for r in rows if "eval/accuracy" in r] == [1, 2]
+  assert handler.names.count("eval_step") == 1, handler.names
+  assert handler.names.count("train_step") == 1, handler.names

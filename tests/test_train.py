@@ -34,7 +34,7 @@ def _params(workdir):
 def test_training_reduces_loss_and_writes_metrics(tmp_path):
   cfg = base_config(total_steps=60, eval_every=30, checkpoint_every=30,
                     **{"optimizer.learning_rate": 3e-2})
-  out = train.train_and_evaluate(cfg, str(tmp_path), RegressionTask(),
+  out = train.train_and_evaluate(cfg, str(tmp_path), RegressionTask(cfg),
                                  progress=False)
   rows = [json.loads(l) for l in open(tmp_path / "metrics.jsonl")]
   losses = [r["train/loss"] for r in rows if "train/loss" in r]
@@ -47,7 +47,7 @@ def test_training_reduces_loss_and_writes_metrics(tmp_path):
 
 def test_resume_is_bitwise_equal_to_uninterrupted(tmp_path):
   cfg = base_config()
-  train.train_and_evaluate(cfg, str(tmp_path / "full"), RegressionTask(),
+  train.train_and_evaluate(cfg, str(tmp_path / "full"), RegressionTask(cfg),
                            progress=False)
   # The same command, interrupted when fetching step 7's batch (after the
   # step-6 checkpoint), then restarted.
@@ -55,8 +55,8 @@ def test_resume_is_bitwise_equal_to_uninterrupted(tmp_path):
     pass
 
   class Stops(RegressionTask):
-    def train_iterator(self, config, index, count):
-      it, n = super().train_iterator(config, index, count), [0]
+    def train_iterator(self, index, count):
+      it, n = super().train_iterator(index, count), [0]
 
       class W:
         def __next__(self):
@@ -69,10 +69,10 @@ def test_resume_is_bitwise_equal_to_uninterrupted(tmp_path):
       return W()
 
   with pytest.raises(Interrupted):
-    train.train_and_evaluate(cfg, str(tmp_path / "resumed"), Stops(),
+    train.train_and_evaluate(cfg, str(tmp_path / "resumed"), Stops(cfg),
                              progress=False)
   assert _params(tmp_path / "resumed")[0][-1] == 6
-  train.train_and_evaluate(cfg, str(tmp_path / "resumed"), RegressionTask(),
+  train.train_and_evaluate(cfg, str(tmp_path / "resumed"), RegressionTask(cfg),
                            progress=False)
   _, a = _params(tmp_path / "full")
   _, b = _params(tmp_path / "resumed")
@@ -89,7 +89,7 @@ _RUNNER = textwrap.dedent("""
     class Slow(t.RegressionTask):
       def loss_fn(self, *a):
         return super().loss_fn(*a)
-    task = Slow()
+    task = Slow(cfg)
     orig = task.train_iterator
     def slow_iter(*a):
       it = orig(*a)
@@ -153,12 +153,12 @@ def test_sigterm_saves_a_checkpoint_before_exiting(tmp_path):
 
 def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
   good = base_config(total_steps=6)
-  train.train_and_evaluate(good, str(tmp_path), RegressionTask(),
+  train.train_and_evaluate(good, str(tmp_path), RegressionTask(good),
                            progress=False)
   steps_before, before = _params(tmp_path)
   bad = base_config(total_steps=12, **{"data.poison_after": 0})
   with pytest.raises(train.NonFiniteLossError, match="at step 7"):
-    train.train_and_evaluate(bad, str(tmp_path), RegressionTask(),
+    train.train_and_evaluate(bad, str(tmp_path), RegressionTask(bad),
                              progress=False)
   steps_after, after = _params(tmp_path)
   assert steps_after == steps_before
@@ -169,7 +169,7 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
 
 def test_corrupt_latest_checkpoint_falls_back_to_previous(tmp_path, capsys):
   cfg = base_config(total_steps=6)
-  train.train_and_evaluate(cfg, str(tmp_path), RegressionTask(),
+  train.train_and_evaluate(cfg, str(tmp_path), RegressionTask(cfg),
                            progress=False)
   latest = tmp_path / "checkpoints" / "6" / "state"
   for root, _, files in os.walk(latest):
@@ -177,7 +177,7 @@ def test_corrupt_latest_checkpoint_falls_back_to_previous(tmp_path, capsys):
       with open(os.path.join(root, f), "wb") as fh:
         fh.write(b"garbage")
   cfg2 = base_config(total_steps=8)
-  train.train_and_evaluate(cfg2, str(tmp_path), RegressionTask(),
+  train.train_and_evaluate(cfg2, str(tmp_path), RegressionTask(cfg2),
                            progress=False)
   out = capsys.readouterr().out
   assert "checkpoint at step 6 is corrupt or partial" in out
@@ -186,7 +186,7 @@ def test_corrupt_latest_checkpoint_falls_back_to_previous(tmp_path, capsys):
 
 def test_transfer_reports_missing_params(tmp_path, capsys):
   src = base_config(total_steps=3)
-  train.train_and_evaluate(src, str(tmp_path / "src"), RegressionTask(),
+  train.train_and_evaluate(src, str(tmp_path / "src"), RegressionTask(src),
                            progress=False)
   _, src_params = _params(tmp_path / "src")
   dst = base_config(total_steps=1, **{"init_from.workdir": str(tmp_path / "src"),
@@ -194,7 +194,7 @@ def test_transfer_reports_missing_params(tmp_path, capsys):
                                       "model.hidden": 16})
   with dst.unlocked():
     dst.init_from.rules = (("^dense_out/", "nonexistent/"),)
-  train.train_and_evaluate(dst, str(tmp_path / "dst"), RegressionTask(),
+  train.train_and_evaluate(dst, str(tmp_path / "dst"), RegressionTask(dst),
                            progress=False)
   out = capsys.readouterr().out
   assert "initialised 2 params" in out

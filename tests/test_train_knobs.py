@@ -65,7 +65,7 @@ def test_gradient_clipping_matches_numpy_adam(clip):
 def _final_params(tmp_path, name, **kw):
   cfg = base_config(eval_every=0, log_every=1, checkpoint_every=100,
                     **{"model.dropout": 0.0, **kw})
-  train.train_and_evaluate(cfg, str(tmp_path / name), RegressionTask(),
+  train.train_and_evaluate(cfg, str(tmp_path / name), RegressionTask(cfg),
                            progress=False)
   from mmtx import checkpoint
   ck = checkpoint.Checkpointer(str(tmp_path / name / "checkpoints"),
@@ -97,10 +97,11 @@ def test_accumulate_steps_equals_one_step_on_a_k_times_larger_batch(tmp_path):
 class _Scripted(RegressionTask):
   """Eval metric 'score' from a fixed list, one value per evaluation."""
 
-  def __init__(self, scores):
+  def __init__(self, config, scores):
+    super().__init__(config)
     self.scores = list(scores)
 
-  def evaluate(self, model, params, config, mesh):
+  def evaluate(self, params, mesh):
     return {"score": self.scores.pop(0)}, ""
 
 
@@ -114,7 +115,7 @@ def test_keep_checkpoints_keeps_the_latest_and_the_best(tmp_path, mode,
                     keep_checkpoints=2, best_metric="score", best_mode=mode,
                     log_every=5)
   train.train_and_evaluate(cfg, str(tmp_path), _Scripted(
-      [0.5, 0.9, 0.1, 0.4, 0.6]), progress=False)
+      cfg, [0.5, 0.9, 0.1, 0.4, 0.6]), progress=False)
   from mmtx import checkpoint
   ck = checkpoint.Checkpointer(str(tmp_path / "checkpoints"),
                                async_save=False)

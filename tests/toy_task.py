@@ -52,7 +52,12 @@ class Mlp(nn.Module):
 class RegressionTask:
   """y = sum(x * w_true); data item i is fixed by i (deterministic)."""
 
-  def _records(self, config):
+  def __init__(self, config):
+    self.config = config
+    self.model = Mlp(config.model.hidden, config.model.dropout)
+
+  def _records(self):
+    config = self.config
     rs = np.random.RandomState(0)
     f = config.data.features
     x = rs.randn(config.data.num_examples, f).astype(np.float32)
@@ -63,36 +68,31 @@ class RegressionTask:
       y[:] = np.nan
     return [{"x": x[i], "y": y[i]} for i in range(len(x))]
 
-  def build_model(self, config):
-    return Mlp(config.model.hidden, config.model.dropout)
+  def init_batch(self):
+    b, f = self.config.batch_size, self.config.data.features
+    return {"x": np.zeros((b, f), np.float32),
+            "y": np.zeros((b, 1), np.float32)}
 
-  def init_batch(self, config):
-    return {"x": np.zeros((config.batch_size, config.data.features),
-                          np.float32),
-            "y": np.zeros((config.batch_size, 1), np.float32)}
+  def init_variables(self, rng, batch):
+    return self.model.init(rng, batch["x"])
 
-  def init_variables(self, model, rng, batch):
-    return model.init(rng, batch["x"])
-
-  def loss_fn(self, model, params, batch, rng, train_):
-    pred = model.apply({"params": params}, batch["x"],
-                       deterministic=not train_, rngs={"dropout": rng})
+  def loss_fn(self, params, batch, rng, train_):
+    pred = self.model.apply({"params": params}, batch["x"],
+                            deterministic=not train_, rngs={"dropout": rng})
     loss = jnp.mean((pred - batch["y"]) ** 2)
     return loss, {"mse": loss}
 
-  def train_iterator(self, config, index, count):
+  def train_iterator(self, index, count):
     # Like mmtx.data: one global shuffle, host `index` takes every count-th
     # example, and batch_size is global.
-    ds = grain.MapDataset.source(self._records(config)).shuffle(
-        seed=config.seed).repeat()
-    return iter(ds[index::count].batch(config.batch_size // count,
+    ds = grain.MapDataset.source(self._records()).shuffle(
+        seed=self.config.seed).repeat()
+    return iter(ds[index::count].batch(self.config.batch_size // count,
                                        drop_remainder=True))
 
-  def evaluate(self, model, params, config, mesh):
-    recs = self._records(config)
+  def evaluate(self, params, mesh):
+    recs = self._records()
     x = np.stack([r["x"] for r in recs])
     y = np.stack([r["y"] for r in recs])
-    mse = float(jnp.mean((model.apply({"params": params}, x) - y) ** 2))
+    mse = float(jnp.mean((self.model.apply({"params": params}, x) - y) ** 2))
     return {"neg_mse": -mse}, f"eval mse {mse:.4f}"
-
-

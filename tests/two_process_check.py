@@ -18,7 +18,8 @@ if __name__ == "__main__":
                        # Dropout masks follow row positions, and the rows of
                        # a global batch are ordered by process: no dropout.
                        "model.dropout": 0.0})
-  train.train_and_evaluate(cfg, sys.argv[1], RegressionTask(), progress=False)
+  train.train_and_evaluate(cfg, sys.argv[1], RegressionTask(cfg),
+                           progress=False)
   import jax
   print(f"PROCESS {jax.process_index()} of {jax.process_count()} "
         f"devices {jax.device_count()} DONE", flush=True)

@@ -147,8 +147,8 @@ def build_variant(args, v: dict):
   from mmtx import optimizers, sharding
   config = ml_collections.ConfigDict(dict(
       batch_size=v["batch"], model=model_config(args, v)))
-  task = bench_task(args, v)
-  model = task.build_model(config)
+  task = bench_task(args, v, config)
+  model = task.model
   if v["optimizer"] == "optax":
     oc = optimizer_config()
     tx = optax.adamw(oc.learning_rate, oc.b1, oc.b2, oc.eps,
@@ -157,8 +157,8 @@ def build_variant(args, v: dict):
     tx, _ = optimizers.make_optimizer(optimizer_config(), 1000)
   mesh = sharding.make_mesh(num_devices=1)
   rng = jax.random.key(0)
-  abstract, shardings = abstract_state(config, task, model, tx, mesh, rng)
-  step = jit_train_step(task, model, tx, shardings, mesh, v["donate"])
+  abstract, shardings = abstract_state(task, tx, mesh, rng)
+  step = jit_train_step(task, tx, shardings, mesh, v["donate"])
   return dict(step=step, config=config, task=task, model=model, tx=tx,
               abstract=abstract, mesh=mesh, rng=rng)
 
@@ -247,7 +247,7 @@ def run_mmtx_worker(args):
       key = init_key(v)
       if key not in templates:
         templates[key], _, _ = train.create_train_state(
-            b["config"], b["task"], b["model"], b["tx"], b["mesh"], b["rng"])
+            b["task"], b["tx"], b["mesh"], b["rng"])
       state = jax.tree_util.tree_map(jnp.copy, templates[key])
       batch = sharding.put_batch({"image": images[:v["batch"]],
                                   "text": texts[:v["batch"]]}, b["mesh"])

@@ -103,13 +103,13 @@ def mmtx_worker(a):
   images, texts, _ = batch_arrays(a)
   config = ml_collections.ConfigDict(dict(batch_size=a.batch,
                                           model=mmtx_model_config(a)))
-  task = harness.bench_task(a, dict(param_dtype="fp32", loss="softmax"))
-  model = task.build_model(config)
+  task = harness.bench_task(a, dict(param_dtype="fp32", loss="softmax"),
+                            config)
   tx, _ = optimizers.make_optimizer(harness.optimizer_config(), 1000)
   mesh = sharding.make_mesh(num_devices=1)
-  state, shardings, _ = train.create_train_state(config, task, model, tx, mesh,
+  state, shardings, _ = train.create_train_state(task, tx, mesh,
                                                  jax.random.key(0))
-  step_fn = harness.jit_train_step(task, model, tx, shardings, mesh)
+  step_fn = harness.jit_train_step(task, tx, shardings, mesh)
   batch = sharding.put_batch({"image": images, "text": texts}, mesh)
   box = {"state": state}
   n = sum(x.size for x in jax.tree_util.tree_leaves(state.params))

@@ -146,7 +146,7 @@ def optimizer_config():
       lr_multipliers=(), layer_decay=0.0))
 
 
-def bench_task(args, v: dict):
+def bench_task(args, v: dict, config):
   """The real contrastive task's loss_fn on synthetic shapes (no dataset)."""
   import jax
   import jax.numpy as jnp
@@ -156,45 +156,46 @@ def bench_task(args, v: dict):
   class BenchTask(ContrastiveTask):
     """ContrastiveTask without data: fixed model config and input shapes."""
 
-    def build_model(self, config):
-      return DualEncoder(config.model.to_dict())
+    def build_model(self):
+      return DualEncoder(self.config.model.to_dict())
 
-    def init_batch(self, config):
+    def init_batch(self):
       # Params do not depend on the batch: init on 2 rows.
       images, texts = make_batch(args, 2)
       return {"image": images, "text": texts}
 
-    def init_variables(self, model, rng, batch):
-      variables = super().init_variables(model, rng, batch)
+    def init_variables(self, rng, batch):
+      variables = super().init_variables(rng, batch)
       if v["param_dtype"] != "bf16":
         return variables
       # Pure-bf16 params (and so AdamW moments); scalars stay float32.
       return jax.tree_util.tree_map(
           lambda x: x.astype(jnp.bfloat16) if x.ndim else x, variables)
 
-    def loss_fn(self, model, params, batch, rng, train):
+    def loss_fn(self, params, batch, rng, train):
       if v["loss"] == "softmax":
-        return super().loss_fn(model, params, batch, rng, train)
+        return super().loss_fn(params, batch, rng, train)
       # 'dot': a surrogate with the same towers and no B x B logits; the
       # step time difference to 'softmax' is the contrastive loss's cost.
-      img_emb, txt_emb, _ = model.apply({"params": params}, batch["image"],
-                                        batch["text"], deterministic=not train)
+      img_emb, txt_emb, _ = self.model.apply(
+          {"params": params}, batch["image"], batch["text"],
+          deterministic=not train)
       return -jnp.mean(jnp.sum(img_emb * txt_emb, axis=-1)), {}
-  return BenchTask()
+  return BenchTask(config)
 
 
-def jit_train_step(task, model, tx, shardings, mesh, donate: bool = True):
+def jit_train_step(task, tx, shardings, mesh, donate: bool = True):
   """`train.make_train_step` jitted as `mmtx.train` does: in/out shardings,
   the state donated."""
   import jax
   from mmtx import sharding, train
-  return jax.jit(train.make_train_step(task, model, tx),
+  return jax.jit(train.make_train_step(task, tx),
                  in_shardings=(shardings, sharding.batch_sharding(mesh)),
                  out_shardings=(shardings, sharding.replicated(mesh)),
                  donate_argnums=(0,) if donate else ())
 
 
-def abstract_state(config, task, model, tx, mesh, rng):
+def abstract_state(task, tx, mesh, rng):
   """(abstract TrainState, its shardings): `train.create_train_state` under
   `jax.eval_shape`, so nothing is allocated."""
   import jax
@@ -202,8 +203,7 @@ def abstract_state(config, task, model, tx, mesh, rng):
   held = {}
 
   def state_only(r):
-    state, shardings, _ = train.create_train_state(config, task, model, tx,
-                                                   mesh, r)
+    state, shardings, _ = train.create_train_state(task, tx, mesh, r)
     held["shardings"] = shardings
     return state
   abstract = jax.eval_shape(state_only, rng)

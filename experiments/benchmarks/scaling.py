@@ -97,16 +97,15 @@ def measure(name: str, mode: str, n: int, a) -> dict:
   config = ml_collections.ConfigDict(dict(
       batch_size=a.per_device_batch * n,
       model=clip_step.model_config(shapes, v)))
-  task = harness.bench_task(shapes, v)
-  model = task.build_model(config)
+  task = harness.bench_task(shapes, v, config)
   tx, _ = optimizers.make_optimizer(harness.optimizer_config(), 1000)
   mesh = mesh_for(mode.split("-")[0], n)
   t0 = time.perf_counter()
-  abstract, shardings = harness.abstract_state(config, task, model, tx,
-                                               mesh, jax.random.key(0))
+  abstract, shardings = harness.abstract_state(task, tx, mesh,
+                                               jax.random.key(0))
   b = config.batch_size
   batch = harness.abstract_batch(shapes, dict(v, batch=b), mesh)
-  step = harness.jit_train_step(task, model, tx, shardings, mesh)
+  step = harness.jit_train_step(task, tx, shardings, mesh)
   with sharding.use_rules(None if mode == "fsdp-nc" else mesh):
     compiled = step.lower(abstract, batch).compile()
   mem = compiled.memory_analysis()

@@ -12,22 +12,21 @@ from mmtx.tasks.vqa import VqaTask
 
 class AvqaTask(VqaTask):
 
-  def build_model(self, config):
+  def build_model(self):
     from mmtx.models.av_model import AudioVisualModel
-    info = self.info(config)
-    cfg = common.model_config(config, vocab_size=info.tokenizer.vocab_size,
-                              num_answers=len(info.answers))
+    cfg = common.model_config(self.config,
+                              vocab_size=self.info.tokenizer.vocab_size,
+                              num_answers=len(self.info.answers))
     return AudioVisualModel(cfg)
 
   def inputs(self, batch):
     return batch["video"], batch["audio"], batch["question"]
 
-  def init_batch(self, config):
-    info = self.info(config)
-    b = config.batch_size
+  def init_batch(self):
+    info, b = self.info, self.config.batch_size
     return {"video": np.zeros((b,) + tuple(info.image_shape), np.float32),
             "audio": np.zeros((b, info.metadata["audio_samples"]), np.float32),
-            "question": np.ones((b, config.data.max_len), np.int32)}
+            "question": np.ones((b, self.config.data.max_len), np.int32)}
 
-  def init_variables(self, model, rng, batch):
-    return model.init(rng, *self.inputs(batch))
+  def init_variables(self, rng, batch):
+    return self.model.init(rng, *self.inputs(batch))

@@ -44,55 +44,69 @@ def decode_kwargs(decode) -> dict:
 
 
 class CaptionTask(common.Task):
-  data_task = "caption"
+  view = "caption"
   text_key = "text"
 
-  def build_model(self, config):
+  def build_model(self):
     from mmtx.models import Captioner
-    info = self.info(config)
-    cfg = common.model_config(config, vocab_size=info.tokenizer.vocab_size)
+    config = self.config
+    cfg = common.model_config(config,
+                              vocab_size=self.info.tokenizer.vocab_size)
     if cfg["text"]["max_len"] < config.data.max_len:
       raise ValueError(f"config.model.text.max_len ({cfg['text']['max_len']})"
                        f" must be >= config.data.max_len "
                        f"({config.data.max_len}), the caption length.")
     decode_kwargs(config.decode)
-    self.loss_cfg = config.loss
     return Captioner(cfg)
 
-  def loss_fn(self, model, params, batch, rng, train):
+  def loss_fn(self, params, batch, rng, train):
     texts = batch["text"]
-    logits, extras = model.apply({"params": params}, batch["image"], texts,
-                                 deterministic=not train,
-                                 rngs={"dropout": rng})
+    logits, extras = self.model.apply({"params": params}, batch["image"],
+                                      texts, deterministic=not train,
+                                      rngs={"dropout": rng})
+    c = self.config.loss
     targets = texts[:, 1:]
     weights = (targets != 0).astype(jnp.float32)
     cap = losses.lm_loss(logits[:, :-1], targets, weights,
-                         label_smoothing=float(self.loss_cfg.label_smoothing))
+                         label_smoothing=float(c.label_smoothing))
     con = losses.softmax_contrastive_loss(extras["img_emb"], extras["txt_emb"],
                                           extras["logit_scale"])
-    loss = (float(self.loss_cfg.lambda_con) * con +
-            float(self.loss_cfg.lambda_cap) * cap)
+    loss = float(c.lambda_con) * con + float(c.lambda_cap) * cap
     correct = (jnp.argmax(logits[:, :-1], -1) == targets) * weights
     return loss, {"caption_loss": cap, "contrastive_loss": con,
                   "token_accuracy": correct.sum() / jnp.maximum(
                       weights.sum(), 1.0),
                   "logit_scale": extras["logit_scale"]}
 
-  def evaluate(self, model, params, config, mesh):
-    def embed(params, batch):
-      _, extras = model.apply({"params": params}, batch["image"],
-                              batch["text"])
-      return {"img_emb": extras["img_emb"], "txt_emb": extras["txt_emb"]}
+  def embed(self, params, batch):
+    """'img_emb', 'txt_emb' `[B, D]` of a batch of pairs."""
+    _, extras = self.model.apply({"params": params}, batch["image"],
+                                 batch["text"])
+    return {"img_emb": extras["img_emb"], "txt_emb": extras["txt_emb"]}
 
-    step = retrieval.jit_step(embed, mesh)
-    generate = _generate_fn(model.config, config, mesh)
+  def generate(self, params, images):
+    """images `[B, H, W, 3]` -> new tokens `[B, max_len - 1]`, decoded from
+    bos with the KV cache as config.decode says."""
+    from mmtx.models import captioner
+    config = self.config
+    prompt = jnp.full((images.shape[0], 1), data_lib.BOS, jnp.int32)
+    out = captioner.generate(self.model.config, params, images, prompt,
+                             max_new_tokens=config.data.max_len - 1,
+                             eos_id=data_lib.EOS, method=config.decode.method,
+                             **decode_kwargs(config.decode))
+    return out.tokens
+
+  def evaluate(self, params, mesh):
+    config = self.config
+    step = self.jit(self.embed, mesh)
+    generate = self.jit(self.generate, mesh)
     out, lines = {}, []
     for split in config.data.eval_splits:
-      it, info = self.eval_iterator(config, split)
+      it, info = self.eval_iterator(split)
       pairs = retrieval.run_pairs(step, params, config, mesh, it, info)
       refs = dict(zip(pairs.indices.tolist(), pairs.references))
       hyps = {}
-      it, _ = self.eval_iterator(config, split)
+      it, _ = self.eval_iterator(split)
       for batch in it:
         tokens = np.asarray(jax.device_get(generate(
             params, sharding.put_batch(batch, mesh)["image"])))
@@ -119,19 +133,3 @@ class CaptionTask(common.Task):
                                              "first reference"],
           [(i, hyps[i], refs[i][0]) for i in sorted(hyps)[:3]]))
     return out, "\n".join(lines)
-
-
-def _generate_fn(model_config, config, mesh):
-  """jit (params, images [B, H, W, 3]) -> new tokens [B, max_len - 1]."""
-  from mmtx.models import captioner
-  kwargs = decode_kwargs(config.decode)
-  max_new = config.data.max_len - 1
-
-  def generate(params, images):
-    prompt = jnp.full((images.shape[0], 1), data_lib.BOS, jnp.int32)
-    out = captioner.generate(model_config, params, images, prompt,
-                             max_new_tokens=max_new, eos_id=data_lib.EOS,
-                             method=config.decode.method, **kwargs)
-    return out.tokens
-
-  return jax.jit(generate, out_shardings=sharding.replicated(mesh))

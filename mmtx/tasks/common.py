@@ -1,5 +1,6 @@
-"""What every task shares: opening its data from `config.data`, filling the
-dataset-dependent model sizes, placing batches, printing tables."""
+"""What every task shares: the `Task` base (built once from the config,
+opening its data from `config.data`, jitting its eval steps once), filling
+the dataset-dependent model sizes, the answer loss, printing tables."""
 from __future__ import annotations
 
 from typing import Any, Sequence
@@ -10,24 +11,57 @@ import numpy as np
 
 from mmtx import data as data_lib
 from mmtx import losses
+from mmtx import sharding
 
 
 class Task:
-  """Base for tasks (see mmtx/train.py for the interface the loop calls).
+  """A task built once from the config: its model, loss and evaluation.
 
-  Subclasses set `data_task` (the data view) and `text_key` (the batch's
-  token field the model reads beside 'image') and implement build_model,
-  loss_fn and evaluate.
+  `Task(config, info)`: `info` is the training split's DataInfo (vocabulary,
+  answers, image shape), opened from config.data when not given; `model`
+  replaces the one `build_model` makes (a stub in tests). Subclasses set
+  `view` (the mmtx.data view their batches come from) and `text_key` (the
+  batch's token field the model reads beside 'image') and implement
+  build_model, loss_fn and evaluate. mmtx/train.py lists what the trainer
+  calls.
   """
-  data_task = "vqa"
+  view = "vqa"
   text_key = "question"
 
-  def __init__(self):
-    self._info = None
+  def __init__(self, config, info=None, model=None):
+    self.config = config
+    self._info = info
+    self._jitted = {}
+    self.model = self.build_model() if model is None else model
 
-  def _open(self, config, split, *, train, shard=None):
+  @property
+  def info(self):
+    """The training split's DataInfo (the dataset is built on first use)."""
+    if self._info is None:
+      _, self._info = self._open(self.config.data.train_split, train=True,
+                                 shard=(0, 1))
+    return self._info
+
+  def build_model(self):
+    """The flax module for `self.config` and `self.info`; sets nothing."""
+    raise NotImplementedError
+
+  def jit(self, fn, mesh=None, **kwargs):
+    """`jax.jit(fn, **kwargs)` made once per task, `fn` and mesh (with
+    `mesh`: outputs replicated, so the host reads every row). `fn` is a
+    bound method or module-level function, so an evaluation after the first
+    runs the steps already compiled."""
+    key = (fn, mesh)
+    if key not in self._jitted:
+      if mesh is not None:
+        kwargs["out_shardings"] = sharding.replicated(mesh)
+      self._jitted[key] = jax.jit(fn, **kwargs)
+    return self._jitted[key]
+
+  def _open(self, split, *, train, shard=None):
     """config.batch_size and data.eval_batch_size are global: each of the
     `count` hosts reads 1/count of every batch."""
+    config = self.config
     d = config.data
     if train:
       split = train_split_with_fraction(split, d.train_fraction)
@@ -38,7 +72,7 @@ class Task:
                        f"{global_bs} is not divisible by the {count} "
                        f"processes; use a multiple of {count}.")
     return data_lib.get_dataset(
-        d.name, split, self.data_task, batch_size=global_bs // count,
+        d.name, split, self.view, batch_size=global_bs // count,
         seed=config.seed, max_len=d.max_len, shuffle=train, repeat=train,
         augment=train and d.augment, data_dir=d.data_dir or None, shard=shard,
         tokenizer=d.tokenizer or None,
@@ -50,34 +84,26 @@ class Task:
         hflip=train and d.get("hflip", False),
         num_workers=d.get("num_workers", 0),
         questions_per_image=(d.get("questions_per_image", 0)
-                             if train and self.data_task in ("vqa", "dialogue")
+                             if train and self.view in ("vqa", "dialogue")
                              else 0))
 
-  def info(self, config):
-    """The training split's DataInfo (vocabulary, answers, image shape);
-    builds the dataset on first use."""
-    if self._info is None:
-      _, self._info = self._open(config, config.data.train_split, train=True,
-                                 shard=(0, 1))
-    return self._info
-
-  def init_batch(self, config):
+  def init_batch(self):
     """Zeros with the shapes of a training batch (for `init`)."""
-    info = self.info(config)
-    b = config.batch_size
-    return {"image": np.zeros((b,) + tuple(info.image_shape), np.float32),
-            self.text_key: np.ones((b, config.data.max_len), np.int32)}
+    b = self.config.batch_size
+    return {"image": np.zeros((b,) + tuple(self.info.image_shape),
+                              np.float32),
+            self.text_key: np.ones((b, self.config.data.max_len), np.int32)}
 
-  def init_variables(self, model, rng, batch):
-    return model.init(rng, batch["image"], batch[self.text_key])
+  def init_variables(self, rng, batch):
+    return self.model.init(rng, batch["image"], batch[self.text_key])
 
-  def train_iterator(self, config, shard_index, shard_count):
-    it, _ = self._open(config, config.data.train_split, train=True,
+  def train_iterator(self, shard_index, shard_count):
+    it, _ = self._open(self.config.data.train_split, train=True,
                        shard=(shard_index, shard_count))
     return it
 
-  def eval_iterator(self, config, split):
-    return self._open(config, split, train=False)
+  def eval_iterator(self, split):
+    return self._open(split, train=False)
 
 
 def answer_loss(logits, answer, batch):

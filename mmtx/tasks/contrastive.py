@@ -73,19 +73,19 @@ def contrastive_loss(name, img_emb, txt_emb, extras):
 
 
 class ContrastiveTask(common.Task):
-  data_task = "contrastive"
+  view = "contrastive"
   text_key = "text"
 
-  def build_model(self, config):
+  def build_model(self):
     from mmtx.models import DualEncoder
-    info = self.info(config)
-    cfg = common.model_config(config, vocab_size=info.tokenizer.vocab_size)
-    return DualEncoder(cfg)
+    return DualEncoder(common.model_config(
+        self.config, vocab_size=self.info.tokenizer.vocab_size))
 
-  def import_weights(self, config):
+  def import_weights(self):
     """The params of config.init_from.weights (mmtx.interop.weights), for
     the trainer's init_from; the tokenizer must be the weights' own."""
     from mmtx.interop import weights  # pylint: disable=g-import-not-at-top
+    config = self.config
     if not config.data.tokenizer:
       raise ValueError(
           f"init_from.weights={config.init_from.weights}: config.data."
@@ -97,27 +97,29 @@ class ContrastiveTask(common.Task):
     weights.load.cache_clear()
     return params
 
-  def loss_fn(self, model, params, batch, rng, train):
-    img_emb, txt_emb, extras = model.apply(
+  def loss_fn(self, params, batch, rng, train):
+    img_emb, txt_emb, extras = self.model.apply(
         {"params": params}, batch["image"], batch["text"],
         deterministic=not train, rngs={"dropout": rng})
-    loss = contrastive_loss(model.config.get("loss", "softmax"), img_emb,
+    loss = contrastive_loss(self.config.model.get("loss", "softmax"), img_emb,
                             txt_emb, extras)
     sim = img_emb @ txt_emb.T
     acc = jnp.mean(jnp.argmax(sim, axis=1) == jnp.arange(sim.shape[0]))
     return loss, {"i2t_batch_accuracy": acc,
                   "logit_scale": extras["logit_scale"]}
 
-  def evaluate(self, model, params, config, mesh):
-    def embed(params, batch):
-      img_emb, txt_emb, _ = model.apply({"params": params}, batch["image"],
-                                        batch["text"])
-      return {"img_emb": img_emb, "txt_emb": txt_emb}
+  def embed(self, params, batch):
+    """'img_emb', 'txt_emb' `[B, D]` of a batch of pairs."""
+    img_emb, txt_emb, _ = self.model.apply({"params": params}, batch["image"],
+                                           batch["text"])
+    return {"img_emb": img_emb, "txt_emb": txt_emb}
 
-    step = retrieval.jit_step(embed, mesh)
+  def evaluate(self, params, mesh):
+    config = self.config
+    step = self.jit(self.embed, mesh)
     out, lines = {}, []
     for split in config.data.eval_splits:
-      it, info = self.eval_iterator(config, split)
+      it, info = self.eval_iterator(split)
       pairs = retrieval.run_pairs(step, params, config, mesh, it, info)
       prefix = "" if split == config.data.eval_splits[0] else f"{split}/"
       rec = retrieval.recall(pairs)

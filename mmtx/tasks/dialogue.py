@@ -61,44 +61,48 @@ def select_history(history, mode: str):
 
 
 class DialogueTask(common.Task):
-  data_task = "dialogue"
+  view = "dialogue"
   text_key = "history"
 
-  def build_model(self, config):
-    from mmtx.models.fusion_model import FusionModel
+  def __init__(self, config, info=None, model=None):
     if config.data.history not in HISTORY:
       raise ValueError(f"config.data.history must be one of {HISTORY}, got "
                        f"{config.data.history!r}.")
     self.history = config.data.history
-    info = self.info(config)
-    cfg = common.model_config(config, vocab_size=info.tokenizer.vocab_size,
-                              num_answers=len(info.answers))
+    super().__init__(config, info, model)
+
+  def build_model(self):
+    from mmtx.models.fusion_model import FusionModel
+    cfg = common.model_config(self.config,
+                              vocab_size=self.info.tokenizer.vocab_size,
+                              num_answers=len(self.info.answers))
     return FusionModel(cfg)
 
-  def loss_fn(self, model, params, batch, rng, train):
+  def loss_fn(self, params, batch, rng, train):
     history = batch["history"]
     if history.ndim == 3:  # [B, Q, L]: data.questions_per_image > 0
       history = select_history(history.reshape(-1, history.shape[-1]),
                                self.history).reshape(history.shape)
     else:
       history = select_history(history, self.history)
-    out, _ = model.apply({"params": params}, batch["image"], history,
-                         deterministic=not train, rngs={"dropout": rng})
+    out, _ = self.model.apply({"params": params}, batch["image"], history,
+                              deterministic=not train, rngs={"dropout": rng})
     return common.answer_loss(out["vqa_logits"], batch["answer"], batch)
 
-  def evaluate(self, model, params, config, mesh):
-    def logits_fn(params, batch):
-      out, _ = model.apply({"params": params}, batch["image"],
-                           select_history(batch["history"], self.history))
-      # The global batch's labels beside its logits: with several
-      # processes the host's own batch holds only its rows.
-      return {"logits": out["vqa_logits"], "answer": batch["answer"],
-              "turn": batch["turn"], "valid": batch["valid"]}
+  def eval_step(self, params, batch):
+    out, _ = self.model.apply({"params": params}, batch["image"],
+                              select_history(batch["history"], self.history))
+    # The global batch's labels beside its logits: with several processes
+    # the host's own batch holds only its rows.
+    return {"logits": out["vqa_logits"], "answer": batch["answer"],
+            "turn": batch["turn"], "valid": batch["valid"]}
 
-    step = jax.jit(logits_fn, out_shardings=sharding.replicated(mesh))
+  def evaluate(self, params, mesh):
+    config = self.config
+    step = self.jit(self.eval_step, mesh)
     out, lines = {}, []
     for split in config.data.eval_splits:
-      it, info = self.eval_iterator(config, split)
+      it, info = self.eval_iterator(split)
       logits, answers, turns = [], [], []
       for batch in it:
         z = jax.device_get(step(params, sharding.put_batch(batch, mesh)))

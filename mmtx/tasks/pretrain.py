@@ -43,33 +43,38 @@ REQUIRED_HEADS = ("contrastive", "itm", "mlm")
 
 
 class PretrainTask(common.Task):
-  data_task = "contrastive"
+  view = "contrastive"
   text_key = "text"
 
-  def build_model(self, config):
+  def __init__(self, config, info=None, model=None):
+    super().__init__(config, info, model)
+    # MLM draws its random replacement tokens from the model's vocabulary.
+    cfg = common.model_config(config,
+                              vocab_size=self.info.tokenizer.vocab_size)
+    self.vocab_size = int(cfg["text"]["vocab_size"])
+
+  def build_model(self):
     from mmtx.models.fusion_model import FusionModel
-    info = self.info(config)
-    cfg = common.model_config(config, vocab_size=info.tokenizer.vocab_size)
+    cfg = common.model_config(self.config,
+                              vocab_size=self.info.tokenizer.vocab_size)
     missing = [h for h in REQUIRED_HEADS if h not in cfg.get("heads", ())]
     if missing:
       raise ValueError(f"config.model.heads must include {REQUIRED_HEADS} for "
                        f"pretraining; {missing} missing.")
-    self.loss_cfg = config.loss
-    self.vocab_size = int(cfg["text"]["vocab_size"])
     return FusionModel(cfg)
 
   def mask(self, rng, texts):
     return losses.mlm_mask(rng, texts, vocab_size=self.vocab_size,
                            mask_id=data_lib.MASK, special_ids=_SPECIAL,
-                           prob=float(self.loss_cfg.mask_prob))
+                           prob=float(self.config.loss.mask_prob))
 
-  def loss_fn(self, model, params, batch, rng, train):
+  def loss_fn(self, params, batch, rng, train):
     images, texts = batch["image"], batch["text"]
     b = texts.shape[0]
     rng_mask, rng_neg, rng_drop1, rng_drop2 = jax.random.split(rng, 4)
 
     def apply(imgs, txts, r):
-      out, _ = model.apply({"params": params}, imgs, txts,
+      out, _ = self.model.apply({"params": params}, imgs, txts,
                            deterministic=not train, rngs={"dropout": r})
       return out
 
@@ -86,7 +91,7 @@ class PretrainTask(common.Task):
     neg = losses.itm_hard_negatives(
         rng_neg, sim, losses.positive_mask_from_ids(batch["index"]) |
         losses.positive_mask_from_caption_sets(batch["caption_set"]),
-        random_fraction=float(self.loss_cfg.itm_random_negatives))
+        random_fraction=float(self.config.loss.itm_random_negatives))
     neg_out = apply(jnp.concatenate([images, images[neg.img_idx]]),
                     jnp.concatenate([texts[neg.txt_idx], texts]), rng_drop2)
     itm_logits = jnp.concatenate([out["itm_logits"][:b],
@@ -96,7 +101,7 @@ class PretrainTask(common.Task):
     itm_w = jnp.concatenate([jnp.ones(b), neg.txt_valid, neg.img_valid])
     itm = losses.itm_loss(itm_logits, labels, itm_w)
 
-    c = self.loss_cfg
+    c = self.config.loss
     loss = (float(c.weight_itc) * itc + float(c.weight_itm) * itm +
             float(c.weight_mlm) * mlm)
     itm_hit = (jnp.argmax(itm_logits, -1) == labels) * itm_w
@@ -107,36 +112,39 @@ class PretrainTask(common.Task):
         "mlm_accuracy": mlm_hit.sum() / jnp.maximum(weights.sum(), 1.0),
         "logit_scale": scale}
 
-  def evaluate(self, model, params, config, mesh):
-    def pair_fn(params, batch):
-      images, texts, ids = batch["image"], batch["text"], batch["pair_image"]
-      sets = batch["caption_set"]
-      e = texts.shape[0]
-      masked, targets, weights = self.mask(jax.random.key(0), texts)
-      # Row r's negative is row r + 1's caption (pairs go caption-slot-major,
-      # so it shows another image unless the chunk ends there); it counts
-      # when it shows another image and is none of row r's image's captions
-      # (the caption set holds 16: an image with more could pass the second
-      # test with its own caption).
-      neg_texts = jnp.roll(texts, -1, axis=0)
-      neg_fp, neg_ids = jnp.roll(sets[:, 0], -1), jnp.roll(ids, -1)
-      out, _ = model.apply(
-          {"params": params}, jnp.concatenate([images] * 3),
-          jnp.concatenate([texts, neg_texts, masked]))
-      itm_pred = jnp.argmax(out["itm_logits"], -1)
-      mlm_hit = (jnp.argmax(out["mlm_logits"][2 * e:], -1) == targets)
-      return {"img_emb": out["img_emb"][:e], "txt_emb": out["txt_emb"][:e],
-              "itm_pos_hit": itm_pred[:e] == 1,
-              "itm_neg_hit": itm_pred[e:2 * e] == 0,
-              "itm_neg_valid": ((neg_ids != ids) & (neg_ids >= 0) &
-                                ~jnp.any(sets == neg_fp[:, None], axis=1)),
-              "mlm_correct": (mlm_hit * weights).sum(1),
-              "mlm_count": weights.sum(1)}
+  def eval_step(self, params, batch):
+    """Per pair of a chunk: the unimodal embeddings, ITM hits on the pair and
+    on its negative, MLM hits (see the module docstring)."""
+    images, texts, ids = batch["image"], batch["text"], batch["pair_image"]
+    sets = batch["caption_set"]
+    e = texts.shape[0]
+    masked, targets, weights = self.mask(jax.random.key(0), texts)
+    # Row r's negative is row r + 1's caption (pairs go caption-slot-major,
+    # so it shows another image unless the chunk ends there); it counts
+    # when it shows another image and is none of row r's image's captions
+    # (the caption set holds 16: an image with more could pass the second
+    # test with its own caption).
+    neg_texts = jnp.roll(texts, -1, axis=0)
+    neg_fp, neg_ids = jnp.roll(sets[:, 0], -1), jnp.roll(ids, -1)
+    out, _ = self.model.apply(
+        {"params": params}, jnp.concatenate([images] * 3),
+        jnp.concatenate([texts, neg_texts, masked]))
+    itm_pred = jnp.argmax(out["itm_logits"], -1)
+    mlm_hit = (jnp.argmax(out["mlm_logits"][2 * e:], -1) == targets)
+    return {"img_emb": out["img_emb"][:e], "txt_emb": out["txt_emb"][:e],
+            "itm_pos_hit": itm_pred[:e] == 1,
+            "itm_neg_hit": itm_pred[e:2 * e] == 0,
+            "itm_neg_valid": ((neg_ids != ids) & (neg_ids >= 0) &
+                              ~jnp.any(sets == neg_fp[:, None], axis=1)),
+            "mlm_correct": (mlm_hit * weights).sum(1),
+            "mlm_count": weights.sum(1)}
 
-    step = retrieval.jit_step(pair_fn, mesh)
+  def evaluate(self, params, mesh):
+    config = self.config
+    step = self.jit(self.eval_step, mesh)
     out, lines = {}, []
     for split in config.data.eval_splits:
-      it, info = self.eval_iterator(config, split)
+      it, info = self.eval_iterator(split)
       pairs = retrieval.run_pairs(step, params, config, mesh, it, info)
       o = pairs.outputs
       pos, neg_ok = o["itm_pos_hit"], o["itm_neg_valid"]

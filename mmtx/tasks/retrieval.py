@@ -3,7 +3,7 @@ tasks: run a model over every (image, reference caption) pair of an eval
 split, then image <-> text retrieval recall@K with all captions of each image
 (a hit for image -> text when any of its captions ranks in the top K).
 
-A split's images come from its eval iterator (one example per image, task
+A split's images come from its eval iterator (one example per image, view
 'contrastive' or 'caption'); their captions from `info.record(index)`, so a
 dataset with 5 captions per image gives 5 texts per image, as in the COCO /
 Flickr30k retrieval protocol (Karpathy & Fei-Fei 2015).
@@ -83,12 +83,6 @@ def pair_chunks(images: np.ndarray, captions: list[list[str]], tokenizer,
            "caption_set": sets, "valid": np.arange(chunk) < len(part)}
 
 
-def jit_step(fn: Callable, mesh):
-  """`fn(params, batch) -> dict of [chunk, ...] arrays`, jitted with its
-  outputs replicated so that the host can read every row."""
-  return jax.jit(fn, out_shardings=sharding.replicated(mesh))
-
-
 def gather_rows(batch: dict, keys) -> dict[str, np.ndarray]:
   """`batch[k]` for k in keys as numpy, with several processes the global
   batch's rows: every process's rows, concatenated in process order (the
@@ -110,8 +104,10 @@ def local_rows(chunk: dict) -> dict:
 
 
 def run_pairs(step: Callable, params, config, mesh, it, info) -> Pairs:
-  """Runs `step` (from `jit_step`) over every pair of the split behind `it`;
-  see `pair_chunks` for the batch keys. chunk = config.data.eval_batch_size.
+  """Runs `step` over every pair of the split behind `it`: `fn(params,
+  batch) -> dict of [chunk, ...] arrays` jitted with its outputs replicated
+  (`Task.jit(fn, mesh)`); see `pair_chunks` for the batch keys. chunk =
+  config.data.eval_batch_size.
 
   Each eval batch is gathered from all processes and taken in record order
   (on one process it is already), so every process builds the same chunks,

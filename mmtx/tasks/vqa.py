@@ -1,6 +1,6 @@
 """VQA as classification over the dataset's answer vocabulary.
 
-Batch (mmtx.data views, task 'vqa'): 'image' [B, H, W, 3], 'question' [B, L]
+Batch (mmtx.data view 'vqa'): 'image' [B, H, W, 3], 'question' [B, L]
 -> FusionModel(...)['vqa_logits'] [B, num_answers] -> softmax cross-entropy
 against 'answer' [B]. With data.questions_per_image = Q > 0 a training
 batch holds B images with Q questions each ('question' [B, Q, L]) and the
@@ -22,33 +22,54 @@ from mmtx.tasks import common
 
 
 class VqaTask(common.Task):
-  data_task = "vqa"
+  view = "vqa"
   text_key = "question"
 
-  def build_model(self, config):
+  def build_model(self):
     from mmtx.models.fusion_model import FusionModel
-    info = self.info(config)
-    cfg = common.model_config(config, vocab_size=info.tokenizer.vocab_size,
-                              num_answers=len(info.answers))
+    cfg = common.model_config(self.config,
+                              vocab_size=self.info.tokenizer.vocab_size,
+                              num_answers=len(self.info.answers))
     return FusionModel(cfg)
 
   def inputs(self, batch):
     """The model's positional inputs from a batch."""
     return batch["image"], batch["question"]
 
-  def loss_fn(self, model, params, batch, rng, train):
-    out, _ = model.apply({"params": params}, *self.inputs(batch),
-                         deterministic=not train, rngs={"dropout": rng})
+  def loss_fn(self, params, batch, rng, train):
+    out, _ = self.model.apply({"params": params}, *self.inputs(batch),
+                              deterministic=not train, rngs={"dropout": rng})
     return common.answer_loss(out["vqa_logits"], batch["answer"], batch)
 
-  def evaluate(self, model, params, config, mesh):
+  def eval_step(self, params, batch, nt, ns):
+    """Correct answers and questions `[nt * ns]` per (type, subtype) of a
+    batch: exact match, or the official VQA accuracy where the batch has
+    the human answers' 'answer_ids' (ingested VQA)."""
+    out, _ = self.model.apply({"params": params}, *self.inputs(batch))
+    pred = jnp.argmax(out["vqa_logits"], -1)
+    correct = pred == batch["answer"]
+    if "answer_ids" in batch:
+      correct = vqa_soft_accuracy(pred, batch["answer_ids"])
+    idx = jnp.clip(batch["qtype"], 0, nt - 1) * ns + jnp.clip(
+        batch["qsubtype"], 0, ns - 1)
+    onehot = jax.nn.one_hot(idx, nt * ns, dtype=jnp.float32) * batch[
+        "valid"][:, None]
+    return (onehot * correct[:, None]).sum(0), onehot.sum(0)
+
+  def evaluate(self, params, mesh):
+    config = self.config
+    step = self.jit(self.eval_step, static_argnums=(2, 3))
     metrics, lines = {}, []
     for split in config.data.eval_splits:
-      it, info = self.eval_iterator(config, split)
+      it, info = self.eval_iterator(split)
       nt = len(info.qtypes or ("all",))
       ns = max((len(s) for s in info.qsubtypes), default=1) if info.qsubtypes else 1
-      counts = _eval_counts(model, params, it, mesh, nt, ns, self.inputs)
-      correct, total = counts
+      correct, total = np.zeros(nt * ns), np.zeros(nt * ns)
+      for batch in it:
+        c, n = step(params, sharding.put_batch(batch, mesh), nt, ns)
+        correct += np.asarray(c)
+        total += np.asarray(n)
+      correct, total = correct.reshape(nt, ns), total.reshape(nt, ns)
       prefix = "" if split == config.data.eval_splits[0] else f"{split}/"
       metrics[f"{prefix}accuracy"] = float(correct.sum() / max(total.sum(), 1))
       rows = [("all", "", correct.sum(), total.sum())]
@@ -85,26 +106,3 @@ def vqa_soft_accuracy(pred, answer_ids):
   n = present.sum(-1)
   soft = per.sum(-1) / jnp.maximum(n, 1)
   return jnp.where(n == 1, match.any(-1), soft).astype(jnp.float32)
-
-
-def _eval_counts(model, params, it, mesh, nt, ns, inputs):
-  @jax.jit
-  def step(params, batch):
-    out, _ = model.apply({"params": params}, *inputs(batch))
-    correct = (jnp.argmax(out["vqa_logits"], -1) == batch["answer"])
-    if "answer_ids" in batch:   # ingested VQA: the official accuracy
-      correct = vqa_soft_accuracy(jnp.argmax(out["vqa_logits"], -1),
-                                  batch["answer_ids"])
-    valid = batch["valid"]
-    idx = jnp.clip(batch["qtype"], 0, nt - 1) * ns + jnp.clip(
-        batch["qsubtype"], 0, ns - 1)
-    onehot = jax.nn.one_hot(idx, nt * ns, dtype=jnp.float32) * valid[:, None]
-    return (onehot * correct[:, None]).sum(0), onehot.sum(0)
-
-  correct = np.zeros(nt * ns)
-  total = np.zeros(nt * ns)
-  for batch in it:
-    c, n = step(params, sharding.put_batch(batch, mesh))
-    correct += np.asarray(c)
-    total += np.asarray(n)
-  return correct.reshape(nt, ns), total.reshape(nt, ns)
