@@ -258,7 +258,8 @@ def load_transfer_params(config, params, task=None):
 
 def train_and_evaluate(config, workdir: str, task, *, mode: str = "train",
                        progress: bool = True) -> dict[str, float]:
-  """Trains (resuming from WORKDIR/checkpoints if present) and evaluates.
+  """Trains (resuming from WORKDIR/checkpoints if present) and evaluates
+  `task`, built from the same config (`mmtx.tasks.build_task(config)`).
 
   Returns the final evaluation metrics.
 
@@ -269,8 +270,12 @@ def train_and_evaluate(config, workdir: str, task, *, mode: str = "train",
     FileNotFoundError: mode='eval' and WORKDIR has no checkpoint.
     NonFiniteLossError: the loss became NaN or inf.
     Preempted: SIGTERM; a checkpoint was saved first.
+    TypeError: `task` is a Task class, not a built task.
   """
   check_config(config)
+  if isinstance(task, type):
+    raise TypeError(f"train_and_evaluate takes a built task, got the class "
+                    f"{task.__name__}; pass mmtx.tasks.build_task(config).")
   if mode not in ("train", "eval"):
     raise ValueError(f"mode must be 'train' or 'eval', got {mode!r}.")
   if os.path.exists(workdir) and not os.path.isdir(workdir):

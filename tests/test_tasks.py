@@ -435,6 +435,8 @@ def test_a_run_compiles_each_eval_step_once(tmp_path, data_dir):
                            "images=4")
   cfg.unlock()
   cfg.update(eval_every=1, log_every=1, checkpoint_every=2)
+  cfg.model.head_hidden = 16
+  cfg.mesh.cpu_devices = 0
   cfg.data.update(name="sort_of_clevr/tiny", data_dir=str(data_dir),
                   eval_splits=("test", "test[:15]"), eval_batch_size=64)
   cfg.lock()

@@ -202,3 +202,10 @@ def test_transfer_reports_missing_params(tmp_path, capsys):
   _, dst_params = _params(tmp_path / "dst")
   np.testing.assert_array_equal(dst_params["dense_in"]["kernel"],
                                 src_params["dense_in"]["kernel"])
+
+
+def test_a_task_class_instead_of_a_built_task_is_a_clear_error(tmp_path):
+  with pytest.raises(TypeError, match=r"build_task\(config\)"):
+    train.train_and_evaluate(base_config(), str(tmp_path), RegressionTask,
+                             progress=False)
+  assert not os.path.exists(tmp_path / "checkpoints")

@@ -96,40 +96,37 @@ class CaptionTask(common.Task):
                              **decode_kwargs(config.decode))
     return out.tokens
 
-  def evaluate(self, params, mesh):
+  def evaluate_split(self, params, mesh, split):
     config = self.config
     step = self.jit(self.embed, mesh)
     generate = self.jit(self.generate, mesh)
-    out, lines = {}, []
-    for split in config.data.eval_splits:
-      it, info = self.eval_iterator(split)
-      pairs = retrieval.run_pairs(step, params, config, mesh, it, info)
-      refs = dict(zip(pairs.indices.tolist(), pairs.references))
-      hyps = {}
-      it, _ = self.eval_iterator(split)
-      for batch in it:
-        tokens = np.asarray(jax.device_get(generate(
-            params, sharding.put_batch(batch, mesh)["image"])))
-        rows = retrieval.gather_rows(batch, ("index", "valid"))  # global
-        for row in np.flatnonzero(rows["valid"]):
-          hyps[int(rows["index"][row])] = info.tokenizer.decode(tokens[row])
-      scores = metrics_lib.caption_scores(refs, {k: [v] for k, v in
-                                                 hyps.items()}, tokenize=True)
-      rec = retrieval.recall(pairs)
-      prefix = "" if split == config.data.eval_splits[0] else f"{split}/"
-      out.update({f"{prefix}{k}": v for k, v in {**scores, **rec}.items()})
-      lines.append(common.table(
-          f"{info.name} {split}: captions ({config.decode.method} decoding, "
-          f"{len(hyps)} images, {len(pairs.pair_image)} references)",
-          ["BLEU-1 (x100)", "BLEU-2", "BLEU-3", "BLEU-4", "CIDEr-D (x100)"],
-          [[f"{100 * scores[f'bleu_{k}']:.2f}" for k in range(1, 5)] +
-           [f"{100 * scores['cider']:.2f}"]]))
-      lines.append(common.table(
-          f"{info.name} {split}: retrieval recall (%) from the contrastive "
-          f"embeddings", ["direction", "R@1", "R@5", "R@10"],
-          retrieval.recall_rows(rec)))
-      lines.append(common.table(
-          f"{info.name} {split}: examples", ["image", "generated",
-                                             "first reference"],
-          [(i, hyps[i], refs[i][0]) for i in sorted(hyps)[:3]]))
-    return out, "\n".join(lines)
+    it, info = self.eval_iterator(split)
+    pairs = retrieval.run_pairs(step, params, config, mesh, it, info)
+    refs = dict(zip(pairs.indices.tolist(), pairs.references))
+    hyps = {}
+    it, _ = self.eval_iterator(split)
+    for batch in it:
+      tokens = np.asarray(jax.device_get(generate(
+          params, sharding.put_batch(batch, mesh)["image"])))
+      rows = retrieval.gather_rows(batch, ("index", "valid"))  # global
+      for row in np.flatnonzero(rows["valid"]):
+        hyps[int(rows["index"][row])] = info.tokenizer.decode(tokens[row])
+    scores = metrics_lib.caption_scores(refs, {k: [v] for k, v in
+                                               hyps.items()}, tokenize=True)
+    rec = retrieval.recall(pairs)
+    return {**scores, **rec}, [
+        common.table(
+            f"{info.name} {split}: captions ({config.decode.method} "
+            f"decoding, {len(hyps)} images, {len(pairs.pair_image)} "
+            f"references)",
+            ["BLEU-1 (x100)", "BLEU-2", "BLEU-3", "BLEU-4", "CIDEr-D (x100)"],
+            [[f"{100 * scores[f'bleu_{k}']:.2f}" for k in range(1, 5)] +
+             [f"{100 * scores['cider']:.2f}"]]),
+        common.table(
+            f"{info.name} {split}: retrieval recall (%) from the contrastive "
+            f"embeddings", ["direction", "R@1", "R@5", "R@10"],
+            retrieval.recall_rows(rec)),
+        common.table(
+            f"{info.name} {split}: examples",
+            ["image", "generated", "first reference"],
+            [(i, hyps[i], refs[i][0]) for i in sorted(hyps)[:3]])]

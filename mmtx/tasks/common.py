@@ -22,8 +22,8 @@ class Task:
   replaces the one `build_model` makes (a stub in tests). Subclasses set
   `view` (the mmtx.data view their batches come from) and `text_key` (the
   batch's token field the model reads beside 'image') and implement
-  build_model, loss_fn and evaluate. mmtx/train.py lists what the trainer
-  calls.
+  build_model, loss_fn and evaluate_split. mmtx/train.py lists what the
+  trainer calls.
   """
   view = "vqa"
   text_key = "question"
@@ -44,6 +44,22 @@ class Task:
 
   def build_model(self):
     """The flax module for `self.config` and `self.info`; sets nothing."""
+    raise NotImplementedError
+
+  def evaluate(self, params, mesh):
+    """(metrics, printable tables) on every split of config.data.eval_splits:
+    the first split's metrics by their names, another's as 'SPLIT/name'."""
+    out, tables = {}, []
+    splits = self.config.data.eval_splits
+    for split in splits:
+      metrics, split_tables = self.evaluate_split(params, mesh, split)
+      prefix = "" if split == splits[0] else f"{split}/"
+      out.update({f"{prefix}{k}": v for k, v in metrics.items()})
+      tables.extend(split_tables)
+    return out, "\n".join(tables)
+
+  def evaluate_split(self, params, mesh, split):
+    """(metrics, list of printable tables) of one eval split."""
     raise NotImplementedError
 
   def jit(self, fn, mesh=None, **kwargs):

@@ -114,32 +114,28 @@ class ContrastiveTask(common.Task):
                                            batch["text"])
     return {"img_emb": img_emb, "txt_emb": txt_emb}
 
-  def evaluate(self, params, mesh):
+  def evaluate_split(self, params, mesh, split):
     config = self.config
     step = self.jit(self.embed, mesh)
-    out, lines = {}, []
-    for split in config.data.eval_splits:
-      it, info = self.eval_iterator(split)
-      pairs = retrieval.run_pairs(step, params, config, mesh, it, info)
-      prefix = "" if split == config.data.eval_splits[0] else f"{split}/"
-      rec = retrieval.recall(pairs)
-      out.update({f"{prefix}{k}": v for k, v in rec.items()})
-      lines.append(common.table(
-          f"{info.name} {split}: retrieval recall (%), {len(pairs.indices)} "
-          f"images, {len(pairs.pair_image)} captions",
-          ["direction", "R@1", "R@5", "R@10"], retrieval.recall_rows(rec)))
-      zs = zero_shot(step, params, config, mesh, info, pairs)
-      if zs is not None:
-        values, counts, title = zs
-        out.update({f"{prefix}zero_shot/{k}": v for k, v in values.items()})
-        lines.append(common.table(
-            f"{info.name} {split}: {title}", ["metric", "value"],
-            [(f"top-{k[3:]} accuracy", f"{100 * v:.2f}%")
-             for k, v in values.items()] +
-            [("majority-class top-1",
-              f"{100 * counts.max() / counts.sum():.2f}%"),
-             ("images per class", " ".join(map(str, counts)))]))
-    return out, "\n".join(lines)
+    it, info = self.eval_iterator(split)
+    pairs = retrieval.run_pairs(step, params, config, mesh, it, info)
+    out = retrieval.recall(pairs)
+    tables = [common.table(
+        f"{info.name} {split}: retrieval recall (%), {len(pairs.indices)} "
+        f"images, {len(pairs.pair_image)} captions",
+        ["direction", "R@1", "R@5", "R@10"], retrieval.recall_rows(out))]
+    zs = zero_shot(step, params, config, mesh, info, pairs)
+    if zs is not None:
+      values, counts, title = zs
+      out.update({f"zero_shot/{k}": v for k, v in values.items()})
+      tables.append(common.table(
+          f"{info.name} {split}: {title}", ["metric", "value"],
+          [(f"top-{k[3:]} accuracy", f"{100 * v:.2f}%")
+           for k, v in values.items()] +
+          [("majority-class top-1",
+            f"{100 * counts.max() / counts.sum():.2f}%"),
+           ("images per class", " ".join(map(str, counts)))]))
+    return out, tables
 
 
 def record_field(record, path: str):

@@ -97,32 +97,27 @@ class DialogueTask(common.Task):
     return {"logits": out["vqa_logits"], "answer": batch["answer"],
             "turn": batch["turn"], "valid": batch["valid"]}
 
-  def evaluate(self, params, mesh):
-    config = self.config
+  def evaluate_split(self, params, mesh, split):
     step = self.jit(self.eval_step, mesh)
-    out, lines = {}, []
-    for split in config.data.eval_splits:
-      it, info = self.eval_iterator(split)
-      logits, answers, turns = [], [], []
-      for batch in it:
-        z = jax.device_get(step(params, sharding.put_batch(batch, mesh)))
-        valid = np.asarray(z["valid"], bool)
-        logits.append(np.asarray(z["logits"])[valid])
-        answers.append(np.asarray(z["answer"])[valid])
-        turns.append(np.asarray(z["turn"])[valid])
-      logits, answers, turns = map(np.concatenate, (logits, answers, turns))
-      prefix = "" if split == config.data.eval_splits[0] else f"{split}/"
-      rows = []
-      for name, sel in [("all", np.ones_like(turns, bool))] + [
-          (f"turn {t + 1}", turns == t) for t in np.unique(turns)]:
-        acc = float(np.mean(np.argmax(logits[sel], -1) == answers[sel]))
-        rr = metrics_lib.mrr(logits[sel], answers[sel])
-        key = "" if name == "all" else f"/turn_{name.split()[1]}"
-        out[f"{prefix}accuracy{key}"] = acc
-        out[f"{prefix}mrr{key}"] = rr
-        rows.append((name, f"{100 * acc:.2f}%", f"{rr:.4f}", int(sel.sum())))
-      lines.append(common.table(
-          f"{info.name} {split}: dialogue answers (history={self.history}, "
-          f"MRR over {len(info.answers)} answers)",
-          ["turn", "accuracy", "MRR", "questions"], rows))
-    return out, "\n".join(lines)
+    it, info = self.eval_iterator(split)
+    logits, answers, turns = [], [], []
+    for batch in it:
+      z = jax.device_get(step(params, sharding.put_batch(batch, mesh)))
+      valid = np.asarray(z["valid"], bool)
+      logits.append(np.asarray(z["logits"])[valid])
+      answers.append(np.asarray(z["answer"])[valid])
+      turns.append(np.asarray(z["turn"])[valid])
+    logits, answers, turns = map(np.concatenate, (logits, answers, turns))
+    out, rows = {}, []
+    for name, sel in [("all", np.ones_like(turns, bool))] + [
+        (f"turn {t + 1}", turns == t) for t in np.unique(turns)]:
+      acc = float(np.mean(np.argmax(logits[sel], -1) == answers[sel]))
+      rr = metrics_lib.mrr(logits[sel], answers[sel])
+      key = "" if name == "all" else f"/turn_{name.split()[1]}"
+      out[f"accuracy{key}"] = acc
+      out[f"mrr{key}"] = rr
+      rows.append((name, f"{100 * acc:.2f}%", f"{rr:.4f}", int(sel.sum())))
+    return out, [common.table(
+        f"{info.name} {split}: dialogue answers (history={self.history}, "
+        f"MRR over {len(info.answers)} answers)",
+        ["turn", "accuracy", "MRR", "questions"], rows)]

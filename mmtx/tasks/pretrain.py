@@ -139,39 +139,35 @@ class PretrainTask(common.Task):
             "mlm_correct": (mlm_hit * weights).sum(1),
             "mlm_count": weights.sum(1)}
 
-  def evaluate(self, params, mesh):
-    config = self.config
+  def evaluate_split(self, params, mesh, split):
     step = self.jit(self.eval_step, mesh)
-    out, lines = {}, []
-    for split in config.data.eval_splits:
-      it, info = self.eval_iterator(split)
-      pairs = retrieval.run_pairs(step, params, config, mesh, it, info)
-      o = pairs.outputs
-      pos, neg_ok = o["itm_pos_hit"], o["itm_neg_valid"]
-      neg = o["itm_neg_hit"][neg_ok]
-      values = {"itm_accuracy": float((pos.sum() + neg.sum()) /
-                                      (len(pos) + len(neg))),
-                "itm_accuracy/positive": float(pos.mean()),
-                "itm_accuracy/negative": float(neg.mean()) if len(neg) else 0.,
-                "mlm_accuracy": float(o["mlm_correct"].sum() /
-                                      max(o["mlm_count"].sum(), 1.0))}
-      rec = retrieval.recall(pairs)
-      prefix = "" if split == config.data.eval_splits[0] else f"{split}/"
-      out.update({f"{prefix}{k}": v for k, v in {**values, **rec}.items()})
-      lines.append(common.table(
-          f"{info.name} {split}: pretraining objectives ({len(pairs.indices)}"
-          f" images, {len(pos)} captions)", ["metric", "value", "count"],
-          [("ITM accuracy", f"{100 * values['itm_accuracy']:.2f}%",
-            len(pos) + len(neg)),
-           ("  on matched pairs",
-            f"{100 * values['itm_accuracy/positive']:.2f}%", len(pos)),
-           ("  on mismatched pairs",
-            f"{100 * values['itm_accuracy/negative']:.2f}%", len(neg)),
-           ("MLM accuracy (masked tokens)",
-            f"{100 * values['mlm_accuracy']:.2f}%",
-            int(o["mlm_count"].sum()))]))
-      lines.append(common.table(
-          f"{info.name} {split}: retrieval recall (%) from the unimodal "
-          f"embeddings", ["direction", "R@1", "R@5", "R@10"],
-          retrieval.recall_rows(rec)))
-    return out, "\n".join(lines)
+    it, info = self.eval_iterator(split)
+    pairs = retrieval.run_pairs(step, params, self.config, mesh, it, info)
+    o = pairs.outputs
+    pos, neg_ok = o["itm_pos_hit"], o["itm_neg_valid"]
+    neg = o["itm_neg_hit"][neg_ok]
+    values = {"itm_accuracy": float((pos.sum() + neg.sum()) /
+                                    (len(pos) + len(neg))),
+              "itm_accuracy/positive": float(pos.mean()),
+              "itm_accuracy/negative": float(neg.mean()) if len(neg) else 0.,
+              "mlm_accuracy": float(o["mlm_correct"].sum() /
+                                    max(o["mlm_count"].sum(), 1.0))}
+    rec = retrieval.recall(pairs)
+    return {**values, **rec}, [
+        common.table(
+            f"{info.name} {split}: pretraining objectives "
+            f"({len(pairs.indices)} images, {len(pos)} captions)",
+            ["metric", "value", "count"],
+            [("ITM accuracy", f"{100 * values['itm_accuracy']:.2f}%",
+              len(pos) + len(neg)),
+             ("  on matched pairs",
+              f"{100 * values['itm_accuracy/positive']:.2f}%", len(pos)),
+             ("  on mismatched pairs",
+              f"{100 * values['itm_accuracy/negative']:.2f}%", len(neg)),
+             ("MLM accuracy (masked tokens)",
+              f"{100 * values['mlm_accuracy']:.2f}%",
+              int(o["mlm_count"].sum()))]),
+        common.table(
+            f"{info.name} {split}: retrieval recall (%) from the unimodal "
+            f"embeddings", ["direction", "R@1", "R@5", "R@10"],
+            retrieval.recall_rows(rec))]

@@ -56,41 +56,35 @@ class VqaTask(common.Task):
         "valid"][:, None]
     return (onehot * correct[:, None]).sum(0), onehot.sum(0)
 
-  def evaluate(self, params, mesh):
-    config = self.config
+  def evaluate_split(self, params, mesh, split):
     step = self.jit(self.eval_step, static_argnums=(2, 3))
-    metrics, lines = {}, []
-    for split in config.data.eval_splits:
-      it, info = self.eval_iterator(split)
-      nt = len(info.qtypes or ("all",))
-      ns = max((len(s) for s in info.qsubtypes), default=1) if info.qsubtypes else 1
-      correct, total = np.zeros(nt * ns), np.zeros(nt * ns)
-      for batch in it:
-        c, n = step(params, sharding.put_batch(batch, mesh), nt, ns)
-        correct += np.asarray(c)
-        total += np.asarray(n)
-      correct, total = correct.reshape(nt, ns), total.reshape(nt, ns)
-      prefix = "" if split == config.data.eval_splits[0] else f"{split}/"
-      metrics[f"{prefix}accuracy"] = float(correct.sum() / max(total.sum(), 1))
-      rows = [("all", "", correct.sum(), total.sum())]
-      for t in range(nt):
-        tname = info.qtypes[t] if info.qtypes else "all"
-        if total[t].sum():
-          metrics[f"{prefix}accuracy/{tname}"] = float(
-              correct[t].sum() / total[t].sum())
-          rows.append((tname, "", correct[t].sum(), total[t].sum()))
-        for s in range(ns):
-          if info.qsubtypes and total[t, s] and len(info.qsubtypes[t]) > 1:
-            sname = info.qsubtypes[t][s]
-            metrics[f"{prefix}accuracy/{tname}/{sname}"] = float(
-                correct[t, s] / total[t, s])
-            rows.append((tname, sname, correct[t, s], total[t, s]))
-      lines.append(common.table(
-          f"{info.name} {split}: VQA accuracy",
-          ["question type", "subtype", "accuracy", "correct / total"],
-          [(t, s, f"{100 * c / max(n, 1):.2f}%", f"{int(c)} / {int(n)}")
-           for t, s, c, n in rows]))
-    return metrics, "\n".join(lines)
+    it, info = self.eval_iterator(split)
+    nt = len(info.qtypes or ("all",))
+    ns = max((len(s) for s in info.qsubtypes), default=1) if info.qsubtypes else 1
+    correct, total = np.zeros(nt * ns), np.zeros(nt * ns)
+    for batch in it:
+      c, n = step(params, sharding.put_batch(batch, mesh), nt, ns)
+      correct += np.asarray(c)
+      total += np.asarray(n)
+    correct, total = correct.reshape(nt, ns), total.reshape(nt, ns)
+    metrics = {"accuracy": float(correct.sum() / max(total.sum(), 1))}
+    rows = [("all", "", correct.sum(), total.sum())]
+    for t in range(nt):
+      tname = info.qtypes[t] if info.qtypes else "all"
+      if total[t].sum():
+        metrics[f"accuracy/{tname}"] = float(correct[t].sum() / total[t].sum())
+        rows.append((tname, "", correct[t].sum(), total[t].sum()))
+      for s in range(ns):
+        if info.qsubtypes and total[t, s] and len(info.qsubtypes[t]) > 1:
+          sname = info.qsubtypes[t][s]
+          metrics[f"accuracy/{tname}/{sname}"] = float(
+              correct[t, s] / total[t, s])
+          rows.append((tname, sname, correct[t, s], total[t, s]))
+    return metrics, [common.table(
+        f"{info.name} {split}: VQA accuracy",
+        ["question type", "subtype", "accuracy", "correct / total"],
+        [(t, s, f"{100 * c / max(n, 1):.2f}%", f"{int(c)} / {int(n)}")
+         for t, s, c, n in rows])]
 
 
 def vqa_soft_accuracy(pred, answer_ids):
