@@ -1,32 +1,38 @@
 """Tasks: how a batch becomes a loss and how a model is evaluated.
 
-Add a task by adding one module here (a `common.Task` subclass) and one
-config; the trainer is shared. `build_task(config)` is the task a config
-names, built once: its model, loss and evaluation.
+A task is one module here, mmtx/tasks/NAME.py, whose `TASK` is its
+`common.Task` subclass; `config.task = 'NAME'` selects it. Add a task by
+adding that module and one config; the trainer is shared.
+`build_task(config)` is the task a config names, built once: its model,
+loss and evaluation.
 """
 import difflib
 import importlib
+import pkgutil
 
-# name -> "module:Class" (imported on first use).
-TASKS = {
-    "vqa": "mmtx.tasks.vqa:VqaTask",
-    "avqa": "mmtx.tasks.avqa:AvqaTask",
-    "av_event": "mmtx.tasks.av_event:AvEventTask",
-    "contrastive": "mmtx.tasks.contrastive:ContrastiveTask",
-    "caption": "mmtx.tasks.caption:CaptionTask",
-    "dialogue": "mmtx.tasks.dialogue:DialogueTask",
-    "pretrain": "mmtx.tasks.pretrain:PretrainTask",
-}
+
+def task_names() -> list[str]:
+  """The modules of mmtx/tasks that define a TASK."""
+  return sorted(m.name for m in pkgutil.iter_modules(__path__)
+                if hasattr(importlib.import_module(f"{__name__}.{m.name}"),
+                           "TASK"))
 
 
 def get_task(name: str):
-  """The Task class registered as `name` (a key of TASKS)."""
-  if name not in TASKS:
-    close = difflib.get_close_matches(name, list(TASKS), n=3)
-    raise ValueError(f"unknown task {name!r}; known tasks: {sorted(TASKS)}"
+  """The Task class of mmtx/tasks/`name`.py (its TASK)."""
+  module = None
+  if name.isidentifier():
+    try:
+      module = importlib.import_module(f"{__name__}.{name}")
+    except ModuleNotFoundError as e:
+      if e.name != f"{__name__}.{name}":
+        raise
+  if getattr(module, "TASK", None) is None:
+    known = task_names()
+    close = difflib.get_close_matches(name, known, n=3)
+    raise ValueError(f"unknown task {name!r}; known tasks: {known}"
                      + (f" (did you mean {close[0]!r}?)" if close else "."))
-  module, cls = TASKS[name].split(":")
-  return getattr(importlib.import_module(module), cls)
+  return module.TASK
 
 
 def build_task(config, info=None):

@@ -116,3 +116,6 @@ def _top1_hit(logits, labels):
   """[B] bool: the best-scoring class is one of the clip's."""
   best = jnp.argmax(logits, -1)
   return jnp.take_along_axis(labels, best[:, None], -1)[:, 0] > 0
+
+
+TASK = AvEventTask

@@ -30,3 +30,6 @@ class AvqaTask(VqaTask):
 
   def init_variables(self, rng, batch):
     return self.model.init(rng, *self.inputs(batch))
+
+
+TASK = AvqaTask

@@ -130,3 +130,6 @@ class CaptionTask(common.Task):
             f"{info.name} {split}: examples",
             ["image", "generated", "first reference"],
             [(i, hyps[i], refs[i][0]) for i in sorted(hyps)[:3]])]
+
+
+TASK = CaptionTask

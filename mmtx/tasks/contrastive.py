@@ -195,3 +195,6 @@ def zero_shot(step, params, config, mesh, info, pairs):
   values = metrics_lib.zero_shot_accuracy(
       img_emb, class_emb, labels, ks=(1, 5) if len(prompts) > 5 else (1,))
   return values, np.bincount(labels, minlength=len(prompts)), title
+
+
+TASK = ContrastiveTask

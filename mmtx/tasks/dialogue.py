@@ -121,3 +121,6 @@ class DialogueTask(common.Task):
         f"{info.name} {split}: dialogue answers (history={self.history}, "
         f"MRR over {len(info.answers)} answers)",
         ["turn", "accuracy", "MRR", "questions"], rows)]
+
+
+TASK = DialogueTask

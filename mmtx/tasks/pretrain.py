@@ -171,3 +171,6 @@ class PretrainTask(common.Task):
             f"{info.name} {split}: retrieval recall (%) from the unimodal "
             f"embeddings", ["direction", "R@1", "R@5", "R@10"],
             retrieval.recall_rows(rec))]
+
+
+TASK = PretrainTask

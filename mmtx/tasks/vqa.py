@@ -100,3 +100,6 @@ def vqa_soft_accuracy(pred, answer_ids):
   n = present.sum(-1)
   soft = per.sum(-1) / jnp.maximum(n, 1)
   return jnp.where(n == 1, match.any(-1), soft).astype(jnp.float32)
+
+
+TASK = VqaTask
