@@ -64,9 +64,9 @@ def test_label_view_rejects_a_dataset_without_classes_and_bad_ids():
   from mmtx.data import views
   tok = tokenizers.WordTokenizer(["a"])
   with pytest.raises(ValueError, match="needs a dataset with a class list"):
-    views.ViewSpec(task="label", tokenizer=tok, max_len=4,
+    views.ViewSpec(view="label", tokenizer=tok, max_len=4,
                    image_shape=(2, 4, 4, 3), dataset="clips")
-  spec = views.ViewSpec(task="label", tokenizer=tok, max_len=4,
+  spec = views.ViewSpec(view="label", tokenizer=tok, max_len=4,
                         image_shape=(2, 4, 4, 3), labels=("x", "y"),
                         dataset="clips")
   record = {"id": "c7", "video": np.zeros((2, 4, 4, 3), np.uint8),
@@ -88,7 +88,7 @@ def test_av_event_trains_above_the_constant_scorer(tmp_path):
   from mmtx import train
   cfg = _config(tmp_path, 60)
   out = train.train_and_evaluate(cfg, str(tmp_path / "run"),
-                                 tasks.get_task("av_event"), progress=False)
+                                 tasks.build_task(cfg), progress=False)
   records = list(av_scenes.generate(0, "train", 64))
   onehot = np.zeros((64, len(av_scenes.EVENTS)))
   for r, rec in enumerate(records):
