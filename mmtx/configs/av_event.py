@@ -15,7 +15,6 @@ dataset with labels (`python -m mmtx.data ingest av_csv ...`) trains with
 """
 import ml_collections
 
-from mmtx import fusion as fusion_lib
 from mmtx.configs import common
 
 
@@ -29,22 +28,10 @@ def get_config(arg: str = ""):
   c.data = common.data("av_scenes", eval_splits=("validation", "test"),
                        eval_batch_size=100)
   w = args["width"]
-  name = args["fusion"]
-  directional = issubclass(fusion_lib.FUSIONS[name],
-                           fusion_lib.DirectionalFusion) if (
-                               name in fusion_lib.FUSIONS) else False
-  fusion = dict(name=name, dim=w, num_heads=4, num_layers=2, mlp_dim=2 * w)
-  if directional:
-    fusion["target"] = "audio"
+  fusion = common.fusion(args["fusion"], "audio", dim=w, num_heads=4,
+                         num_layers=2, mlp_dim=2 * w)
   c.model = ml_collections.ConfigDict(dict(
-      # 8 frames of 32x32 -> 4 x 4 x 4 tubelets of 2 x 8 x 8.
-      video=dict(width=w, depth=1, mlp_dim=2 * w, num_heads=4,
-                 patch_size=(2, 8, 8), attention="joint"),
-      # 1 s at 8 kHz -> 33 frames x 32 mels; 4 x 8 patches (one per 125 ms).
-      audio=dict(width=w, depth=1, mlp_dim=2 * w, num_heads=4,
-                 patch_size=(4, 8), strides=(4, 8),
-                 mel=dict(sample_rate=8000, n_fft=256, hop_length=250,
-                          n_mels=32)),
+      **common.av_towers(w),
       fusion=fusion, num_answers=-1, head_hidden=128, zero=zero))
   c.optimizer.learning_rate = 1e-3
   c.optimizer.warmup_steps = 100

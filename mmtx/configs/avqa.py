@@ -29,14 +29,7 @@ def get_config(arg: str = ""):
   fusion = common.fusion(args["fusion"], "text", dim=w, num_heads=4,
                          num_layers=2, mlp_dim=2 * w)
   c.model = ml_collections.ConfigDict(dict(
-      # 8 frames of 32x32 -> 4 x 4 x 4 tubelets of 2 x 8 x 8.
-      video=dict(width=w, depth=1, mlp_dim=2 * w, num_heads=4,
-                 patch_size=(2, 8, 8), attention="joint"),
-      # 1 s at 8 kHz -> 33 frames x 32 mels; 4 x 8 patches (one per 125 ms).
-      audio=dict(width=w, depth=1, mlp_dim=2 * w, num_heads=4,
-                 patch_size=(4, 8), strides=(4, 8),
-                 mel=dict(sample_rate=8000, n_fft=256, hop_length=250,
-                          n_mels=32)),
+      **common.av_towers(w),
       text=dict(vocab_size=-1, width=w, depth=1, mlp_dim=2 * w, num_heads=4,
                 max_len=14),
       fusion=fusion, num_answers=-1, head_hidden=128, zero=zero))

@@ -97,6 +97,20 @@ def fusion(name: str, target: str, **fields) -> dict:
   return dict(name=name, **fields)
 
 
+def av_towers(width: int) -> dict:
+  """The video and audio towers of the AV-Scenes jobs (avqa, av_event)."""
+  w = width
+  return dict(
+      # 8 frames of 32x32 -> 4 x 4 x 4 tubelets of 2 x 8 x 8.
+      video=dict(width=w, depth=1, mlp_dim=2 * w, num_heads=4,
+                 patch_size=(2, 8, 8), attention="joint"),
+      # 1 s at 8 kHz -> 33 frames x 32 mels; 4 x 8 patches (one per 125 ms).
+      audio=dict(width=w, depth=1, mlp_dim=2 * w, num_heads=4,
+                 patch_size=(4, 8), strides=(4, 8),
+                 mel=dict(sample_rate=8000, n_fft=256, hop_length=250,
+                          n_mels=32)))
+
+
 def image_tower(width: int, depth: int = 0, **kw) -> dict:
   """The image tower of the default VQA job: three 3x3 stride-2
   convolutions (75x75 -> 10x10 tokens of ~8x8 pixels), fixed 2-D sin-cos
