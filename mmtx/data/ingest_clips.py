@@ -107,33 +107,17 @@ def _av_csv(path, opts, sep):
 
 def _av_jsonl(path, opts):
   [path] = sources.source_files(path, "file")
-  with open(path, "rb") as f:
-    first = next((line for line in f if line.strip()), b"")
-  try:
-    first = json.loads(first)
-  except ValueError as e:
-    raise sources.SourceError(f"ingest: the first line of {path} is not JSON "
-                      f"({e}).") from None
+  first = sources.first_json_row(path)
   _check_clip_columns(first if isinstance(first, dict) else {}, opts, path)
   root = sources.file_dir(path, opts)
 
   def rows():
-    with open(path, "rb") as f:
-      for n, line in enumerate(f, start=1):
-        if not line.strip():
-          continue
-        key = f"line {n}"
-        try:
-          row = json.loads(line.decode("utf-8"))
-        except UnicodeDecodeError:
-          yield {"key": key, "error": ("non-UTF-8 text", "")}
-          continue
-        except ValueError as e:
-          yield {"key": key, "error": ("malformed row", str(e)[:80])}
-          continue
-        if not isinstance(row, dict):
-          yield {"key": key, "error": ("malformed row", str(row)[:80])}
-          continue
+    for key, row, error in sources.json_rows(path):
+      if error:
+        yield {"key": key, "error": error}
+      elif not isinstance(row, dict):
+        yield {"key": key, "error": ("malformed row", str(row)[:80])}
+      else:
         yield _clip_item(key, row, root, opts)
   return lambda: sources.group_rows(rows(), _same_clip)
 

@@ -228,13 +228,7 @@ def _csv(path, opts, sep):
 def _jsonl(path, opts):
   [path] = source_files(path, "file")
   img_col, txt_col = opts.image_column, opts.text_column
-  with open(path, "rb") as f:
-    first = next((line for line in f if line.strip()), b"")
-  try:
-    first = json.loads(first)
-  except ValueError as e:
-    raise SourceError(f"ingest: the first line of {path} is not JSON "
-                      f"({e}).") from None
+  first = first_json_row(path)
   if not (isinstance(first, dict) and img_col in first and txt_col in first):
     has = sorted(first)[:10] if isinstance(first, dict) else repr(first)
     raise SourceError(
@@ -245,28 +239,47 @@ def _jsonl(path, opts):
   root = file_dir(path, opts)
 
   def rows():
-    with open(path, "rb") as f:
-      for n, line in enumerate(f, start=1):
-        if not line.strip():
-          continue
-        key = f"line {n}"
-        try:
-          row = json.loads(line.decode("utf-8"))
-        except UnicodeDecodeError:
-          yield {"key": key, "error": ("non-UTF-8 text", "")}
-          continue
-        except ValueError as e:
-          yield {"key": key, "error": ("malformed row", str(e)[:80])}
-          continue
-        if not isinstance(row, dict) or not row.get(img_col) or row.get(
-            txt_col) is None:
-          yield {"key": key, "error": ("missing column", str(row)[:80])}
-          continue
+    for key, row, error in json_rows(path):
+      if error:
+        yield {"key": key, "error": error}
+      elif not isinstance(row, dict) or not row.get(img_col) or row.get(
+          txt_col) is None:
+        yield {"key": key, "error": ("missing column", str(row)[:80])}
+      else:
         yield _with_labels({"key": key,
                             "path": os.path.join(root, str(row[img_col])),
                             "captions": as_list(row[txt_col])}, row,
                            label_col)
   return lambda: group_rows(rows())
+
+
+def first_json_row(path):
+  """The first non-blank line of the JSON-lines file `path`, parsed; a
+  SourceError before any work when it is not JSON."""
+  with open(path, "rb") as f:
+    first = next((line for line in f if line.strip()), b"")
+  try:
+    return json.loads(first)
+  except ValueError as e:
+    raise SourceError(f"ingest: the first line of {path} is not JSON "
+                      f"({e}).") from None
+
+
+def json_rows(path):
+  """(key, row, error) for each non-blank line of the JSON-lines file
+  `path`: key 'line N', row the parsed value, error None or the (reason,
+  detail) of a line that is not UTF-8 JSON (row None then)."""
+  with open(path, "rb") as f:
+    for n, line in enumerate(f, start=1):
+      if not line.strip():
+        continue
+      key = f"line {n}"
+      try:
+        yield key, json.loads(line.decode("utf-8")), None
+      except UnicodeDecodeError:
+        yield key, None, ("non-UTF-8 text", "")
+      except ValueError as e:
+        yield key, None, ("malformed row", str(e)[:80])
 
 
 # ------------------------------------------------------------------ COCO
