@@ -12,7 +12,7 @@ import jax
 import jax.numpy as jnp
 
 from mmtx import layers
-from mmtx.layers.transformer import layer_norm
+from mmtx.layers.transformer import layer_norm, shared_fields
 
 Array = jax.Array
 
@@ -84,14 +84,12 @@ class SplitDecoder(nn.Module):
                mask: Optional[Array] = None,
                context_mask: Optional[Array] = None, *,
                deterministic: bool = True) -> Array:
-    kw = dict(num_heads=self.num_heads, mlp_dim=self.mlp_dim,
-              activation=self.activation, dropout_rate=self.dropout_rate,
-              dtype=self.dtype, layer_norm_eps=self.layer_norm_eps)
     for i in range(self.num_layers):
-      x = SplitBlock(decode=self.decode, name=f"self_{i}", **kw)(
+      x = SplitBlock(name=f"self_{i}", **shared_fields(self, SplitBlock))(
           x, None, mask, deterministic=deterministic)
       if context is not None:
-        x = SplitBlock(cross=True, name=f"cross_{i}", **kw)(
+        x = SplitBlock(cross=True, name=f"cross_{i}",
+                       **shared_fields(self, SplitBlock, decode=False))(
             x, context, context_mask, deterministic=deterministic)
     if self.final_norm:
       x = layer_norm(self.dtype, jnp.float32, "ln_final",
