@@ -66,10 +66,11 @@ def test_sort_of_clevr_script_writes_its_table(tmp_path):
 
 
 def test_fusion_ablation_writes_rows_and_resumes(tmp_path):
-  """--quick on three strategies (token-level, pooled, FiLM): each trains 2
-  steps in the default model and gets a row; a second call finds them done
-  and only rewrites the table. The question-only floor row comes last."""
-  names = ["concat", "film", "late"]
+  """--quick on two strategies (token-level, pooled): each trains 2 steps in
+  the default model and gets a row; a second call finds them done and only
+  rewrites the table. The question-only floor row comes last. (Every
+  strategy builds in the default model: the test below.)"""
+  names = ["concat", "late"]
   args = ["--quick", f"--fusions={','.join(names)}", f"--out={tmp_path / 'abl'}"]
   _script(tmp_path, "fusion_ablation.py", *args, timeout=900)
   res = json.loads((tmp_path / "abl" / "results.json").read_text())["rows"]
@@ -88,14 +89,14 @@ def test_fusion_ablation_writes_rows_and_resumes(tmp_path):
   fresh = tmp_path / "fresh"
   table_only = _script(
       tmp_path, "fusion_ablation.py", "--quick", "--table_only",
-      "--fusions=concat,film,late,gated", "--seeds=0",
+      "--fusions=concat,late,gated", "--seeds=0",
       f"--resume_from={tmp_path / 'abl' / 'results.json'}", f"--out={fresh}",
       timeout=300)
   assert " seed 0:" not in table_only
   md2 = (fresh / "results.md").read_text()
   assert md2.splitlines()[:6] == md.splitlines()[:6]
   assert "| gated |" not in md2
-  assert len(json.loads((fresh / "results.json").read_text())["rows"]) == 4
+  assert len(json.loads((fresh / "results.json").read_text())["rows"]) == 3
 
 
 def test_every_fusion_builds_in_the_default_model():
