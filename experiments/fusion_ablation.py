@@ -55,6 +55,7 @@ def run_one(fusion, seed, args):
   with cfg.unlocked():
     cfg.model.zero_image = floor
     cfg.seed = seed
+    cfg.data.eval_splits = ("test",)   # a report: nothing is chosen on it
     cfg.eval_every = args.steps
     cfg.checkpoint_every = args.steps
     cfg.keep_checkpoints = 1

@@ -12,9 +12,9 @@ configs/clip.py on the Sort-of-CLEVR captions (OUT/zero_shot). Fine-tuning
 (OUT/fine_tuned, the one trainer) starts from them on the first --fraction
 of the training images at a high learning rate. Each alpha's weights,
 mmtx.interop.wise_ft.interpolate(zero_shot, fine_tuned, alpha), are
-evaluated on the 'test' split (retrieval R@1, zero-shot 'how many circles');
-the alpha with the best mean of the two is chosen there and only it is
-reported on 'test_large'. The table goes to OUT/results.md (+ results.json).
+evaluated on the 'validation' split (retrieval R@1, zero-shot 'how many
+circles'); the alpha with the best mean of the two is chosen there and only
+it is reported on 'test_large'. The table goes to OUT/results.md (+ results.json).
 """
 from __future__ import annotations
 
@@ -44,6 +44,7 @@ def _config(args, steps, **init):
     cfg.mesh.cpu_devices = args.cpu_devices
     cfg.optimizer.warmup_steps = min(cfg.optimizer.warmup_steps, steps // 10)
     cfg.init_from.update(init)
+    cfg.data.eval_splits = ("validation",)   # alpha is chosen here
   if args.quick:
     runlib.shrink_for_quick(cfg)
   return cfg
@@ -137,8 +138,8 @@ def main():
       f"## WiSE-FT on {ft_cfg.data.name}", "",
       f"Zero-shot weights (alpha 0): {source}. Fine-tuned (alpha 1): "
       f"{args.finetune_steps} steps on {100 * args.fraction:g}% of 'train' "
-      f"at learning rate {args.learning_rate}. Split 'test' (chooses "
-      f"alpha):", "", table, "",
+      f"at learning rate {args.learning_rate}. Split 'validation' "
+      f"(chooses alpha):", "", table, "",
       f"Chosen alpha {best['alpha']} on 'test_large' (reported once): "
       + ", ".join(f"{k} {cell(test.get(k))}" for k in KEYS) + ".", "",
       f"Machine: {runlib.machine()}. Command: python experiments/wise_ft.py "

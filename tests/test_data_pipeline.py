@@ -18,7 +18,7 @@ from mmtx.data import catalog
 from mmtx.data import sort_of_clevr as soc
 from mmtx.data import views
 
-NAME = "sort_of_clevr/tiny"   # 64 train / 16 test / 32 test_large images
+NAME = "sort_of_clevr/tiny"   # 64 train / 16 validation / 16 test / 32 test_large
 
 
 @pytest.fixture(scope="module")
@@ -360,8 +360,8 @@ def test_worker_processes_give_the_same_batches_and_resume(data_dir):
 
 
 def test_unknown_split_lists_the_splits(data_dir):
-  with pytest.raises(ValueError, match=r"no split 'validation'.*'test', 'test_large', 'train'"):
-    _get(data_dir, "validation")
+  with pytest.raises(ValueError, match=r"no split 'val'.*'test', 'test_large', 'train', 'validation'"):
+    _get(data_dir, "val")
   it, info = _get(data_dir, "test[:4]", shuffle=False)     # a TFDS slice
   assert info.num_records == 4 and info.num_examples == 120
 

@@ -243,8 +243,8 @@ def test_dialogues_need_history_and_are_correct():
 
 # ---------------------------------------------------------------- builder
 def _tiny(name, seed=0):
-  return soc.SortOfClevrConfig(name=name, num_train=24, num_test=6,
-                               num_test_large=8,
+  return soc.SortOfClevrConfig(name=name, num_train=24, num_validation=5,
+                               num_test=6, num_test_large=8,
                                generator=soc.GeneratorConfig(seed=seed))
 
 
@@ -263,7 +263,7 @@ def test_same_seed_is_byte_identical(tmp_path):
   b = _build(tmp_path / "b", _tiny("t0"))
   c = _build(tmp_path / "c", _tiny("t1", seed=1))
   files = _data_files(a)
-  assert len(files) == 3 and files == _data_files(b)
+  assert len(files) == 4 and files == _data_files(b)
   for f in files:
     assert filecmp.cmp(os.path.join(a.data_dir, f), os.path.join(b.data_dir, f),
                        shallow=False), f
@@ -276,10 +276,15 @@ def test_builder_records_and_metadata(tmp_path):
   builder = _build(tmp_path, cfg)
   md = builder.info.metadata
   assert md["generator"] == dataclasses.asdict(cfg.generator)
-  assert md["num_images"] == {"train": 24, "test": 6, "test_large": 8}
+  sizes = {"train": 24, "validation": 5, "test": 6, "test_large": 8}
+  assert md["num_images"] == sizes
   assert md["answers"] == list(soc.ANSWERS) and md["questions_per_image"] == 30
-  assert {s: len(builder.as_data_source(s)) for s in ("train", "test", "test_large")} == \
-      {"train": 24, "test": 6, "test_large": 8}
+  assert {s: len(builder.as_data_source(s)) for s in sizes} == sizes
+  # Every split is its own draw: no validation image is a train or test one.
+  images = {s: {builder.as_data_source(s)[i]["image"].tobytes()
+                for i in range(n)} for s, n in sizes.items()}
+  assert not images["validation"] & (images["train"] | images["test"])
+  assert builder.as_data_source("validation")[0]["id"] == b"validation_00000"
   rec = builder.as_data_source("test")[2]
   assert rec["id"] == b"test_00002"
   assert rec["image"].shape == (75, 75, 3) and rec["image"].dtype == np.uint8

@@ -65,6 +65,35 @@ def test_sort_of_clevr_script_writes_its_table(tmp_path):
   _chart(tmp_path / "soc" / "accuracy.png")
 
 
+@pytest.mark.slow   # ~40 s: two CLI runs side by side
+def test_default_seeds_runs_the_cli_per_seed_and_tabulates(tmp_path):
+  """--quick, two seeds side by side: each row holds the test and the
+  validation numbers of that run's own last evaluation, the table shows
+  them, and a second call runs nothing."""
+  out = tmp_path / "seeds"
+  _script(tmp_path, "default_seeds.py", "--quick", "--seeds=0,1",
+          "--parallel=2", f"--out={out}")
+  rows = json.loads((out / "results.json").read_text())["rows"]
+  assert sorted(r["seed"] for r in rows) == [0, 1]
+  md = (out / "results.md").read_text()
+  for r in rows:
+    evals = [json.loads(line) for line in open(
+        out / f"default_seed{r['seed']}" / "metrics.jsonl")
+             if "eval/accuracy" in line]
+    last = evals[-1]
+    assert r["steps"] == last["step"] == 4
+    assert r["metrics"]["accuracy"] == last["eval/test/accuracy"]
+    assert r["validation"]["accuracy"] == last["eval/accuracy"]
+    assert r["metrics"]["accuracy"] != last["eval/accuracy"] or \
+        r["metrics"]["accuracy/rel"] != last["eval/accuracy/rel"]
+    assert f"| {r['seed']} | {100 * r['metrics']['accuracy']:.2f}% |" in md
+  assert "mean ± std (min-max)" in md and "2 at a time" in md
+  _chart(out / "accuracy.png")
+  again = _script(tmp_path, "default_seeds.py", "--quick", "--seeds=0,1",
+                  f"--out={out}")
+  assert "seed 0: test" not in again and "| 1 |" in again
+
+
 def test_fusion_ablation_writes_rows_and_resumes(tmp_path):
   """--quick on two strategies (token-level, pooled): each trains 2 steps in
   the default model and gets a row; a second call finds them done and only

@@ -251,6 +251,22 @@ def test_misspelt_dataset_name_suggests_the_right_one():
     data.get_dataset("sort_of_clver", "train", "vqa", batch_size=4)
 
 
+def test_runs_started_together_on_a_fresh_data_dir_share_one_build(tmp_path):
+  """Two processes that need the same unbuilt dataset at once (two seeds
+  side by side): one builds it, the other waits and reads it."""
+  code = ("import sys; from mmtx.data import build; b = build.ensure_built("
+          "'sort_of_clevr/tiny', sys.argv[1], verbose=False); "
+          "print(len(b.as_data_source('validation')))")
+  env = dict(os.environ, PYTHONPATH=REPO)
+  procs = [subprocess.Popen([sys.executable, "-c", code, str(tmp_path)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, env=env) for _ in range(2)]
+  outs = [p.communicate(timeout=300) for p in procs]
+  for p, (out, err) in zip(procs, outs):
+    assert p.returncode == 0, err[-2000:]
+    assert out.strip().splitlines()[-1] == "16"
+
+
 @pytest.mark.parametrize("damage", ["truncate", "overwrite"])
 def test_damaged_shard_names_the_file(tmp_path, damage):
   from mmtx import data

@@ -12,6 +12,8 @@ dataset's word vocabulary on its train split and saves it next to the data
 from __future__ import annotations
 
 import argparse
+import contextlib
+import fcntl
 import os
 import time
 
@@ -59,25 +61,51 @@ def is_built(builder) -> bool:
 
 
 def ensure_built(name: str, data_dir: str | None = None, *, verbose: bool = True):
-  """Builds `name` into `data_dir` unless it is there; returns the builder."""
+  """Builds `name` into `data_dir` unless it is there; returns the builder.
+
+  Processes that start on the same data dir at once (two runs side by
+  side, several workers of one host) take turns: one builds, the others wait
+  for it and then read what it built.
+  """
   builder = get_builder(name, data_dir)
-  if not is_built(builder):
-    if verbose:
-      print(f"mmtx.data: building {name} into {builder.data_dir} ...", flush=True)
-    start = time.time()
-    builder.download_and_prepare()
-    if verbose:
-      print(f"mmtx.data: built {name} in {time.time() - start:.1f} s.", flush=True)
   words = epath.Path(builder.data_dir, WORDS_FILE)
-  if not words.exists():
-    tok = tokenizers.WordTokenizer.fit(
-        train_texts(builder.as_data_source("train"), builder.info.metadata))
-    tmp = epath.Path(str(words) + f".tmp{os.getpid()}")
-    tok.save(str(tmp))
-    tmp.rename(words)
-    if verbose:
-      print(f"mmtx.data: {len(tok.words)} words -> {words}", flush=True)
+  if is_built(builder) and words.exists():
+    return builder
+  with _build_lock(builder):
+    builder = get_builder(name, data_dir)   # another process may have built it
+    if not is_built(builder):
+      if verbose:
+        print(f"mmtx.data: building {name} into {builder.data_dir} ...",
+              flush=True)
+      start = time.time()
+      builder.download_and_prepare()
+      builder = get_builder(name, data_dir)
+      if verbose:
+        print(f"mmtx.data: built {name} in {time.time() - start:.1f} s.",
+              flush=True)
+    if not words.exists():
+      tok = tokenizers.WordTokenizer.fit(
+          train_texts(builder.as_data_source("train"), builder.info.metadata))
+      tmp = epath.Path(str(words) + f".tmp{os.getpid()}")
+      tok.save(str(tmp))
+      tmp.rename(words)
+      if verbose:
+        print(f"mmtx.data: {len(tok.words)} words -> {words}", flush=True)
   return builder
+
+
+@contextlib.contextmanager
+def _build_lock(builder):
+  """An exclusive lock (flock) on a file beside the dataset's version
+  folder, held while it is built."""
+  lock_dir = os.path.dirname(os.path.normpath(str(builder.data_dir)))
+  os.makedirs(lock_dir, exist_ok=True)
+  with open(os.path.join(lock_dir, ".mmtx_build.lock"), "w") as f:
+    fcntl.flock(f, fcntl.LOCK_EX)
+    try:
+      yield
+    finally:
+      fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def word_tokenizer(builder) -> tokenizers.WordTokenizer:

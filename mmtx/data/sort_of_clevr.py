@@ -408,7 +408,7 @@ class GeneratorConfig:
   dialogue_turns: int = 4
 
 
-SPLIT_KEYS = {"train": 0, "test": 1, "test_large": 2}
+SPLIT_KEYS = {"train": 0, "test": 1, "test_large": 2, "validation": 3}
 
 
 def generate(config: GeneratorConfig, split: str, num_images: int,
@@ -457,15 +457,20 @@ def generate(config: GeneratorConfig, split: str, num_images: int,
 # ------------------------------------------------------------ TFDS builder
 @dataclasses.dataclass(eq=False)
 class SortOfClevrConfig(tfds.core.BuilderConfig):
-  """Split sizes and the generator settings; all go into the metadata."""
-  num_train: int = 9800
+  """Split sizes and the generator settings; all go into the metadata.
+
+  'validation' is for choosing recipes; 'test' (the paper's 200 images) and
+  'test_large' are for reporting. Each split has its own random stream.
+  """
+  num_train: int = 9300
+  num_validation: int = 500
   num_test: int = 200
   num_test_large: int = 2000
   generator: GeneratorConfig = GeneratorConfig()
 
   def split_sizes(self) -> dict:
-    return {"train": self.num_train, "test": self.num_test,
-            "test_large": self.num_test_large}
+    return {"train": self.num_train, "validation": self.num_validation,
+            "test": self.num_test, "test_large": self.num_test_large}
 
 
 class SortOfClevr(tfds_base.Builder):
@@ -477,14 +482,17 @@ class SortOfClevr(tfds_base.Builder):
   'caption' str [C]; 'dialogue_question' str [D,T]; 'dialogue_answer' int32
   [D,T]. Answer ids index `ANSWERS`.
   """
-  VERSION = tfds.core.Version("1.0.0")
-  RELEASE_NOTES = {"1.0.0": "Initial release."}
+  VERSION = tfds.core.Version("1.1.0")
+  RELEASE_NOTES = {"1.0.0": "Initial release.",
+                   "1.1.0": "A 500-image 'validation' split; 'train' gives "
+                            "up the same 500 images (9,800 -> 9,300)."}
   BUILDER_CONFIGS = [
       SortOfClevrConfig(name="default", description=(
-          "10,000 images as in Santoro et al. 2017 (9,800 train / 200 test) "
-          "plus a 2,000-image test_large split.")),
-      SortOfClevrConfig(name="tiny", num_train=64, num_test=16,
-                        num_test_large=32, description="For tests."),
+          "10,000 images as in Santoro et al. 2017 (9,300 train + 500 "
+          "validation / 200 test) plus a 2,000-image test_large split.")),
+      SortOfClevrConfig(name="tiny", num_train=64, num_validation=16,
+                        num_test=16, num_test_large=32,
+                        description="For tests."),
   ]
   DEFAULT_CONFIG_NAME = "default"
 
