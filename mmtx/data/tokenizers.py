@@ -29,9 +29,13 @@ NUM_SPECIAL = len(SPECIAL_TOKENS)
 
 
 class Tokenizer:
-  """Base interface. Subclasses define `vocab_size`, `encode`, `_piece`/`decode`."""
+  """Base interface. Subclasses define `vocab_size`, `encode`, `_piece`/`decode`
+  and, where they differ from BOS / EOS, the ids `encode_batch` starts and
+  ends a text with (`bos_id` None: the tokenizer has no start token)."""
 
   vocab_size: int
+  bos_id: int | None = BOS
+  eos_id: int = EOS
 
   def encode(self, text: str) -> list[int]:
     raise NotImplementedError
@@ -399,6 +403,7 @@ class SiglipTokenizer(Tokenizer):
   """
 
   SPECIALS = ("</s>", "<unk>")
+  bos_id = None
 
   def __init__(self, model_proto: bytes, *, lower: bool = True):
     import sentencepiece as spm  # pylint: disable=g-import-not-at-top

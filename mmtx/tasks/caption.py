@@ -1,15 +1,18 @@
 """Image captioning with a CoCa `Captioner` (Yu et al. 2022, Eq. 4).
 
 Batch (mmtx.data view 'caption'): 'image' [B, H, W, 3], 'text' [B, L]
-(bos + caption + eos, one caption per image drawn at random) -> Captioner ->
+(the tokenizer's start id + caption + end id, 0-padded; one caption per
+image drawn at random) -> Captioner ->
 next-token logits [B, L, V], img_emb / txt_emb [B, D] ->
   config.loss.lambda_con * losses.softmax_contrastive_loss(img_emb, txt_emb,
   logit_scale) + config.loss.lambda_cap * losses.lm_loss(logits[:, :-1],
   text[:, 1:], text[:, 1:] != 0, config.loss.label_smoothing).
 
-Evaluation, per split of config.data.eval_splits: captions decoded from bos
-with the KV cache (`captioner.generate`, config.decode.method 'greedy' or
-'beam'; up to config.data.max_len - 1 new tokens) and scored with BLEU-1..4
+Evaluation, per split of config.data.eval_splits: captions decoded with
+the KV cache from the tokenizer's `bos_id` up to its `eos_id` (a word
+vocabulary's 1 / 2, CLIP BPE's 49406 / 49407 for an imported CoCa;
+`captioner.generate`, config.decode.method 'greedy' or 'beam'; up to
+config.data.max_len - 1 new tokens) and scored with BLEU-1..4
 and CIDEr-D against all reference captions of each image
 (`metrics.caption_scores`, tokenised by `metrics.simple_tokenize`), plus
 image <-> text retrieval recall from the contrastive embeddings.
@@ -20,7 +23,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mmtx import data as data_lib
 from mmtx import losses
 from mmtx import metrics as metrics_lib
 from mmtx import sharding
@@ -57,6 +59,10 @@ class CaptionTask(common.Task):
                        f" must be >= config.data.max_len "
                        f"({config.data.max_len}), the caption length.")
     decode_kwargs(config.decode)
+    if self.info.tokenizer.bos_id is None:
+      raise ValueError(f"config.data.tokenizer={config.data.tokenizer!r} has "
+                       f"no start token to decode captions from; use a word "
+                       f"vocabulary, SentencePiece or 'clip'.")
     return Captioner(cfg)
 
   def loss_fn(self, params, batch, rng, train):
@@ -86,13 +92,16 @@ class CaptionTask(common.Task):
 
   def generate(self, params, images):
     """images `[B, H, W, 3]` -> new tokens `[B, max_len - 1]`, decoded from
-    bos with the KV cache as config.decode says."""
+    the tokenizer's start token up to its end token with the KV cache as
+    config.decode says."""
     from mmtx.models import captioner
     config = self.config
-    prompt = jnp.full((images.shape[0], 1), data_lib.BOS, jnp.int32)
+    tokenizer = self.info.tokenizer
+    prompt = jnp.full((images.shape[0], 1), tokenizer.bos_id, jnp.int32)
     out = captioner.generate(self.model.config, params, images, prompt,
                              max_new_tokens=config.data.max_len - 1,
-                             eos_id=data_lib.EOS, method=config.decode.method,
+                             eos_id=tokenizer.eos_id,
+                             method=config.decode.method,
                              **decode_kwargs(config.decode))
     return out.tokens
 
