@@ -255,9 +255,11 @@ def _fresh(task):
 
 def test_weights_that_do_not_fit_are_an_error_before_training(tmp_path,
                                                                data_dir):
-  """A CLIP made for 60x60 images on Sort-of-CLEVR's 75x75 ones: the
-  position table differs, named with both shapes, and nothing is trained;
-  a SigLIP import without its tokenizer is refused."""
+  """A CLIP made for 60x60 images on Sort-of-CLEVR's 75x75 ones: the image
+  size it sets is refused by the data (built-in images are not resized);
+  with the dataset's size, the position table differs, named with both
+  shapes, and nothing is trained; an import without its tokenizer is
+  refused."""
   torch.manual_seed(0)
   transformers.CLIPModel(transformers.CLIPConfig(
       projection_dim=24, vision_config=dict(VISION, image_size=60),
@@ -267,6 +269,12 @@ def test_weights_that_do_not_fit_are_an_error_before_training(tmp_path,
   with config.unlocked():
     config.data.update(name="sort_of_clevr/tiny", data_dir=data_dir)
     config.batch_size = 8
+  assert config.data.image_size == 60
+  with pytest.raises(ValueError, match=r"has 75x75 images, which are not "
+                     r"resized; data.image_size=60 needs"):
+    tasks.build_task(config).info
+  with config.unlocked():
+    config.data.image_size = 0
   task = tasks.build_task(config)
   with pytest.raises(ValueError, match=(
       r"img/posemb/pos_embedding: \(17, 32\) in the source, \(26, 32\) in "

@@ -256,6 +256,11 @@ def _open_source(name, split, data_dir, build, fields, image_size):
                          build_lib.build_command(name, data_dir))
     features = builder.info.features
     shape = tuple(features["image" if "image" in features else "video"].shape)
+    if image_size and image_size != shape[-3]:
+      raise ValueError(f"mmtx.data: {name} has {shape[-3]}x{shape[-2]} "
+                       f"images, which are not resized; data.image_size="
+                       f"{image_size} needs a catalog or ingested dataset "
+                       f"(python -m mmtx.data ingest ...), or 0.")
     return (source, _identity, shape, dict(builder.info.metadata),
             build_lib.build_command(name, data_dir), builder)
   if ingest_lib.is_ingested(name, data_dir):
@@ -351,7 +356,8 @@ def get_dataset(name: str, split: str, view: str, *, batch_size: int,
     fields: catalog datasets only: the feature names (`catalog.Fields`,
       default from `catalog.CATALOG_FIELDS`).
     image_size: catalog and ingested datasets: the square size images are
-      cropped to (default 224; ingested: the dataset's --image_size).
+      cropped to (default 224; ingested: the dataset's --image_size);
+      mmtx's own datasets: None or their size (they are not resized).
     normalize: the model's input normalisation, a key of
       `images.NORMALIZATIONS` ('minus_one_one': x / 127.5 - 1, 'clip',
       'imagenet').
