@@ -10,9 +10,10 @@ classification.
 
 Args: loss=softmax|sigmoid, width (both towers), steps; preset, a published
 architecture (mmtx.interop.presets: clip-B/32, clip-B/16, clip-L/14,
-siglip-B/16-224, siglip-So400m/14-224); init, weights to start from (a
-Hugging Face save_pretrained directory or hub name, or with preset an
-open_clip .pt / .safetensors file; mmtx.interop.weights), which also set the
+siglip-B/16-224, siglip-So400m/14-224; for an init= file also an open_clip
+model config .json); init, weights to start from (a Hugging Face
+save_pretrained directory or hub name, or with preset an open_clip .pt /
+.safetensors file; mmtx.interop.weights), which also set the
 model, tokenizer, image normalisation and text length; lit=1, locked-image
 tuning (the image tower and its projection frozen, Zhai et al. 2022).
 """
@@ -83,6 +84,7 @@ def get_config(arg: str = ""):
                        f"preset= or init=, which set the model.")
     if args["init"]:
       imported, params = weights.load(args["init"], args["preset"])
+      weights.check_model(imported, args["init"], False, "configs/clip.py")
       model = _full(imported.to_dict())
       c.data.update(weights.data_settings(model, params, args["init"]))
     else:
