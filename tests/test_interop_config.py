@@ -1,15 +1,17 @@
-"""configs/clip.py with preset= and init=: the model it builds has the
-source's parameter count, an open_clip checkpoint file imports as
-open_clip's own model does, and arguments that cannot go together are
-errors."""
+"""configs/clip.py and configs/caption.py with preset= and init=: the
+model it builds has the source's parameter count, an open_clip checkpoint
+file imports as open_clip's own model does, and arguments that cannot go
+together are errors."""
 import numpy as np
 import pytest
 
 torch = pytest.importorskip("torch")
 open_clip = pytest.importorskip("open_clip")
 
+from mmtx.configs import caption as caption_config  # noqa: E402
 from mmtx.configs import clip as clip_config  # noqa: E402
-from mmtx.interop import hf_clip, open_clip as oc_interop, weights  # noqa: E402
+from mmtx.interop import hf_clip, open_clip_coca, weights  # noqa: E402
+from mmtx.interop import open_clip as oc_interop  # noqa: E402
 
 
 @pytest.mark.parametrize("preset", ["clip-B/32", "siglip-B/16-224"])
@@ -27,6 +29,21 @@ def test_preset_config_builds_the_published_model(preset):
       p.numel() for p in ref.parameters())
   assert config.data.normalize == ("clip" if preset.startswith("clip")
                                    else "minus_one_one")
+
+
+@pytest.mark.parametrize("preset", ["coca-B/32", "coca-L/14"])
+def test_caption_preset_config_builds_the_published_coca(preset):
+  config = caption_config.get_config(f"preset={preset}")
+  with torch.device("meta"):
+    ref = open_clip.create_model(weights.OPEN_CLIP_NAMES[preset],
+                                 device="meta")
+  shapes = open_clip_coca.captioner_shapes(config.model.to_dict(),
+                                           config.data.image_size)
+  assert sum(int(np.prod(s)) for s in shapes.values()) == sum(
+      p.numel() for p in ref.parameters())
+  assert (config.data.tokenizer, config.data.normalize, config.data.max_len,
+          config.data.image_size) == ("clip", "clip", 76, 224)
+  assert config.init_from.preset == preset and not config.init_from.weights
 
 
 def test_config_args_that_do_not_go_together():

@@ -113,6 +113,24 @@ class Task:
   def init_variables(self, rng, batch):
     return self.model.init(rng, batch["image"], batch[self.text_key])
 
+  def import_weights(self):
+    """The params of config.init_from.weights (mmtx.interop.weights), for
+    the trainer's init_from (configs/clip.py, configs/caption.py:init=...);
+    the tokenizer must be the weights' own."""
+    from mmtx.interop import weights  # pylint: disable=g-import-not-at-top
+    config = self.config
+    if not config.data.tokenizer:
+      raise ValueError(
+          f"init_from.weights={config.init_from.weights}: config.data."
+          f"tokenizer is unset, so the texts would be the dataset's word ids, "
+          f"not those the weights were trained on; pass --config.data."
+          f"tokenizer=siglip:PATH/spiece.model (SigLIP) or =clip (CLIP, "
+          f"CoCa).")
+    _, params = weights.load(config.init_from.weights,
+                             config.init_from.preset)
+    weights.load.cache_clear()
+    return params
+
   def train_iterator(self, shard_index, shard_count):
     it, _ = self._open(self.config.data.train_split, train=True,
                        shard=(shard_index, shard_count))

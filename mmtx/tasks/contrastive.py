@@ -81,22 +81,6 @@ class ContrastiveTask(common.Task):
     return DualEncoder(common.model_config(
         self.config, vocab_size=self.info.tokenizer.vocab_size))
 
-  def import_weights(self):
-    """The params of config.init_from.weights (mmtx.interop.weights), for
-    the trainer's init_from; the tokenizer must be the weights' own."""
-    from mmtx.interop import weights  # pylint: disable=g-import-not-at-top
-    config = self.config
-    if not config.data.tokenizer:
-      raise ValueError(
-          f"init_from.weights={config.init_from.weights}: config.data."
-          f"tokenizer is unset, so the texts would be the dataset's word ids, "
-          f"not those the weights were trained on; pass --config.data."
-          f"tokenizer=siglip:PATH/spiece.model (SigLIP) or =clip (CLIP).")
-    _, params = weights.load(config.init_from.weights,
-                             config.init_from.preset)
-    weights.load.cache_clear()
-    return params
-
   def loss_fn(self, params, batch, rng, train):
     img_emb, txt_emb, extras = self.model.apply(
         {"params": params}, batch["image"], batch["text"],
