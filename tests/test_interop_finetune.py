@@ -1,9 +1,11 @@
 """Fine-tuning recipes that keep what imported weights know (issue 28
 item 5): WiSE-FT interpolation against hand-computed numbers, the LiT freeze
 rules against a DualEncoder's parameter paths, and the labelled-dataset
-zero-shot evaluator's prompts, labels and errors."""
+zero-shot evaluator's prompts, labels, class names (the dataset's own
+by default) and errors."""
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import pytest
 
@@ -90,3 +92,18 @@ def test_zero_shot_prompts_and_labels_from_the_config():
     contrastive.class_prompts(("cat",), ("a photo",))
   with pytest.raises(ValueError, match="classes must name"):
     contrastive.class_prompts((), ("a {}.",))
+
+
+def test_zero_shot_classes_default_to_the_dataset_labels():
+  spec = ml_collections.ConfigDict(dict(label="label.0", classes=(),
+                                        templates=("a {}.",)))
+  meta = {"labels": ["bird", "cat", "dog"]}
+  assert contrastive.class_names(spec, meta) == ("bird", "cat", "dog")
+  spec.classes = ("x", "y")
+  assert contrastive.class_names(spec, meta) == ("x", "y")
+  spec.classes = ()
+  with pytest.raises(ValueError, match="names no classes for it"):
+    contrastive.class_names(spec, {})
+  spec.label = "objects.shape.0"  # not the field the labels name
+  with pytest.raises(ValueError, match="pass --config.zero_shot.classes"):
+    contrastive.class_names(spec, meta)

@@ -68,8 +68,8 @@ def get_config(arg: str = ""):
   # the record field of each image's class id, a dotted path ('label.0': the
   # first class of data ingested with --label_column or of a catalog dataset
   # with Fields(label=...); 'objects.shape.0'; '' = Sort-of-CLEVR's circle
-  # count); classes, their names; templates, the prompts ('{}' = a class
-  # name), ensembled.
+  # count); classes, their names (empty: the ingested data's own, for
+  # 'label.0'); templates, the prompts ('{}' = a class name), ensembled.
   c.zero_shot = ml_collections.ConfigDict(dict(
       label="", classes=(), templates=("a photo of a {}.",)))
   model = _model(args["width"], loss)

@@ -9,8 +9,9 @@ model's learned logit_scale (and logit_bias).
 Evaluation, per split of config.data.eval_splits: image <-> text retrieval
 recall@1/5/10 over all captions of each image (`retrieval`), and zero-shot
 classification from text prompts with their embeddings ensembled (CLIP):
-on any labelled dataset, config.zero_shot's class names x prompt templates
-and the record field holding each image's class; by default, on records
+on any labelled dataset, config.zero_shot's class names (or the dataset's
+own) x prompt templates and the record field holding each image's class;
+by default, on records
 with Sort-of-CLEVR 'objects', the number of circles k in 0..N (N objects;
 the rest are squares), said in the dataset's own caption wording, "there
 are four circles and two squares." and "4 circles and 2 squares.".
@@ -147,14 +148,28 @@ def class_prompts(classes, templates) -> list[list[str]]:
   return [[t.format(c) for t in templates] for c in classes]
 
 
+def class_names(spec, metadata) -> tuple:
+  """config.zero_shot.classes, or when it is empty and config.zero_shot.label
+  reads the records' 'label' field, the dataset's own class names (the
+  metadata's 'labels': data ingested with --label_column)."""
+  if spec.classes:
+    return tuple(spec.classes)
+  if spec.label.split(".")[0] == "label" and metadata.get("labels"):
+    return tuple(metadata["labels"])
+  raise ValueError(f"config.zero_shot.label={spec.label!r}: config.zero_shot."
+                   f"classes is empty and the dataset names no classes for it "
+                   f"(only data ingested with --label_column does, for "
+                   f"'label.0'); pass --config.zero_shot.classes.")
+
+
 def zero_shot(step, params, config, mesh, info, pairs):
   """(metrics, images per class, title) of zero-shot classification, or
   None. With config.zero_shot.label set, each image's class is that record
-  field and the classifier is config.zero_shot.classes x templates;
+  field and the classifier is `class_names` x config.zero_shot.templates;
   otherwise, on records with Sort-of-CLEVR 'objects', the circle count."""
   spec = config.get("zero_shot")
   if spec is not None and spec.label:
-    prompts = class_prompts(spec.classes, spec.templates)
+    prompts = class_prompts(class_names(spec, info.metadata), spec.templates)
     labels = np.array([record_field(info.record(int(i)), spec.label)
                        for i in pairs.indices])
     if labels.min() < 0 or labels.max() >= len(prompts):
