@@ -1,7 +1,10 @@
 """open_clip CoCa -> Captioner: on the same random weights the image and text
 embeddings and the caption logits equal open_clip's (float32, atol 1e-5),
 greedy captions equal a step-by-step decode with open_clip's own forward, and
-the state dict exported back loads into open_clip with the same outputs."""
+the state dict exported back loads into open_clip with the same outputs, as
+does the CoCa `to_open_clip` builds."""
+import json
+
 import jax
 import numpy as np
 import pytest
@@ -13,7 +16,7 @@ from open_clip.coca_model import CoCa  # noqa: E402
 from mmtx.data.tokenizers import ClipBpeTokenizer  # noqa: E402
 from mmtx.interop import mapping  # noqa: E402
 from mmtx.interop import open_clip as oc  # noqa: E402
-from mmtx.interop import open_clip_coca, presets  # noqa: E402
+from mmtx.interop import open_clip_coca, presets, weights  # noqa: E402
 from mmtx.models import captioner as cap  # noqa: E402
 
 SOT, EOT, LEN = 49406, 49407, 12
@@ -158,6 +161,45 @@ def test_coca_what_cannot_map_is_refused():
   with pytest.raises(ValueError, match=r"head/kernel.*\(32, 100\).*"
                      r"\(32, 49408\)"):
     open_clip_coca.to_state_dict(config, params)
+
+
+@pytest.mark.parametrize("variant", ["default", "cls_mask_nonscalar"])
+def test_to_open_clip_builds_a_coca_with_the_same_outputs(variant, tmp_path):
+  """The torch model `to_open_clip` builds gives mmtx's outputs; its state
+  dict and `open_clip_config` as a .json load back through
+  `weights.load` bit for bit."""
+  if variant == "default":
+    model, scalar = _coca(3), ()
+  else:  # the pool as wide as the ViT, open_clip's fixed CLS mask, [1] scale
+    model = _coca(4, dict(VISION, width=32, layers=1),
+                  dict(TEXT, layers=1), correct_cls_mask=True, layers=1,
+                  nonscalar_logit_scale=True)
+    scalar = (1,)
+  config, params = oc.from_open_clip(model)
+  built = open_clip_coca.to_open_clip(config, params, scalar_shape=scalar)
+  assert type(built).__name__ == "CoCa" and not built.training
+  assert built.text.correct_cls_mask == (variant != "default")
+  _check_forward(built, config, params)  # torch's outputs = mmtx's
+  arch = tmp_path / f"exported_coca_{variant}.json"
+  arch.write_text(json.dumps(open_clip_coca.open_clip_config(
+      config, 16, scalar_shape=scalar)))
+  torch.save(built.state_dict(), tmp_path / "coca.pt")
+  _, again = weights.load(str(tmp_path / "coca.pt"), str(arch))
+  weights.load.cache_clear()
+  for a, b in zip(jax.tree_util.tree_leaves(again),
+                  jax.tree_util.tree_leaves(params)):
+    assert np.asarray(a).tobytes() == np.asarray(b).tobytes()
+
+
+def test_open_clip_config_refuses_what_open_clip_cannot_build():
+  config, _ = oc.from_open_clip(_coca())
+  bad = config.to_dict()
+  bad["image"]["layer_norm_eps"] = 1e-6
+  bad["text"]["activation"] = "quick_gelu"
+  with pytest.raises(ValueError, match=(
+      r"'config.image.layer_norm_eps': 1e-06, 'config.text.activation': "
+      r"'quick_gelu'\} have no open_clip CoCa equivalent")):
+    open_clip_coca.open_clip_config(bad, 16)
 
 
 @pytest.mark.slow

@@ -3,6 +3,7 @@
 
     config, params = mmtx.interop.open_clip.from_open_clip(coca_model)
     state = to_state_dict(config, params)  # coca_model.load_state_dict(...)
+    coca_model = to_open_clip(config, params)  # built and loaded
 
 Where each part of open_clip's CoCa goes (coca_model.py, transformer.py):
 - image: a ViT with a class token (`class_token`) and ln_pre; `attn_pool.ln_k`
@@ -25,6 +26,7 @@ context length 76 for the released models), 0 = padding.
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import jax.numpy as jnp
@@ -35,6 +37,8 @@ from mmtx.interop import hf_clip, mapping
 from mmtx.interop import open_clip as oc
 from mmtx.interop.mapping import Rule
 from mmtx.models.captioner import Captioner
+from mmtx.models.config import CaptionerTextConfig, parse
+from mmtx.models.towers import ViT
 
 WHO = "open_clip.from_open_clip(CoCa)"
 
@@ -220,3 +224,75 @@ def to_state_dict(config, params, *, scalar_shape: tuple = ()
                             cls_rows=1)
   mapping.check_params(flat, captioner_shapes(config, size), WHO)
   return mapping.to_state(flat, rules(config, scalar_shape))
+
+
+# open_clip's CoCa builds its pools and multimodal decoder with torch's
+# default LayerNorm eps, and gelu / QuickGELU (quick_gelu) everywhere.
+_EPS, _ACTIVATIONS = 1e-5, ("gelu", "quick_gelu")
+
+
+def open_clip_config(config, image_size: int, *,
+                     scalar_shape: tuple = ()) -> dict:
+  """The open_clip CoCa model config (the layout of open_clip's
+  model_configs/*.json, which `weights.load`'s preset= also reads) of a
+  `Captioner` config with open_clip's CoCa layout, for `image_size` images;
+  a field open_clip's CoCa cannot take is a ValueError naming it."""
+  img = hf_clip.resolved(dict(config["image"]), ViT)
+  txt = dataclasses.asdict(parse(CaptionerTextConfig, config["text"]))
+  wrong = {}
+  for part, cfg in (("image", img), ("text", txt)):
+    if cfg["layer_norm_eps"] != _EPS:
+      wrong[f"config.{part}.layer_norm_eps"] = cfg["layer_norm_eps"]
+    if (cfg["activation"] not in _ACTIVATIONS
+        or cfg["activation"] != img["activation"]):
+      wrong[f"config.{part}.activation"] = cfg["activation"]
+  if txt["mlp_dim"] != 4 * txt["width"]:
+    wrong["config.text.mlp_dim"] = txt["mlp_dim"]
+  if config.get("pool_dim") != config["embed_dim"]:
+    wrong["config.pool_dim"] = config.get("pool_dim")
+  if wrong:
+    raise ValueError(
+        f"{WHO}: {wrong} have no open_clip CoCa equivalent (it needs "
+        f"layer_norm_eps {_EPS}, one activation of {_ACTIVATIONS}, "
+        f"text.mlp_dim = 4 x text.width and pool_dim = embed_dim).")
+  return {
+      "embed_dim": config["embed_dim"], "custom_text": True,
+      "quick_gelu": img["activation"] == "quick_gelu",
+      "nonscalar_logit_scale": tuple(scalar_shape) == (1,),
+      "vision_cfg": {
+          "image_size": image_size, "layers": img["depth"],
+          "width": img["width"], "head_width": img["width"] //
+          img["num_heads"], "mlp_ratio": img["mlp_dim"] / img["width"],
+          "patch_size": img["patch_size"], "no_ln_pre": not img["ln_pre"],
+          "attentional_pool": True,
+          "attn_pooler_queries": config["num_queries"] + 1,
+          "attn_pooler_heads": config.get("pool_heads") or img["num_heads"],
+          "output_tokens": True},
+      "text_cfg": {
+          "context_length": txt["max_len"], "vocab_size": txt["vocab_size"],
+          "width": txt["width"], "heads": txt["num_heads"],
+          "layers": txt["depth"], "mlp_ratio": txt["mlp_dim"] / txt["width"],
+          "embed_cls": True, "output_tokens": True},
+      "multimodal_cfg": {
+          "context_length": txt["max_len"], "vocab_size": txt["vocab_size"],
+          "width": txt["width"], "heads": txt["num_heads"],
+          "layers": config["decoder_depth"]},
+  }
+
+
+def to_open_clip(config, params, *, scalar_shape: tuple = ()):
+  """`Captioner` (config, params) with open_clip's CoCa layout -> an
+  open_clip `CoCa` (float32, eval mode) with the same outputs;
+  `from_open_clip` of it gives back `params` bit for bit. Save it with
+  `torch.save(model.state_dict(), 'coca.pt')` and
+  `open_clip_config(...)` as the model config .json."""
+  import open_clip  # pylint: disable=g-import-not-at-top
+  state = to_state_dict(config, params, scalar_shape=scalar_shape)
+  size = hf_clip.image_size(mapping.flat_params(params),
+                            config["image"]["patch_size"], WHO, cls_rows=1)
+  cfg = open_clip_config(config, size, scalar_shape=scalar_shape)
+  del cfg["custom_text"]
+  model = open_clip.CoCa(**cfg)
+  # Not a CLIPTextCfg field: which keys the text tower's CLS attends to.
+  model.text.correct_cls_mask = config["text"].get("cls_mask") == "cls"
+  return mapping.load_torch_state(model, state).eval()
