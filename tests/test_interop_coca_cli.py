@@ -138,9 +138,10 @@ def test_coca_file_trains_through_the_cli(coca_files, data_dir, tmp_path):
       [sys.executable, "-m", "mmtx.main",
        f"--config=configs/caption.py:{_args(arch, file)}",
        f"--workdir={tmp_path / 'run'}", "--config.data.name=sort_of_clevr/tiny",
-       "--config.batch_size=8", "--config.log_every=1",
-       "--config.eval_every=2", "--config.checkpoint_every=2",
-       "--config.data.eval_batch_size=16", "--progress=false"],
+       "--config.batch_size=4", "--config.data.max_len=12",
+       "--config.log_every=1", "--config.eval_every=2",
+       "--config.checkpoint_every=2", "--config.data.eval_batch_size=16",
+       "--progress=false"],
       cwd=REPO, capture_output=True, text=True, timeout=600, env=env)
   assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
   assert f"params from {file}; 0 not in the checkpoint" in run.stdout
