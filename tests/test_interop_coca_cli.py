@@ -129,6 +129,7 @@ def test_coca_file_imports_and_decodes_as_open_clip(
 
 
 
+@pytest.mark.slow   # ~45 s: a CLI run (import + decode stay in the fast suite)
 def test_coca_file_trains_through_the_cli(coca_files, data_dir, tmp_path):
   """The same args through `python -m mmtx.main`: every param comes from
   the file, training runs and the caption eval reports its metrics."""

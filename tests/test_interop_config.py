@@ -74,3 +74,31 @@ def test_open_clip_file_imports_as_the_model_does(tmp_path):
   assert [p for p, _ in leaves(got)] == [p for p, _ in leaves(want)]
   for (path_, a), (_, b) in zip(leaves(got), leaves(want)):
     assert np.asarray(a).tobytes() == np.asarray(b).tobytes(), path_
+
+
+def test_a_config_with_init_leaves_jax_unstarted(tmp_path):
+  """Loading configs/clip.py:init=DIR works out the model's shapes without
+  starting JAX's backends, so mmtx.main can still apply mesh.cpu_devices
+  and its CPU dispatch setting after reading the config."""
+  import os
+  import subprocess
+  import sys
+  import transformers
+  cfg = transformers.CLIPConfig(
+      text_config=dict(vocab_size=49408, hidden_size=32, intermediate_size=64,
+                       num_hidden_layers=1, num_attention_heads=2,
+                       max_position_embeddings=77),
+      vision_config=dict(hidden_size=32, intermediate_size=64,
+                         num_hidden_layers=1, num_attention_heads=2,
+                         image_size=32, patch_size=8),
+      projection_dim=16)
+  transformers.CLIPModel(cfg).save_pretrained(tmp_path / "hf")
+  code = ("import sys; from mmtx.configs import clip; "
+          "clip.get_config('init=' + sys.argv[1]); "
+          "from jax._src import xla_bridge; print(len(xla_bridge._backends))")
+  repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  out = subprocess.run([sys.executable, "-c", code, str(tmp_path / "hf")],
+                       capture_output=True, text=True, timeout=300,
+                       env=dict(os.environ, PYTHONPATH=repo))
+  assert out.returncode == 0, out.stderr[-2000:]
+  assert out.stdout.strip().splitlines()[-1] == "0"

@@ -279,7 +279,9 @@ def dot_product_attention(query: Array,
   if use_dropout and dropout_rng is None:
     raise ValueError("dot_product_attention: dropout_rate > 0 and "
                      "deterministic=False need a dropout_rng.")
-  on_gpu = jax.default_backend() == "gpu"
+  # Only the kernel choice asks for the backend: with 'xla', tracing (e.g.
+  # a config working out parameter shapes) leaves JAX's backends unstarted.
+  on_gpu = implementation != "xla" and jax.default_backend() == "gpu"
   half = jnp.dtype(dtype) in (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16))
   if implementation == "cudnn":
     if not on_gpu:
