@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from mmtx import fusion
+from mmtx.configs import common
 from mmtx.data import av_scenes
 from mmtx.models.av_model import AudioVisualModel
 
@@ -20,7 +21,6 @@ W, VOCAB, L, A = 16, 30, 6, 7
 
 
 def _config(name, zero=()):
-  directional = issubclass(fusion.FUSIONS[name], fusion.DirectionalFusion)
   return dict(
       video=dict(width=W, depth=1, mlp_dim=32, num_heads=2,
                  patch_size=(2, 4, 4)),
@@ -29,8 +29,8 @@ def _config(name, zero=()):
                                           hop_length=125, n_mels=16)),
       text=dict(vocab_size=VOCAB, width=W, depth=1, mlp_dim=32, num_heads=2,
                 max_len=L),
-      fusion=dict(name=name, dim=W, num_heads=2, num_layers=1, mlp_dim=32,
-                  **({"target": "text"} if directional else {})),
+      fusion=common.fusion(name, "text", dim=W, num_heads=2, num_layers=1,
+                           mlp_dim=32),
       num_answers=A, head_hidden=16, zero=zero)
 
 

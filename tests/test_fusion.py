@@ -5,16 +5,19 @@ file runs in well under two minutes on a CPU.
 """
 import functools
 import math
+import re
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 import flax.linen as nn
+import ml_collections
 from flax import traverse_util
 
 from mmtx import fusion
-from mmtx.fusion import FUSIONS, build_fusion, default_config
+from mmtx.configs import common
+from mmtx.fusion import FUSIONS, build_fusion
 
 B = 2
 DIM = 16
@@ -55,7 +58,9 @@ def expected_n_out(name, counts=COUNTS):
 
 
 def build(name, **kw):
-  return build_fusion(name, **{**BASE, **OVERRIDES.get(name, {}), **kw})
+  """Strategy `name` with the BASE fields it reads, OVERRIDES and `kw`."""
+  base = {k: v for k, v in BASE.items() if k in fusion.fusion_fields(name)}
+  return build_fusion(name, **{**base, **OVERRIDES.get(name, {}), **kw})
 
 
 @functools.lru_cache(maxsize=None)
@@ -181,9 +186,10 @@ def test_params_float32_partitioned_and_compute_dtype(name):
   out, mask = jax.eval_shape(module.apply, variables, tokens, masks)
   assert out.dtype == jnp.bfloat16 and mask.dtype == jnp.bool_
   # Dropout needs only a 'dropout' rng when deterministic=False.
+  rates = {k: 0.1 for k in ("dropout_rate", "attention_dropout_rate")
+           if k in fusion.fusion_fields(name)}
   out, _ = jax.eval_shape(
-      lambda v, t, m: build(name, dropout_rate=0.1,
-                            attention_dropout_rate=0.1).apply(
+      lambda v, t, m: build(name, **rates).apply(
                                 v, t, m, deterministic=False,
                                 rngs={"dropout": jax.random.PRNGKey(1)}),
       variables, tokens, masks)
@@ -205,22 +211,67 @@ def test_dropout_is_active_when_not_deterministic():
 # Registry and config
 # ----------------------------------------------------------------------------
 def test_registry_builds_every_strategy_from_a_config_name():
-  every = {f for n in FUSIONS for f in fusion.fusion_fields(n)}
   for name in FUSIONS:
     assert type(build_fusion(name)) is FUSIONS[name]
-    cfg = default_config()
-    cfg.name = name
-    cfg.dim = 32
-    module = build_fusion(cfg)  # one flag switches the strategy
+    cfg = ml_collections.ConfigDict(dict(name="concat", dim=32))
+    cfg.name = name  # one field switches the strategy
+    module = build_fusion(cfg)
     assert type(module) is FUSIONS[name] and module.dim == 32
-    assert set(default_config(name)) == every | {"name"}
-  cfg = default_config("m_modal")
-  cfg.kv_form = "sum"
+    # The configs' helper keeps the shared settings each strategy reads.
+    cfg = common.fusion(name, "text", dim=32, num_heads=2, num_layers=1,
+                        mlp_dim=64)
+    assert type(build_fusion(cfg)) is FUSIONS[name]
+  cfg = ml_collections.ConfigDict(dict(name="m_modal", kv_form="sum"))
   assert build_fusion(cfg).kv_form == "sum"
   assert build_fusion(cfg, kv_form="auto").kv_form == "auto"
   assert build_fusion(dict(name="late", combine="weighted")).combine == \
       "weighted"
   assert build_fusion("concat", dtype="bfloat16").dtype == jnp.bfloat16
+
+
+def test_a_field_the_strategy_does_not_read_is_named():
+  """Another strategy's option, or a common field with no layer to use it
+  here, is an error that names it and lists the strategy's own fields."""
+  every = {f for n in FUSIONS for f in fusion.fusion_fields(n)}
+  for name in FUSIONS:
+    own = fusion.fusion_fields(name)
+    for field in sorted(every - set(own)):
+      with pytest.raises(ValueError, match=(
+          rf"\['{field}'\] are not read by fusion '{name}'; its fields are "
+          + re.escape(str(sorted(own))))):
+        build_fusion(dict(name=name, **{field: None}))
+  with pytest.raises(ValueError, match=r"\['dimm'\] are not read by fusion "
+                     r"'concat'"):
+    build_fusion("concat", dimm=8)
+  assert set(fusion.fusion_fields("sum")) == {"dim", "dtype", "param_dtype"}
+
+
+# A valid value of each common field other than BASE's.
+_OTHER = dict(num_heads=4, num_layers=2, mlp_dim=8, dropout_rate=0.5,
+              attention_dropout_rate=0.5, activation="relu", norm="post",
+              attention_impl="xla")
+
+
+@pytest.mark.parametrize("name", [n for n in NAMES if FUSIONS[n].unread])
+def test_the_fields_a_strategy_declares_unread_change_nothing(name):
+  """Same params and outputs (dropout on) when every common field in the
+  strategy's `unread` takes another value: the declaration is true."""
+  tokens, masks = make_inputs(5)
+  kw = {**BASE, **OVERRIDES.get(name, {})}
+  if not issubclass(FUSIONS[name], fusion.DirectionalFusion):
+    del kw["target"]
+  a = FUSIONS[name](**kw)
+  b = FUSIONS[name](**{**kw, **{k: _OTHER[k] for k in FUSIONS[name].unread}})
+  params = random_params(a, tokens, masks)
+  shapes = jax.eval_shape(b.init, jax.random.PRNGKey(0), tokens, masks)
+  assert jax.tree.map(jnp.shape, nn.unbox(shapes)["params"]) == \
+      jax.tree.map(jnp.shape, params)
+  run = jit(lambda: [m.apply({"params": params}, tokens, masks,
+                             deterministic=False,
+                             rngs={"dropout": jax.random.PRNGKey(1)})[0]
+                     for m in (a, b)])
+  out_a, out_b = run()
+  np.testing.assert_array_equal(np.asarray(out_a), np.asarray(out_b))
 
 
 def test_registry_unknown_name_lists_the_known_ones():
@@ -232,8 +283,6 @@ def test_registry_unknown_name_lists_the_known_ones():
     build_fusion({"name": "nope", "dim": 8})
   with pytest.raises(ValueError, match="has no field 'name'"):
     build_fusion({"dim": 8})
-  with pytest.raises(ValueError, match=r"unknown fusion field\(s\) \['dimm'\]"):
-    build_fusion("concat", dimm=8)
   with pytest.raises(ValueError, match="dtype"):
     build_fusion("concat", dtype="float33")
 

@@ -40,7 +40,8 @@ def test_valid_fusion_model_config_traces():
     (dict(name="concat", target="text"), "target"),          # not directional
     (dict(kv_form="sum"), "kv_form"),                          # m_modal's
     (dict(num_bottleneck_tokens=2), "num_bottleneck_tokens"),  # bottleneck's
-    (dict(name="late", target=None, pool="mean"), "pool"),     # m_modal's
+    (dict(name="late", target=None, num_heads=None, num_layers=None,
+          pool="mean"), "pool"),                               # m_modal's
 ])
 def test_fusion_field_the_strategy_does_not_have_is_named(fields, key):
   cfg = {k: v for k, v in dict(FUSION, **fields).items() if v is not None}
@@ -51,7 +52,7 @@ def test_fusion_field_the_strategy_does_not_have_is_named(fields, key):
 
 def test_the_same_fields_build_a_strategy_that_has_them():
   cfg = dict(FUSION, name="m_modal", kv_form="sum")
-  del cfg["target"]
+  del cfg["target"], cfg["mlp_dim"]  # m_modal has no FFN
   _trace(_fusion_model(fusion=cfg), IMAGES, TEXTS)
 
 

@@ -1,4 +1,5 @@
 """Pieces every config shares: the trainer fields, mesh, optimizer, transfer."""
+import dataclasses
 import difflib
 
 import ml_collections
@@ -87,14 +88,21 @@ def data(name, **kw) -> ml_collections.ConfigDict:
 
 
 def fusion(name: str, target: str, **fields) -> dict:
-  """config.model.fusion for strategy `name`: `target` (the modality that
-  queries) goes in only where the strategy has one (a DirectionalFusion), as
-  a model's config.fusion holds only the fields its strategy reads."""
+  """config.model.fusion for strategy `name` from settings a config gives
+  every strategy. `target` (the modality that queries) and the common
+  fields of mmtx.fusion.Fusion (dim, num_heads, num_layers, mlp_dim, ...)
+  go in only where the strategy reads them (`fusion_fields(name)`: only a
+  DirectionalFusion has a target, 'sum' has no attention and so no
+  num_heads), as a model's config.fusion holds only fields its strategy
+  reads; so `:fusion=NAME` switches strategy with one flag. Any other field
+  goes in as given (build_fusion names it if the strategy does not read
+  it)."""
   from mmtx import fusion as fusion_lib
-  cls = fusion_lib.FUSIONS.get(name)
-  if cls is not None and issubclass(cls, fusion_lib.DirectionalFusion):
-    fields["target"] = target
-  return dict(name=name, **fields)
+  reads = fusion_lib.fusion_fields(name)
+  shared = {f.name for f in dataclasses.fields(fusion_lib.DirectionalFusion)}
+  fields["target"] = target
+  return dict(name=name, **{k: v for k, v in fields.items()
+                            if k in reads or k not in shared})
 
 
 def av_towers(width: int) -> dict:

@@ -14,14 +14,17 @@ naming the query modality; None means the first key in sorted order (so set
 it: e.g. target='text' to have text query image, as ALBEF does).
 
 `FUSIONS[name]` is the module class; `build_fusion(name or config, **fields)`
-builds one, so a paper ablation is the one config flag `name`. Every class
-shares the common fields of `base.Fusion` (dim, num_heads, num_layers,
-mlp_dim, dropout_rate, attention_dropout_rate, activation, norm, dtype,
-param_dtype, attention_impl); `default_config()` holds them plus every
-strategy's own options. A model's config.fusion is built with
-`strict=True`: an option of another strategy (e.g. kv_form for 'concat')
-is an error there. `module.token_offset(key, lengths)` says where a
-modality's tokens sit in the fused output.
+builds one. Every class has the common fields of `base.Fusion` (dim,
+num_heads, num_layers, mlp_dim, dropout_rate, attention_dropout_rate,
+activation, norm, dtype, param_dtype, attention_impl) and lists those it
+does not read in `unread` (e.g. 'sum' has no attention layers, so no
+num_heads); `fusion_fields(name)` are the fields it reads. A field the
+strategy does not read - one of its `unread`, or another strategy's option
+such as kv_form for 'concat' - is an error naming it, so a config never
+carries a setting that does nothing (`mmtx.configs.common.fusion` keeps
+the fields a strategy reads, so a config switches strategy by `name`).
+`module.token_offset(key, lengths)` says where a modality's tokens sit in
+the fused output.
 
 Cost per layer as token counts grow (N_m tokens of modality m, N = sum_m N_m,
 N_t / N_c target / context tokens, B bottleneck tokens, d = dim, d_m input
@@ -57,7 +60,6 @@ import dataclasses
 from typing import Any, Mapping
 
 import jax.numpy as jnp
-import ml_collections
 
 from mmtx.fusion.base import DirectionalFusion, Fusion, check_inputs
 from mmtx.fusion.film import FiLMFusion
@@ -91,9 +93,11 @@ _DTYPE_FIELDS = ("dtype", "param_dtype")
 
 
 def fusion_fields(name: str) -> tuple[str, ...]:
-  """The config fields of strategy `name` (its module's dataclass fields)."""
-  return tuple(f.name for f in dataclasses.fields(_lookup(name))
-               if f.name not in ("parent", "name"))
+  """The config fields strategy `name` reads: its module's dataclass fields
+  less the common ones it lists in `unread`."""
+  cls = _lookup(name)
+  return tuple(f.name for f in dataclasses.fields(cls)
+               if f.name not in ("parent", "name") + cls.unread)
 
 
 def _lookup(name):
@@ -103,18 +107,14 @@ def _lookup(name):
   return FUSIONS[name]
 
 
-def build_fusion(config: Any, *, strict: bool = False,
-                 where: str = "build_fusion", **overrides) -> Fusion:
+def build_fusion(config: Any, *, where: str = "build_fusion",
+                 **overrides) -> Fusion:
   """Builds a fusion module from a name or a config.
 
   Args:
     config: a key of FUSIONS, or a dict / ml_collections.ConfigDict with a
-      `name` field and any fusion fields (see `default_config`).
-    strict: a field the strategy `name` does not have is an error naming it
-      (what models do with their config.fusion). Otherwise fields that
-      another strategy has (e.g. kv_form for 'concat') are dropped, so one
-      `default_config` carries every option and switches strategy by `name`
-      alone; a field no strategy has is an error either way.
+      `name` field and fields of that strategy (`fusion_fields(name)`); any
+      other field is an error naming it.
     where: the config's name in error messages.
     **overrides: fields that take precedence over `config`'s.
 
@@ -133,49 +133,23 @@ def build_fusion(config: Any, *, strict: bool = False,
                      f"dict/ConfigDict with 'name', got "
                      f"{type(config).__name__}.")
   fields.update(overrides)
-  cls = _lookup(name)
-  every = {f for n in FUSIONS for f in fusion_fields(n)}
-  own = set(fusion_fields(name))
-  unknown = sorted(set(fields) - (own if strict else every))
-  if unknown and strict:
-    raise ValueError(f"{where}: field(s) {unknown} are not read by fusion "
+  own = fusion_fields(name)
+  unread = sorted(set(fields) - set(own))
+  if unread:
+    raise ValueError(f"{where}: field(s) {unread} are not read by fusion "
                      f"{name!r}; its fields are {sorted(own)}.")
-  if unknown:
-    raise ValueError(f"{where}: unknown fusion field(s) {unknown}; the "
-                     f"fields are {sorted(every)}.")
-  kwargs = {k: v for k, v in fields.items() if k in own}
   for k in _DTYPE_FIELDS:
-    if isinstance(kwargs.get(k), str):
+    if isinstance(fields.get(k), str):
       try:
-        kwargs[k] = jnp.dtype(kwargs[k])
+        fields[k] = jnp.dtype(fields[k])
       except TypeError as e:
-        raise ValueError(f"{where}: field {k}={kwargs[k]!r} is not a "
+        raise ValueError(f"{where}: field {k}={fields[k]!r} is not a "
                          f"dtype name (e.g. 'float32', 'bfloat16').") from e
-  return cls(**kwargs)
-
-
-def default_config(name: str = "concat") -> ml_collections.ConfigDict:
-  """A locked ConfigDict: `name` plus every field of every strategy, with the
-  modules' defaults (dtypes as strings, `target` a str placeholder)."""
-  _lookup(name)
-  cfg = {"name": name}
-  for n in FUSIONS:
-    for f in dataclasses.fields(FUSIONS[n]):
-      if f.name in ("parent", "name") or f.name in cfg:
-        continue
-      value = f.default
-      if f.name in _DTYPE_FIELDS:
-        value = jnp.dtype(value).name
-      elif value is None:
-        value = ml_collections.config_dict.placeholder(str)
-      cfg[f.name] = value
-  config = ml_collections.ConfigDict(cfg)
-  config.lock()
-  return config
+  return FUSIONS[name](**fields)
 
 
 __all__ = [
-    "FUSIONS", "build_fusion", "default_config", "fusion_fields", "Fusion",
+    "FUSIONS", "build_fusion", "fusion_fields", "Fusion",
     "DirectionalFusion", "ConcatFusion", "SumFusion", "WeightedSumFusion",
     "GatedFusion", "LateFusion", "FlattenFusion", "CrossAttentionFusion",
     "AdditiveFusion", "CoAttentionFusion", "MModalFusion",

@@ -26,9 +26,9 @@ class Fusion(BlockFields):
   the attention-block family's (`mmtx.layers.BlockFields`) plus `dim`, the
   common width, and `num_layers`.
 
-  A strategy reads the fields that mean something for it (its docstring says
-  which); a model's config.fusion names only fields of its strategy's class
-  (`build_fusion(..., strict=True)`). `dtype` is the compute dtype;
+  A strategy lists the common fields it does not read in `unread`;
+  `build_fusion` rejects a config that sets one, so a config names only
+  fields its strategy reads. `dtype` is the compute dtype;
   parameters are `param_dtype` (float32). Called as `fuse(tokens, masks, *,
   deterministic=True) -> (fused_tokens [batch, n_out, dim], fused_mask
   [batch, n_out])`, tokens `[batch, n_m, d_m]` and boolean masks `[batch,
@@ -43,12 +43,13 @@ class Fusion(BlockFields):
   # to itself) only, so several independent queries - e.g. the questions
   # about one image - can share one sequence and one pass over the context.
   takes_independent_targets: ClassVar[bool] = False
-  # The common fields the strategy reads, checked when it is built.
-  reads: ClassVar[tuple] = ("dim",)
+  # The common fields the strategy does not read (it has no layer that
+  # uses them); the others are checked when it is built.
+  unread: ClassVar[tuple] = ()
 
   def __post_init__(self):
-    self._check_fields(*self.reads)
     self._check_options()
+    self._check_fields()
     super().__post_init__()
 
   def _check_options(self):
@@ -61,8 +62,8 @@ class Fusion(BlockFields):
     del key, lengths
     return None
 
-  def _check_fields(self, *names: str):
-    """Validates the named common fields."""
+  def _check_fields(self):
+    """Validates the common fields the strategy reads."""
     who = type(self).__name__
     checks = {
         "dim": (self.dim > 0, "a positive int"),
@@ -76,9 +77,8 @@ class Fusion(BlockFields):
         "activation": (self.activation in ACTIVATIONS, f"one of {ACTIVATIONS}"),
         "norm": (self.norm in NORMS, f"one of {NORMS}"),
     }
-    for name in names:
-      ok, want = checks[name]
-      if not ok:
+    for name, (ok, want) in checks.items():
+      if name not in self.unread and not ok:
         raise ValueError(f"{who}: field {name} must be {want}, got "
                          f"{getattr(self, name)!r}.")
 

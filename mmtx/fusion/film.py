@@ -46,7 +46,8 @@ class FiLMFusion(DirectionalFusion):
   and the target's mask. Params: `proj_{key}` per modality, and per block
   `layers_{l}` with `conv1`, `conv2`, `film` (the generator, zero init).
   """
-  reads = ("dim", "num_layers", "norm")
+  unread = ("num_heads", "mlp_dim", "dropout_rate", "attention_dropout_rate",
+            "activation", "attention_impl")
 
   @nn.compact
   def __call__(self, tokens, masks, *, deterministic: bool = True):

@@ -85,8 +85,7 @@ class MModalFusion(Fusion):
   """
   kv_form: str = "union"
   pool: str = "mean"
-  reads = ("dim", "num_heads", "num_layers", "dropout_rate",
-           "attention_dropout_rate")
+  unread = ("mlp_dim", "activation", "norm")
 
   @nn.compact
   def __call__(self, tokens, masks, *, deterministic: bool = True):

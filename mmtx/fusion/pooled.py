@@ -19,6 +19,9 @@ from mmtx.layers.transformer import (ACTIVATIONS, check_choice,
                                      elementwise_activation)
 
 COMBINES = ("mean", "weighted")
+# The common fields of a strategy with no layers but its projections.
+_NO_LAYERS = ("num_heads", "num_layers", "mlp_dim", "dropout_rate",
+              "attention_dropout_rate", "activation", "norm", "attention_impl")
 
 
 def _pooled_output(fused, dtype):
@@ -45,6 +48,7 @@ class SumFusion(Fusion):
 
   Reads dim, dtype, param_dtype. Returns `[batch, 1, dim]`.
   """
+  unread = _NO_LAYERS
 
   @nn.compact
   def __call__(self, tokens, masks, *, deterministic: bool = True):
@@ -62,6 +66,7 @@ class WeightedSumFusion(Fusion):
 
   Reads dim, dtype, param_dtype. Returns `[batch, 1, dim]`.
   """
+  unread = _NO_LAYERS
 
   @nn.compact
   def __call__(self, tokens, masks, *, deterministic: bool = True):
@@ -84,6 +89,7 @@ class GatedFusion(Fusion):
   paper's z and 1 - z. Reads dim, dtype, param_dtype. Returns `[batch, 1,
   dim]`.
   """
+  unread = _NO_LAYERS
 
   @nn.compact
   def __call__(self, tokens, masks, *, deterministic: bool = True):
@@ -109,7 +115,8 @@ class LateFusion(Fusion):
   param_dtype. Returns `[batch, 1, dim]`.
   """
   combine: str = "mean"
-  reads = ("dim", "mlp_dim", "activation", "dropout_rate")
+  unread = ("num_heads", "num_layers", "attention_dropout_rate", "norm",
+            "attention_impl")
 
   def _check_options(self):
     check_choice("LateFusion: field combine", self.combine, COMBINES)
@@ -148,7 +155,7 @@ class FlattenFusion(Fusion):
   Reads dim, mlp_dim, num_layers, activation (relu, gelu, quick_gelu),
   dropout_rate, dtype, param_dtype. Returns `[batch, 1, dim]`.
   """
-  reads = ("dim", "mlp_dim", "num_layers", "dropout_rate")
+  unread = ("num_heads", "attention_dropout_rate", "norm", "attention_impl")
 
   def _check_options(self):
     check_choice("FlattenFusion: field activation", self.activation,

@@ -20,9 +20,6 @@ from mmtx.layers.transformer import check_choice, shared_fields
 
 Dtype = Any
 
-_STACK_FIELDS = ("dim", "num_heads", "num_layers", "mlp_dim", "dropout_rate",
-                 "attention_dropout_rate", "activation", "norm")
-
 
 class ConcatFusion(Fusion):
   """Single-stream fusion (VisualBERT, Li et al. 2019; UNITER, Chen et al.
@@ -33,7 +30,6 @@ class ConcatFusion(Fusion):
   Positions are the towers' job (none are added here). Reads every common
   field. Returns `[batch, sum_m n_m, dim]` and the concatenated masks.
   """
-  reads = _STACK_FIELDS
 
   def token_offset(self, key, lengths):
     """Every modality's tokens, in sorted key order."""
@@ -72,7 +68,6 @@ class BottleneckFusion(Fusion):
   """
   fusion_layer: int = 0
   num_bottleneck_tokens: int = 4
-  reads = _STACK_FIELDS
 
   def _check_options(self):
     if not 0 <= self.fusion_layer <= self.num_layers:
@@ -136,7 +131,6 @@ class CrossAttentionFusion(DirectionalFusion):
   """
   score: ClassVar[str] = "dot"
   takes_independent_targets: ClassVar[bool] = True
-  reads = _STACK_FIELDS
 
   @nn.compact
   def __call__(self, tokens, masks, *, deterministic: bool = True,
@@ -177,7 +171,6 @@ class GatedCrossAttentionFusion(DirectionalFusion):
   attend to each other here, so `independent_targets` changes nothing.
   """
   takes_independent_targets: ClassVar[bool] = True
-  reads = _STACK_FIELDS
 
   def _check_options(self):
     check_choice("GatedCrossAttentionFusion: field norm", self.norm, ("pre",))
@@ -214,7 +207,6 @@ class CoAttentionFusion(Fusion):
   Reads every common field. Returns all streams' tokens concatenated in
   sorted key order `[batch, sum_m n_m, dim]` with the concatenated masks.
   """
-  reads = _STACK_FIELDS
 
   def token_offset(self, key, lengths):
     """Every modality's tokens, in sorted key order."""

@@ -9,8 +9,7 @@ is an error that names it.
 
 Towers and fusion strategies are Flax dataclasses themselves; a sub-config
 for one (config.image, config.text, config.fusion, ...) is checked against
-that module's fields (`module_kwargs`, `mmtx.fusion.build_fusion(...,
-strict=True)`).
+that module's fields (`module_kwargs`, `mmtx.fusion.build_fusion`).
 """
 from __future__ import annotations
 
@@ -367,5 +366,5 @@ class CaptionerConfig:
 
 def fusion_module(config, where: str = "config.fusion"):
   """config.fusion (name + fields) -> the strategy's module; a field the
-  strategy does not have is an error naming it."""
-  return fusion_lib.build_fusion(as_dict(config), strict=True, where=where)
+  strategy does not read is an error naming it."""
+  return fusion_lib.build_fusion(as_dict(config), where=where)
