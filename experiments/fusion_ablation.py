@@ -47,7 +47,8 @@ TYPES = ("accuracy", "accuracy/nonrel", "accuracy/rel", "accuracy/ternary")
 FLOOR = "question_only"
 
 
-def run_one(fusion, seed, args):
+def config_for(fusion, seed, args):
+  """configs/default.py with strategy `fusion` (or the floor row's)."""
   from mmtx.configs import default
   floor = fusion == FLOOR
   cfg = default.get_config(
@@ -64,6 +65,11 @@ def run_one(fusion, seed, args):
       cfg.data.name = "sort_of_clevr/tiny"
       cfg.batch_size = 4
       cfg.data.eval_batch_size = 32
+  return cfg
+
+
+def run_one(fusion, seed, args):
+  cfg = config_for(fusion, seed, args)
   workdir = os.path.join(args.out, "runs", f"{fusion}_seed{seed}")
   r = runlib.train_run(cfg, workdir)
   return {"name": fusion, "seed": seed, "steps": args.steps,

@@ -74,7 +74,8 @@ def workdir_of(out, name, seed):
   return os.path.join(out, name if seed == 0 else f"{name}_seed{seed}")
 
 
-def run_one(name, overrides, args, seed):
+def config_for(overrides, args, seed):
+  """configs/default.py with the fusion the overrides name, then them."""
   from mmtx.configs import default
   fusion = overrides.get("model.fusion.name", "cross_attention")
   cfg = default.get_config(f"steps={args.steps},fusion={fusion}")
@@ -89,6 +90,11 @@ def run_one(name, overrides, args, seed):
       _set(cfg, k, v)
   if args.quick:
     runlib.shrink_for_quick(cfg)
+  return cfg
+
+
+def run_one(name, overrides, args, seed):
+  cfg = config_for(overrides, args, seed)
   workdir = workdir_of(args.out, name, seed)
   r = runlib.train_run(cfg, workdir)
   return {"name": name, "seed": seed, "steps": args.steps,
