@@ -97,13 +97,13 @@ class BottleneckFusion(Fusion):
     for layer in range(self.num_layers):
       fused = layer >= self.fusion_layer
       zs = []
-      for k in keys:
+      for k in keys:  # inputs checked above: the blocks' unchecked layer
         block = EncoderBlock(name=f"{k}_layers_{layer}", **kw)
         if not fused:
-          xs[k] = block(xs[k], masks[k], deterministic=deterministic)
+          xs[k] = block.layer(xs[k], masks[k], deterministic=deterministic)
           continue
         x, mask = concat_tokens([xs[k], z], [masks[k], z_mask])
-        y = block(x, mask, deterministic=deterministic)
+        y = block.layer(x, mask, deterministic=deterministic)
         n = xs[k].shape[1]
         xs[k] = y[:, :n]
         zs.append(y[:, n:])

@@ -398,8 +398,6 @@ class MultiHeadAttention(nn.Module):
                        f"divisible by num_heads={self.num_heads}.")
     head_dim = qkv_features // self.num_heads
     self._check_feature_sizes(inputs_q, inputs_kv)
-    batch, q_len = inputs_q.shape[:2]
-    kv_len = inputs_kv.shape[1]
 
     def project(name, x):
       dense = _dense((self.num_heads, head_dim), -1, ("embed", "heads", "kv"),
@@ -420,8 +418,6 @@ class MultiHeadAttention(nn.Module):
                          "not causal or sequence lengths.")
       key, value, mask = self._update_cache(key, value, mask)
       implementation = "xla"   # the cache's mask is dense
-    elif mask is not None and mask.ndim != 2:
-      mask = check_mask(mask, batch, self.num_heads, q_len, kv_len)
 
     dropout_rng = None
     if not deterministic and self.dropout_rate > 0.0:

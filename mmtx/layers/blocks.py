@@ -178,13 +178,13 @@ class GatedCrossAttentionBlock(BlockFields):
 
   with scalar gates `attn_gate`, `mlp_gate` initialised to 0, so the layer is
   the identity at initialisation. x `[batch, t, dim]`, context `[batch, s,
-  dim]`, masks `[batch, t]`, `[batch, s]`. Always pre-norm (norm='pre').
+  dim]`, masks `[batch, t]`, `[batch, s]`. Always pre-norm: `norm` is not
+  read (GatedCrossAttentionFusion, which stacks it, requires norm='pre').
   """
 
   @nn.compact
   def __call__(self, x, context, mask, context_mask, *,
                deterministic: bool = True):
-    check_choice("GatedCrossAttentionBlock: norm", self.norm, ("pre",))
     drop = nn.Dropout(self.dropout_rate)
     gate = lambda name: jnp.tanh(  # noqa: E731
         zero_init_scalar(self, name, self.param_dtype)).astype(self.dtype)

@@ -198,16 +198,23 @@ class EncoderBlock(_LayerFields):
   activation: str = "relu"
   causal: bool = False
 
-  @nn.compact
   def __call__(self, x: Array, mask: Optional[Array] = None, *,
                deterministic: bool = True) -> Array:
     """x `[batch, tokens, dim]`; mask `[batch, tokens]` (padding) or a rank-4
     attention mask. Returns `[batch, tokens, dim]`."""
     check_choice("EncoderBlock: norm", self.norm, NORMS)
     _check_tokens(x, "EncoderBlock")
+    return self.layer(x, _check_token_mask(mask, x),
+                      deterministic=deterministic)
+
+  @nn.compact
+  def layer(self, x: Array, mask: Optional[Array] = None, *,
+            deterministic: bool = True) -> Array:
+    """The layer on inputs already checked (`__call__`'s, a stack's or a
+    fusion strategy's checks): mask None, boolean `[batch, tokens]` or rank
+    4."""
     x = sharding.constrain(x, sharding.TOKENS)  # no-op outside use_rules
-    masks = _self_attention_masks(_check_token_mask(mask, x),
-                                  self.attention_impl, self.causal)
+    masks = _self_attention_masks(mask, self.attention_impl, self.causal)
     attn = MultiHeadAttention(
         num_heads=self.num_heads, dropout_rate=self.attention_dropout_rate,
         dtype=self.dtype, param_dtype=self.param_dtype,
@@ -252,19 +259,16 @@ class DecoderBlock(_LayerFields):
                deterministic: bool = True) -> Array:
     """x `[batch, t, dim]`; context `[batch, s, dim_c]` or None (then no
     cross-attention: a decoder-only LM); mask `[batch, t]` target padding
-    (causality is added here); context_mask `[batch, s]`."""
-    check_choice("DecoderBlock: norm", self.norm, NORMS)
-    _check_tokens(x, "DecoderBlock")
+    (causality is added here; `[batch, cache_len]` key padding when
+    decoding); context_mask `[batch, s]`. The inputs are checked by the
+    caller (`Decoder` checks x and norm, `mmtx.models.Captioner` the texts,
+    context and masks)."""
     x = sharding.constrain(x, sharding.TOKENS)
-    b, t, _ = x.shape
     if self.decode:
       # The cache builds the causal mask; target padding applies to keys.
-      self_masks = dict(mask=None if mask is None else _check_key_mask(
-          mask, b, None, "mask"))
+      self_masks = dict(mask=mask)
     else:
-      self_masks = _self_attention_masks(
-          None if mask is None else _check_key_mask(mask, b, t, "mask"),
-          self.attention_impl, True)
+      self_masks = _self_attention_masks(mask, self.attention_impl, True)
     drop = nn.Dropout(self.dropout_rate)
     mha = lambda name, sow=False: MultiHeadAttention(  # noqa: E731
         num_heads=self.num_heads, dropout_rate=self.attention_dropout_rate,
@@ -275,16 +279,10 @@ class DecoderBlock(_LayerFields):
     sublayers = [lambda h: mha("self_attention")(
         h, deterministic=deterministic, **self_masks)]
     if context is not None:
-      _check_tokens(context, "DecoderBlock(context)")
-      if context.shape[0] != b:
-        raise ValueError(f"DecoderBlock: context batch {context.shape[0]} != "
-                         f"target batch {b}.")
       cross_masks = {}
       if context_mask is not None:
-        cm = _check_key_mask(context_mask, b, context.shape[1], "context_mask")
-        q_mask = mask.astype(bool) if (mask is not None and
-                                       not self.decode) else None
-        cross_masks = mask_kwargs(self.attention_impl, q_mask, cm)
+        q_mask = None if self.decode else mask
+        cross_masks = mask_kwargs(self.attention_impl, q_mask, context_mask)
       sublayers.append(lambda h: mha("cross_attention", self.sow_weights)(
           h, context, deterministic=deterministic, **cross_masks))
     mlp = Mlp(self.mlp_dim, self.activation, self.dropout_rate, dtype=self.dtype,
@@ -303,14 +301,6 @@ class DecoderBlock(_LayerFields):
     return sharding.constrain(x, sharding.TOKENS)
 
 
-def _check_key_mask(mask, batch, length, name):
-  if mask.ndim != 2 or mask.shape[0] != batch or (
-      length is not None and mask.shape[1] != length):
-    want = f"[batch, tokens] = ({batch}, {length if length else 'tokens'})"
-    raise ValueError(f"{name} must have shape {want}, got {mask.shape}.")
-  return mask.astype(bool)
-
-
 # ----------------------------------------------------------------------------
 # Stacks: a plain loop of named layers, or nn.scan over one stacked layer.
 # ----------------------------------------------------------------------------
@@ -318,7 +308,7 @@ class _ScannedEncoderBlock(EncoderBlock):
   deterministic: bool = True
 
   def __call__(self, x, mask):  # pytype: disable=signature-mismatch
-    return super().__call__(x, mask, deterministic=self.deterministic), None
+    return self.layer(x, mask, deterministic=self.deterministic), None
 
 
 class _ScannedDecoderBlock(DecoderBlock):
@@ -358,6 +348,7 @@ class Encoder(_LayerFields):
   @nn.compact
   def __call__(self, x: Array, mask: Optional[Array] = None, *,
                deterministic: bool = True) -> Array:
+    check_choice("Encoder: norm", self.norm, NORMS)
     _check_tokens(x, "Encoder")
     attn_mask = _check_token_mask(mask, x)
     kw = shared_fields(self, _ScannedEncoderBlock,
@@ -377,7 +368,9 @@ class Encoder(_LayerFields):
 
 class Decoder(_LayerFields):
   """A stack of `num_layers` DecoderBlocks (+ final LN when norm='pre'), with
-  the same `scan` / `remat` options as Encoder and a KV cache when `decode`."""
+  the same `scan` / `remat` options as Encoder and a KV cache when `decode`.
+  It checks x's rank and norm; context and the masks are its caller's to
+  check (`mmtx.models.Captioner` checks them where they enter)."""
   num_layers: int = dataclasses.field(kw_only=True)
   scan: bool = False
   remat: str = "none"
@@ -388,6 +381,7 @@ class Decoder(_LayerFields):
                mask: Optional[Array] = None,
                context_mask: Optional[Array] = None, *,
                deterministic: bool = True) -> Array:
+    check_choice("Decoder: norm", self.norm, NORMS)
     _check_tokens(x, "Decoder")
     kw = shared_fields(self, _ScannedDecoderBlock,
                        deterministic=deterministic)

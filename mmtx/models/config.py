@@ -85,10 +85,12 @@ def module_kwargs(module_cls, config, where: str,
 # Inputs and shared outputs
 # ----------------------------------------------------------------------------
 def check_images(images, who):
-  """NHWC float images; uint8 pixels are an error, not silently 0..255."""
-  if images.ndim != 4 or not jnp.issubdtype(images.dtype, jnp.floating):
+  """NHWC float images of 1 or 3 channels; uint8 pixels are an error, not
+  silently 0..255."""
+  if images.ndim != 4 or images.shape[-1] not in (1, 3) or (
+      not jnp.issubdtype(images.dtype, jnp.floating)):
     raise ValueError(f"{who}: images must be NHWC float32 [batch, height, "
-                     f"width, channels] in [-1, 1], got shape {images.shape} "
+                     f"width, 1|3] in [-1, 1], got shape {images.shape} "
                      f"dtype {images.dtype}. uint8 pixels p become "
                      f"p / 127.5 - 1, as mmtx.data gives them "
                      f"(mmtx.data.views.normalize_image).")

@@ -141,9 +141,7 @@ class ViT(_TowerFields):
     c = _resolve(self, ["patch_size", "width", "depth", "mlp_dim",
                         "num_heads"])
     check_choice("ViT: pool", self.pool, ("cls", "gap", "map", "none"))
-    if images.ndim != 4 or images.shape[-1] not in (1, 3):
-      raise ValueError(f"ViT: images must be NHWC float [batch, height, width, "
-                       f"1|3], got shape {images.shape}.")
+    # The images are checked where they enter (models.config.check_images).
     dtype = _dtype(self.dtype)
     p = c["patch_size"]
     x = images.astype(dtype)
