@@ -1,5 +1,5 @@
 """Evaluation metrics: VQA accuracy, BLEU/CIDEr-D, recall@K, MRR, zero-shot,
-mean average precision.
+per-class average precision.
 
 Host-side numpy; results are fractions in [0, 1] (CIDEr-D is unbounded, x10 as
 published). No model is imported here.
@@ -456,11 +456,3 @@ def average_precisions(scores, labels) -> np.ndarray:
     out[c] = np.sum(np.diff(np.r_[0.0, recall]) * precision)
   return out
 
-
-def mean_average_precision(scores, labels) -> float:
-  """mAP: the mean of `average_precisions` over the classes that have a
-  positive (as AudioSet's evaluation)."""
-  ap = average_precisions(scores, labels)
-  if np.isnan(ap).all():
-    raise ValueError("mean_average_precision: no class has a positive.")
-  return float(np.nanmean(ap))

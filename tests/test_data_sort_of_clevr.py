@@ -8,7 +8,6 @@ import os
 import re
 
 import numpy as np
-import pytest
 
 from mmtx.data import sort_of_clevr as soc
 
@@ -134,15 +133,10 @@ def test_question_text_and_encoding():
   want = np.zeros(18, np.uint8)
   want[[2, 13, 17]] = 1                    # blue, rel, subtype 2
   np.testing.assert_array_equal(enc, want)
-  # The paper's 11-dim vector: color(6), nonrel/rel(2), subtype(3).
-  np.testing.assert_array_equal(soc.paper_encoding(enc),
-                                [0, 0, 1, 0, 0, 0, 0, 1, 0, 0, 1])
   tern = soc.question_encoding(2, 0, RED, GRAY)
   want = np.zeros(18, np.uint8)
   want[[0, 6 + 4, 14, 15]] = 1
   np.testing.assert_array_equal(tern, want)
-  with pytest.raises(ValueError, match="ternary"):
-    soc.paper_encoding(tern)
 
 
 def test_sampled_questions_match_reference():

@@ -32,7 +32,7 @@ Question encoding (`ENCODING_DIM` = 18, uint8):
   [0:6] color X one-hot, [6:12] color Y one-hot (ternary only, else zero),
   [12:15] qtype one-hot, [15:18] qsubtype one-hot.
 For nonrel/rel questions, dims [0:6] + [12:14] + [15:18] are exactly the
-paper's 11-dim vector (6 colors, nonrel/rel, 3 subtypes): `paper_encoding`.
+paper's 11-dim vector (6 colors, nonrel/rel, 3 subtypes).
 
 Captions (5 templates, cycled) and dialogues are described at `captions` and
 `dialogues`. Everything is deterministic given a numpy Generator.
@@ -216,16 +216,6 @@ def question_encoding(qtype, qsubtype, a, b) -> np.ndarray:
   enc[..., 12:15] = eye3[qtype]
   enc[..., 15:18] = eye3[qsubtype]
   return enc
-
-
-def paper_encoding(encoding: np.ndarray) -> np.ndarray:
-  """`[..., 18]` -> the paper's 11-dim `[color(6), nonrel/rel(2), subtype(3)]`."""
-  encoding = np.asarray(encoding)
-  if np.any(encoding[..., 14]):
-    raise ValueError("paper_encoding: ternary questions have no 11-dim paper "
-                     "encoding; keep the 18-dim one for them.")
-  return np.concatenate([encoding[..., 0:6], encoding[..., 12:14],
-                         encoding[..., 15:18]], -1)
 
 
 def sample_questions(rng: np.random.Generator, tables: dict,

@@ -5,9 +5,10 @@ in a clip ('video' [B, T, H, W, 3], 'audio' [B, samples]), from
 Batch (mmtx.data view 'label'): 'labels' float32 [B, classes], 1 for
 each class of the clip. A multi-label dataset (metadata 'multi_label', e.g.
 AV-Scenes' events) trains with sigmoid binary cross-entropy and is evaluated
-by mAP (`metrics.mean_average_precision`, AudioSet's metric) and top-1
-accuracy (the best-scoring class is one of the clip's); a single-label one
-trains with softmax cross-entropy and is evaluated by top-1 accuracy.
+by mAP (the mean of `metrics.average_precisions` over the classes with a
+positive, AudioSet's metric) and top-1 accuracy (the best-scoring class is
+one of the clip's); a single-label one trains with softmax cross-entropy and
+is evaluated by top-1 accuracy.
 """
 from __future__ import annotations
 
