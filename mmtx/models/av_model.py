@@ -26,11 +26,11 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from mmtx.fusion import build_fusion
 from mmtx.layers import audio as audio_lib
 from mmtx.layers import masked_mean
 from mmtx.models.audio import AudioTransformer
-from mmtx.models.config import (AudioVisualConfig, check_token_ids,
-                                fusion_module, parse)
+from mmtx.models.config import AudioVisualConfig, check_token_ids, parse
 from mmtx.models.towers import TextTransformer
 from mmtx.models.video import VideoTransformer
 
@@ -90,7 +90,7 @@ class AudioVisualModel(nn.Module):
           **cfg.text, pool="none", name="text")(
               texts, deterministic=deterministic)
       masks["text"] = tx["mask"]
-    fuse = fusion_module(cfg.fusion)
+    fuse = build_fusion(cfg.fusion, where="config.fusion")
     fused, fused_mask = fuse(tokens, masks, deterministic=deterministic)
     pooled = masked_mean(fused, fused_mask)
     h = nn.gelu(nn.Dense(cfg.head_hidden, name="vqa_hidden")(pooled))

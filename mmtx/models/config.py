@@ -22,7 +22,6 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from mmtx import fusion as fusion_lib
 from mmtx import losses
 from mmtx.layers.transformer import check_choice
 from mmtx.models.audio import AudioTransformer
@@ -365,8 +364,3 @@ class CaptionerConfig:
                        "(e.g. 'S/16') or num_heads.")
     return heads
 
-
-def fusion_module(config, where: str = "config.fusion"):
-  """config.fusion (name + fields) -> the strategy's module; a field the
-  strategy does not read is an error naming it."""
-  return fusion_lib.build_fusion(as_dict(config), where=where)

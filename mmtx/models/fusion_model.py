@@ -16,11 +16,11 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from mmtx.fusion import build_fusion
 from mmtx.layers import masked_mean
 from mmtx.models.config import (FusionModelConfig, check_images,
                                 check_images_texts, check_token_ids,
-                                fusion_module, l2_normalize, logit_scale,
-                                parse)
+                                l2_normalize, logit_scale, parse)
 from mmtx.models.towers import TextTransformer, ViT
 
 Array = jax.Array
@@ -80,7 +80,7 @@ class FusionModel(nn.Module):
     txt_tok, txt_extras = TextTransformer(
         **cfg.text, pool="mean" if query == "mean" else "none", name="txt")(
             texts, deterministic=deterministic)
-    fuse = fusion_module(cfg.fusion)
+    fuse = build_fusion(cfg.fusion, where="config.fusion")
     # Q mean-query questions about one image, fused by a strategy whose
     # target (text) tokens do not interact: one sequence of Q query tokens
     # per image, so the image's keys/values are computed once, not Q times.
