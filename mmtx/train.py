@@ -34,6 +34,7 @@ import optax
 from mmtx import checkpoint as ckpt_lib
 from mmtx import optimizers
 from mmtx import sharding
+from mmtx.layers import video as video_lib
 
 log = logging.getLogger(__name__)
 
@@ -203,14 +204,18 @@ def make_train_step(task, tx):
 
 def load_transfer_params(config, params, task=None):
   """config.init_from: {workdir, rules: [[from_regex, to_template], ...],
-  weights}.
+  weights, inflate}.
 
   Loads params from another run's latest checkpoint (workdir), or from
   released weights that `task.import_weights()` converts (weights);
   each target path is renamed by the first matching rule. From a checkpoint,
-  params missing there keep their fresh init and are reported by name; from
-  weights, a missing or misshapen param or a source param left unused is a
-  ValueError naming them (and both shapes), raised before any training."""
+  params missing there keep their fresh init and are reported by name, and a
+  2-D patch kernel `[ph, pw, c, d]` whose target is a tubelet kernel `[t,
+  ph, pw, c, d]` is inflated (`inflate`: 'central', ViViT's central-frame
+  initialisation, or 'average'; '' leaves it missing), so an image tower's
+  weights start a video tower. From weights, a missing or misshapen param or
+  a source param left unused is a ValueError naming them (and both shapes),
+  raised before any training."""
   weights = config.init_from.get("weights", "")
   if weights:
     src = task.import_weights()
@@ -223,7 +228,8 @@ def load_transfer_params(config, params, task=None):
   src_flat = {optimizers.path_str(p): v for p, v in
               jax.tree_util.tree_flatten_with_path(src)[0]}
   rules = [(r, t) for r, t in (config.init_from.rules or [])]
-  missing, misshapen, used, loaded = [], [], set(), 0
+  inflate = "" if weights else config.init_from.get("inflate", "central")
+  missing, misshapen, used, inflated, loaded = [], [], set(), [], 0
 
   import re
 
@@ -236,6 +242,10 @@ def load_transfer_params(config, params, task=None):
         src_name = re.sub(rx, tmpl, name)
         break
     v = src_flat.get(src_name)
+    if (v is not None and inflate and np.ndim(v) == 4 and leaf.ndim == 5
+        and tuple(np.shape(v)) == tuple(leaf.shape[1:])):
+      v = video_lib.inflate_patch_kernel(v, leaf.shape[0], inflate)
+      inflated.append(name)
     if v is None or tuple(np.shape(v)) != tuple(leaf.shape):
       missing.append(name)
       if v is not None:
@@ -247,6 +257,9 @@ def load_transfer_params(config, params, task=None):
     return jax.device_put(jnp.asarray(v, leaf.dtype), leaf.sharding)
 
   new = jax.tree_util.tree_map_with_path(one, params)
+  if inflated:
+    print(f"mmtx: inflated {len(inflated)} 2-D patch kernel(s) into tubelet "
+          f"kernels (init_from.inflate={inflate!r}): {inflated}", flush=True)
   unused = sorted(set(src_flat) - used)
   if weights and (missing or unused):
     raise ValueError(

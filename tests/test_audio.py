@@ -66,6 +66,40 @@ def test_log_mel_rejects_bad_input_where_it_enters():
     audio.log_mel_spectrogram(w, fmax=9000.0, **kw)
 
 
+def test_spec_augment_masks_one_band_of_the_stated_law():
+  """One time band and one mel band per example: each is a contiguous run
+  of at most max_width cells set to `value`, the rest untouched, and the
+  mean masked share over many examples is E[width] / length = (W / 2) / T."""
+  b, t, f, wt, wf = 4096, 50, 40, 10, 8
+  spec = jnp.asarray(np.random.default_rng(1).standard_normal((b, t, f)) + 5,
+                     jnp.float32)
+  out = np.asarray(audio.spec_augment(jax.random.key(3), spec, time_masks=1,
+                                      max_time_width=wt, freq_masks=1,
+                                      max_freq_width=wf, value=-7.0))
+  masked = out == -7.0
+  np.testing.assert_array_equal(out[~masked], np.asarray(spec)[~masked])
+  rows_t = masked.all(axis=2)           # frames masked across all mels
+  rows_f = masked.all(axis=1)           # mels masked across all frames
+  # A cell is masked iff its frame or its mel channel is.
+  np.testing.assert_array_equal(masked, rows_t[:, :, None] | rows_f[:, None])
+  for rows, width in ((rows_t, wt), (rows_f, wf)):
+    n = rows.sum(axis=1)
+    assert n.max() <= width
+    first = rows.argmax(axis=1)
+    for i in range(0, b, 97):           # contiguous: one run from `first`
+      assert rows[i, first[i]:first[i] + n[i]].all() or n[i] == 0
+    assert abs(n.mean() - width / 2) < 0.15, n.mean()
+  # Deterministic given the key; another key masks elsewhere.
+  again = audio.spec_augment(jax.random.key(3), spec, time_masks=1,
+                             max_time_width=wt, freq_masks=1,
+                             max_freq_width=wf, value=-7.0)
+  np.testing.assert_array_equal(np.asarray(again), out)
+  other = audio.spec_augment(jax.random.key(4), spec, time_masks=1,
+                             max_time_width=wt, freq_masks=1,
+                             max_freq_width=wf, value=-7.0)
+  assert (np.asarray(other) != out).any()
+
+
 def test_spectrogram_patches_overlap_as_ast():
   """16x16 patches every 10 (AST): the grid and each token equal a float64
   patch extraction times the kernel, plus the bias."""

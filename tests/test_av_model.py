@@ -98,6 +98,48 @@ def test_zeroed_modalities_are_ignored_and_bad_input_is_named():
     model.init(jax.random.key(0), videos, audio[:1], texts)
 
 
+def test_spec_augment_masks_the_spectrogram_in_training_only(monkeypatch):
+  """config.audio.spec_augment: the log-mel spectrogram goes through
+  mmtx.layers.audio.spec_augment with those keywords when deterministic is
+  False, and never in evaluation; the parameters are the same."""
+  from mmtx.layers import audio as audio_lib
+  videos, audio, texts = _inputs()
+  augment = dict(time_masks=1, max_time_width=4, freq_masks=2,
+                 max_freq_width=6)
+  cfg = _config("concat")
+  cfg["audio"]["spec_augment"] = augment
+  model, plain = AudioVisualModel(cfg), AudioVisualModel(_config("concat"))
+  params = plain.init(jax.random.key(0), videos, audio, texts)
+  assert jax.tree.structure(params) == jax.tree.structure(
+      model.init(jax.random.key(0), videos, audio, texts))
+  seen, real = [], audio_lib.spec_augment
+
+  def spy(rng, spec, **kw):
+    out = real(rng, spec, **kw)
+    seen.append((spec.shape, kw, float(jnp.mean(out != spec))))
+    return out
+  monkeypatch.setattr(audio_lib, "spec_augment", spy)
+  evaluated, _ = model.apply(params, videos, audio, texts)
+  assert not seen
+  np.testing.assert_array_equal(
+      np.asarray(evaluated["vqa_logits"]),
+      np.asarray(plain.apply(params, videos, audio, texts)[0]["vqa_logits"]))
+  rngs = {"dropout": jax.random.key(3)}
+  trained, _ = model.apply(params, videos, audio, texts, deterministic=False,
+                           rngs=rngs)
+  # 1000 samples, hop 125, centred: 9 frames of 16 mels.
+  assert [(shape, kw) for shape, kw, _ in seen] == [((2, 9, 16), augment)]
+  assert seen[0][2] > 0          # some of the spectrogram was masked
+  untouched, _ = plain.apply(params, videos, audio, texts,
+                             deterministic=False, rngs=rngs)
+  assert not np.allclose(np.asarray(trained["vqa_logits"]),
+                         np.asarray(untouched["vqa_logits"]))
+  cfg["audio"]["spec_augment"] = dict(time_mask=1)
+  with pytest.raises(ValueError, match=r"spec_augment: unknown key\(s\) "
+                     r"\['time_mask'\]; its keys are .*'time_masks'"):
+    AudioVisualModel(cfg).init(jax.random.key(0), videos, audio, texts)
+
+
 def test_avqa_trains_through_the_cli_and_counts_every_question(tmp_path):
   """configs/avqa.py on AV-Scenes (tiny) through the one trainer: the eval
   table's per-type totals are the validation records' question counts."""

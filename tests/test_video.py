@@ -44,6 +44,72 @@ def test_tubelets_equal_a_float64_patch_extraction():
   np.testing.assert_allclose(np.asarray(tokens), ref, atol=1e-4)
 
 
+@pytest.mark.parametrize("method", ["central", "average"])
+def test_inflated_image_kernel_gives_a_still_video_the_image_tokens(method):
+  """A 2-D PatchEmbedding's weights, inflated, give a video of one image
+  repeated the image's own patch tokens; 'central' reads only the middle
+  frame of each tubelet of a moving video."""
+  rng = np.random.default_rng(1)
+  image = rng.standard_normal((2, 8, 8, 3)).astype(np.float32)
+  patch = layers.PatchEmbedding(4, 6)
+  p2 = _unbox(patch.init(jax.random.key(0), image))
+  image_tokens = np.asarray(patch.apply(p2, image))
+  k3 = video.inflate_patch_kernel(p2["params"]["conv"]["kernel"], 3, method)
+  p3 = {"params": {"conv": {"kernel": k3,
+                            "bias": p2["params"]["conv"]["bias"]}}}
+  tube = video.TubeletEmbedding(6, (3, 4, 4))
+  still = np.repeat(image[:, None], 3, axis=1)
+  tokens, _ = tube.apply(p3, still)
+  np.testing.assert_allclose(np.asarray(tokens), image_tokens, atol=1e-5)
+  if method == "central":
+    moving = rng.standard_normal((2, 3, 8, 8, 3)).astype(np.float32)
+    tokens, _ = tube.apply(p3, moving)
+    np.testing.assert_allclose(np.asarray(tokens),
+                               np.asarray(patch.apply(p2, moving[:, 1])),
+                               atol=1e-5)
+
+
+def test_an_image_checkpoint_starts_a_video_tower_by_inflation(tmp_path,
+                                                               capsys):
+  """init_from a checkpoint whose image tower has a 2-D patch kernel: the
+  video tower's tubelet kernel is that kernel inflated (its bias copied), so
+  a still video gives the image's tokens; params it lacks stay fresh and
+  are named; inflate='' leaves the kernel fresh too."""
+  import ml_collections
+  from mmtx import checkpoint, train
+  rng = np.random.default_rng(4)
+  image = rng.standard_normal((2, 8, 8, 3)).astype(np.float32)
+  patch = layers.PatchEmbedding(4, 6)
+  src = _unbox(patch.init(jax.random.key(0), image))["params"]
+  ck = checkpoint.Checkpointer(str(tmp_path / "img" / "checkpoints"),
+                               async_save=False)
+  ck.save(1, {"params": {"image": {"embedding": src}}}, data_state={})
+  ck.close()
+  tube = video.TubeletEmbedding(6, (3, 4, 4))
+  still = np.repeat(image[:, None], 3, axis=1)
+  fresh = jax.tree.map(jnp.asarray, {"video": {"embedding": _unbox(
+      tube.init(jax.random.key(1), still))["params"]}, "head": {
+          "kernel": np.ones((6, 2), np.float32)}})
+  for inflate in ("central", "average", ""):
+    config = ml_collections.ConfigDict(dict(init_from=dict(
+        workdir=str(tmp_path / "img"), rules=(("^video/", "image/"),),
+        weights="", inflate=inflate)))
+    got, loaded, missing = train.load_transfer_params(config, fresh)
+    kernel = got["video"]["embedding"]["conv"]["kernel"]
+    if not inflate:
+      assert loaded == 1 and "video/embedding/conv/kernel" in missing
+      np.testing.assert_array_equal(
+          kernel, fresh["video"]["embedding"]["conv"]["kernel"])
+      continue
+    assert loaded == 2 and missing == ["head/kernel"]
+    assert "inflated 1 2-D patch kernel(s)" in capsys.readouterr().out
+    np.testing.assert_array_equal(kernel, video.inflate_patch_kernel(
+        src["conv"]["kernel"], 3, inflate))
+    tokens, _ = tube.apply({"params": got["video"]["embedding"]}, still)
+    np.testing.assert_allclose(np.asarray(tokens), np.asarray(
+        patch.apply({"params": src}, image)), atol=1e-5)
+
+
 def test_factorised_encoder_is_spatial_per_frame_then_temporal():
   """The factorised model equals its parts applied by hand: the spatial
   encoder on each frame index's tokens alone, the mean per frame, then the
@@ -122,3 +188,5 @@ def test_clip_sampling_and_bad_input():
   with pytest.raises(ValueError, match="not divisible by the tubelet 2x4x4"):
     video.TubeletEmbedding(4, (2, 4, 4)).init(
         jax.random.key(0), jnp.zeros((1, 3, 8, 8, 3)))
+  with pytest.raises(ValueError, match="method must be 'central' or"):
+    video.inflate_patch_kernel(jnp.zeros((4, 4, 3, 2)), 2, "mean")

@@ -60,9 +60,12 @@ def base(**overrides) -> ml_collections.ConfigDict:
   # [regex, replacement] rules mapping this model's param paths to its paths;
   # or released weights (weights: a Hugging Face directory or hub name, or an
   # open_clip file of the architecture `preset` names: mmtx.interop.weights),
-  # which the task imports and every param must come from.
+  # which the task imports and every param must come from. inflate: how a
+  # checkpoint's 2-D patch kernel starts a video tower's tubelet kernel
+  # ('central' frame as ViViT, 'average' as I3D, '' = not at all).
   c.init_from = ml_collections.ConfigDict(dict(workdir="", rules=(),
-                                               weights="", preset=""))
+                                               weights="", preset="",
+                                               inflate="central"))
   for k, v in overrides.items():
     setattr(c, k, v)
   return c

@@ -1,5 +1,6 @@
-"""Audio front end: log-mel spectrograms with librosa's conventions and
-AST-style spectrogram patches (Gong et al. 2021).
+"""Audio front end: log-mel spectrograms with librosa's conventions,
+SpecAugment masking (Park et al. 2019), and AST-style spectrogram patches
+(Gong et al. 2021).
 
 `log_mel_spectrogram` follows `librosa.feature.melspectrogram`'s defaults:
 frames centred on t * hop_length with n_fft // 2 zeros padded at both ends,
@@ -103,6 +104,43 @@ def log_mel_spectrogram(waveforms: Array, *, sample_rate: int, n_fft: int,
   mel = jnp.einsum("btf,fm->btm", power, jnp.asarray(fb, jnp.float32),
                    precision=jax.lax.Precision.HIGHEST)
   return jnp.log(mel + eps)
+
+
+def _band_masks(rng, batch, length, count, max_width):
+  """[batch, length] bool: the union of `count` bands per row, each of a
+  width drawn uniformly from 0..max_width at a uniform start."""
+  if count == 0 or max_width == 0:
+    return jnp.zeros((batch, length), bool)
+  k_width, k_start = jax.random.split(rng)
+  width = jax.random.randint(k_width, (batch, count), 0,
+                             min(max_width, length) + 1)
+  start = jnp.floor(jax.random.uniform(k_start, (batch, count)) *
+                    (length - width + 1)).astype(jnp.int32)
+  pos = jnp.arange(length)[None, None, :]
+  inside = (pos >= start[..., None]) & (pos < (start + width)[..., None])
+  return inside.any(axis=1)
+
+
+def spec_augment(rng: Array, spec: Array, *, time_masks: int = 2,
+                 max_time_width: int = 20, freq_masks: int = 2,
+                 max_freq_width: int = 10, value: float = 0.0) -> Array:
+  """SpecAugment's time and frequency masking on `[batch, frames, mels]`:
+  per example, `time_masks` bands of 0..max_time_width frames and
+  `freq_masks` bands of 0..max_freq_width mel channels are set to `value`
+  (widths and starts uniform; bands may overlap)."""
+  if spec.ndim != 3:
+    raise ValueError(f"spec_augment: spec must be [batch, frames, mels], got "
+                     f"shape {spec.shape}.")
+  for name, v in (("time_masks", time_masks), ("freq_masks", freq_masks),
+                  ("max_time_width", max_time_width),
+                  ("max_freq_width", max_freq_width)):
+    if not (isinstance(v, (int, np.integer)) and v >= 0):
+      raise ValueError(f"spec_augment: {name} must be an int >= 0, got {v!r}.")
+  b, t, f = spec.shape
+  k_time, k_freq = jax.random.split(rng)
+  masked = (_band_masks(k_time, b, t, time_masks, max_time_width)[:, :, None]
+            | _band_masks(k_freq, b, f, freq_masks, max_freq_width)[:, None, :])
+  return jnp.where(masked, jnp.asarray(value, spec.dtype), spec)
 
 
 class SpectrogramPatchEmbedding(nn.Module):

@@ -1,4 +1,6 @@
-"""Video tokens: ViViT's tubelet embedding (Arnab et al. 2021, Sec. 3.2)."""
+"""Video tokens: ViViT's tubelet embedding (Arnab et al. 2021, Sec. 3.2) and
+the inflation of a 2-D patch kernel into a tubelet kernel, so image weights
+carry over to video."""
 from __future__ import annotations
 
 from typing import Any
@@ -8,6 +10,25 @@ import jax
 import jax.numpy as jnp
 
 Array = jax.Array
+
+
+def inflate_patch_kernel(kernel_2d, frames: int, method: str = "central"):
+  """A patch kernel `[ph, pw, c, d]` -> a tubelet kernel `[frames, ph, pw,
+  c, d]`. 'central' (ViViT's central-frame initialisation): the 2-D kernel
+  at the middle frame, zeros elsewhere; 'average': the 2-D kernel / frames
+  at every frame (I3D's inflation). Either way a video of `frames` equal
+  frames maps to the image's patch tokens."""
+  k = jnp.asarray(kernel_2d)
+  if k.ndim != 4:
+    raise ValueError(f"inflate_patch_kernel: kernel_2d must be [ph, pw, c, "
+                     f"d], got shape {k.shape}.")
+  if method == "average":
+    return jnp.broadcast_to(k / frames, (frames, *k.shape))
+  if method != "central":
+    raise ValueError(f"inflate_patch_kernel: method must be 'central' or "
+                     f"'average', got {method!r}.")
+  out = jnp.zeros((frames, *k.shape), k.dtype)
+  return out.at[frames // 2].set(k)
 
 
 class TubeletEmbedding(nn.Module):

@@ -12,7 +12,8 @@ audio tokens are fused, the config has no 'text', and the output is
 {'event_logits' [batch, num_answers]} (num_answers = the class count).
 
 Config keys: video (VideoTransformer fields), audio (AudioTransformer fields
-plus 'mel': log_mel_spectrogram's keyword arguments), text (TextTransformer
+plus 'mel': log_mel_spectrogram's keyword arguments and, optionally,
+'spec_augment': spec_augment's, applied when deterministic=False), text (TextTransformer
 fields), fusion (name + strategy fields), num_answers, head_hidden, and
 `zero` (a list of 'video' / 'audio': those inputs are replaced by zeros - the
 single-modality and question-only floors at an equal parameter count); see
@@ -72,7 +73,11 @@ class AudioVisualModel(nn.Module):
       audio = jnp.zeros_like(audio)
     aud_cfg = dict(cfg.audio, pool="none")
     mel = aud_cfg.pop("mel")
+    augment = aud_cfg.pop("spec_augment", None)
     spec = audio_lib.log_mel_spectrogram(audio, **mel)
+    if augment and not deterministic:   # SpecAugment, in training only
+      spec = audio_lib.spec_augment(self.make_rng("dropout"), spec,
+                                    **augment)
     tokens, masks = {}, {}
     tokens["video"], vx = VideoTransformer(
         **cfg.video, pool="none", name="video")(

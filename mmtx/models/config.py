@@ -14,6 +14,7 @@ that module's fields (`module_kwargs`, `mmtx.fusion.build_fusion`).
 from __future__ import annotations
 
 import dataclasses
+import inspect
 from typing import Any, Mapping, Optional
 
 import flax.linen as nn
@@ -23,6 +24,7 @@ import ml_collections
 import numpy as np
 
 from mmtx import losses
+from mmtx.layers import audio as audio_lib
 from mmtx.layers.transformer import check_choice
 from mmtx.models.audio import AudioTransformer
 from mmtx.models.towers import TextTransformer, ViT, decode_variant
@@ -234,11 +236,18 @@ class FusionModelConfig:
 # ----------------------------------------------------------------------------
 # AudioVisualModel
 # ----------------------------------------------------------------------------
+# config.audio.spec_augment's keys: spec_augment's keyword arguments.
+_SPEC_AUGMENT_KEYS = tuple(
+    k for k in inspect.signature(audio_lib.spec_augment).parameters
+    if k not in ("rng", "spec"))
+
+
 @dataclasses.dataclass(frozen=True)
 class AudioVisualConfig:
   """Video, audio (and text) towers, one fusion strategy, an answer head."""
   video: Mapping[str, Any]   # VideoTransformer fields
-  # AudioTransformer fields plus 'mel': log_mel_spectrogram's keywords.
+  # AudioTransformer fields plus 'mel': log_mel_spectrogram's keywords, and
+  # optionally 'spec_augment': spec_augment's keywords (training only).
   audio: Mapping[str, Any]
   fusion: Mapping[str, Any]  # name + the strategy's fields
   num_answers: int
@@ -259,6 +268,13 @@ class AudioVisualConfig:
                        "keyword arguments (sample_rate, n_fft, hop_length, "
                        "n_mels).")
     del audio["mel"]
+    augment = audio.pop("spec_augment", None)
+    if augment is not None:
+      unknown = sorted(set(augment) - set(_SPEC_AUGMENT_KEYS))
+      if unknown:
+        raise ValueError(f"config.audio.spec_augment: unknown key(s) "
+                         f"{unknown}; its keys are {list(_SPEC_AUGMENT_KEYS)} "
+                         f"(mmtx.layers.audio.spec_augment).")
     module_kwargs(AudioTransformer, audio, "config.audio", owned=("pool",))
     module_kwargs(VideoTransformer, self.video, "config.video",
                   owned=("pool",))
