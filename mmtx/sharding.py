@@ -282,6 +282,11 @@ def use_rules(mesh: Mesh | None, rules=RULES):
     _MESH.reset(token)
 
 
+def current_mesh() -> Mesh | None:
+  """The mesh of the enclosing `use_rules` context; None outside one."""
+  return _MESH.get()
+
+
 _LOGGED: set = set()
 
 

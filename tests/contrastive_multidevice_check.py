@@ -88,6 +88,31 @@ def main():
     failures.append("batch 6 over 4 devices was accepted")
   except ValueError as e:
     print("refused as expected:", e)
+  # The tasks' loss: under the trainer's use_rules(mesh) it is the
+  # shard_map form (same value); outside it, or on a batch that does not
+  # divide over the devices, the one-device loss.
+  from mmtx import sharding
+  from mmtx.tasks.common import contrastive_loss
+  mesh = Mesh(devices.reshape(4, 2, 1), ("data", "fsdp", "tensor"))
+  for kind in ("softmax", "sigmoid"):
+    want = float(losses.softmax_contrastive_loss(img, txt, scale)
+                 if kind == "softmax" else
+                 losses.sigmoid_contrastive_loss(img, txt, scale, bias))
+    for rules, rows in ((True, BATCH), (False, BATCH), (True, 12)):
+      fn = jax.jit(lambda i, t: contrastive_loss(kind, i, t, scale, bias))
+      with sharding.use_rules(mesh if rules else None):
+        jaxpr = str(jax.make_jaxpr(fn)(img[:rows], txt[:rows]))
+        got = float(fn(img[:rows], txt[:rows]))
+      ref = want if rows == BATCH else float(
+          losses.softmax_contrastive_loss(img[:rows], txt[:rows], scale)
+          if kind == "softmax" else losses.sigmoid_contrastive_loss(
+              img[:rows], txt[:rows], scale, bias))
+      tag = f"task loss {kind} rules={rules} batch={rows}"
+      if ("shard_map" in jaxpr) != (rules and rows == BATCH):
+        failures.append(f"{tag}: shard_map used={'shard_map' in jaxpr}")
+      if abs(got - ref) > 1e-5 * max(1.0, abs(ref)):
+        failures.append(f"{tag}: {got} != {ref}")
+      print(f"{tag}: {got:.7f} (one device {ref:.7f})")
   if failures:
     print("FAILURES:\n" + "\n".join(failures))
     sys.exit(1)

@@ -217,15 +217,14 @@ def test_circle_count_classes_and_prompts():
 
 def test_contrastive_loss_names():
   from mmtx import losses
-  from mmtx.tasks.contrastive import contrastive_loss
+  from mmtx.tasks.common import contrastive_loss
   e = jnp.eye(3)
-  extras = {"logit_scale": 2.0, "logit_bias": -1.0}
-  assert contrastive_loss("softmax", e, e, extras) == \
+  assert contrastive_loss("softmax", e, e, 2.0, -1.0) == \
       losses.softmax_contrastive_loss(e, e, 2.0)
-  assert contrastive_loss("sigmoid", e, e, extras) == \
+  assert contrastive_loss("sigmoid", e, e, 2.0, -1.0) == \
       losses.sigmoid_contrastive_loss(e, e, 2.0, -1.0)
   with pytest.raises(ValueError, match="config.model.loss"):
-    contrastive_loss("hinge", e, e, extras)
+    contrastive_loss("hinge", e, e, 2.0, -1.0)
 
 
 class _Chars:

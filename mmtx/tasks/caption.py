@@ -75,8 +75,8 @@ class CaptionTask(common.Task):
     weights = (targets != 0).astype(jnp.float32)
     cap = losses.lm_loss(logits[:, :-1], targets, weights,
                          label_smoothing=float(c.label_smoothing))
-    con = losses.softmax_contrastive_loss(extras["img_emb"], extras["txt_emb"],
-                                          extras["logit_scale"])
+    con = common.contrastive_loss("softmax", extras["img_emb"],
+                                  extras["txt_emb"], extras["logit_scale"])
     loss = float(c.lambda_con) * con + float(c.lambda_cap) * cap
     correct = (jnp.argmax(logits[:, :-1], -1) == targets) * weights
     return loss, {"caption_loss": cap, "contrastive_loss": con,

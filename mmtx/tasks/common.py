@@ -207,3 +207,26 @@ def table(title: str, header: Sequence[str], rows) -> str:
          "|" + "|".join("-" * (w + 2) for w in widths) + "|"]
   out += [line(r) for r in rows]
   return "\n".join(out)
+
+
+def contrastive_loss(name: str, img_emb, txt_emb, logit_scale,
+                     logit_bias=None):
+  """The contrastive loss `name` ('softmax', CLIP; 'sigmoid', SigLIP) of a
+  global batch. Traced under the trainer's `sharding.use_rules(mesh)` with
+  the batch over several data/fsdp devices, it runs per device through
+  `jax.shard_map` (`losses.contrastive_loss_on_mesh`: an all-gather of the
+  other devices' embeddings, SigLIP's ppermute ring); otherwise on one
+  device. Both give the same value."""
+  if name not in ("softmax", "sigmoid"):
+    raise ValueError(f"config.model.loss must be 'softmax' or 'sigmoid', got "
+                     f"{name!r}.")
+  mesh = sharding.current_mesh()
+  devices = 1 if mesh is None else (mesh.shape.get("data", 1) *
+                                    mesh.shape.get("fsdp", 1))
+  if devices > 1 and img_emb.shape[0] % devices == 0:
+    return losses.contrastive_loss_on_mesh(mesh, img_emb, txt_emb,
+                                           logit_scale, logit_bias, loss=name)
+  if name == "softmax":
+    return losses.softmax_contrastive_loss(img_emb, txt_emb, logit_scale)
+  return losses.sigmoid_contrastive_loss(img_emb, txt_emb, logit_scale,
+                                         logit_bias)

@@ -4,7 +4,9 @@ Batch (mmtx.data view 'contrastive'): 'image' [B, H, W, 3], 'text' [B, L]
 (one caption per image, drawn at random) -> DualEncoder -> img_emb, txt_emb
 [B, D] -> `losses.softmax_contrastive_loss` (config.model.loss 'softmax',
 CLIP) or `losses.sigmoid_contrastive_loss` ('sigmoid', SigLIP) with the
-model's learned logit_scale (and logit_bias).
+model's learned logit_scale (and logit_bias), through
+`common.contrastive_loss` (per device under `jax.shard_map` when the batch
+is on several devices).
 
 Evaluation, per split of config.data.eval_splits: image <-> text retrieval
 recall@1/5/10 over all captions of each image (`retrieval`), and zero-shot
@@ -60,19 +62,6 @@ def circle_count_prompts(num_objects: int) -> list[list[str]]:
   return out
 
 
-def contrastive_loss(name, img_emb, txt_emb, extras):
-  """config.model.loss name -> the loss on one (global) batch."""
-  if name == "softmax":
-    return losses.softmax_contrastive_loss(img_emb, txt_emb,
-                                           extras["logit_scale"])
-  if name == "sigmoid":
-    return losses.sigmoid_contrastive_loss(img_emb, txt_emb,
-                                           extras["logit_scale"],
-                                           extras["logit_bias"])
-  raise ValueError(f"config.model.loss must be 'softmax' or 'sigmoid', got "
-                   f"{name!r}.")
-
-
 class ContrastiveTask(common.Task):
   view = "contrastive"
   text_key = "text"
@@ -86,8 +75,9 @@ class ContrastiveTask(common.Task):
     img_emb, txt_emb, extras = self.model.apply(
         {"params": params}, batch["image"], batch["text"],
         deterministic=not train, rngs={"dropout": rng})
-    loss = contrastive_loss(self.config.model.get("loss", "softmax"), img_emb,
-                            txt_emb, extras)
+    loss = common.contrastive_loss(self.config.model.get("loss", "softmax"),
+                                   img_emb, txt_emb, extras["logit_scale"],
+                                   extras.get("logit_bias"))
     sim = img_emb @ txt_emb.T
     acc = jnp.mean(jnp.argmax(sim, axis=1) == jnp.arange(sim.shape[0]))
     return loss, {"i2t_batch_accuracy": acc,

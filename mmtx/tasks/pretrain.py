@@ -83,7 +83,7 @@ class PretrainTask(common.Task):
                 jnp.concatenate([texts, masked]), rng_drop1)
     img_emb, txt_emb = out["img_emb"][:b], out["txt_emb"][:b]
     scale = out["logit_scale"]
-    itc = losses.softmax_contrastive_loss(img_emb, txt_emb, scale)
+    itc = common.contrastive_loss("softmax", img_emb, txt_emb, scale)
     mlm_logits = out["mlm_logits"][b:]
     mlm = losses.mlm_loss(mlm_logits, targets, weights)
 
