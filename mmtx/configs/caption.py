@@ -50,22 +50,11 @@ def get_config(arg: str = ""):
                        eval_batch_size=100)
   model = _model(args["width"])
   if args["preset"] or args["init"]:
-    # Imported here: the interop pulls in the models and torch.
-    from mmtx.interop import presets, weights  # noqa: E402
     if "width" in {item.partition("=")[0] for item in arg.split(",")}:
       raise ValueError("configs/caption.py: width cannot be combined with "
                        "preset= or init=, which set the model.")
-    if args["init"]:
-      imported, params = weights.load(args["init"], args["preset"])
-      weights.check_model(imported, args["init"], True, "configs/caption.py")
-      model = _full(imported.to_dict())
-      c.data.update(weights.data_settings(model, params, args["init"]))
-    else:
-      preset, image_size = presets.captioner_preset(args["preset"])
-      model = _full(preset.to_dict())
-      c.data.update(weights.data_settings(model), image_size=image_size)
-    c.init_from.weights = args["init"]
-    c.init_from.preset = args["preset"]
+    model = common.published_model(c, args, _full, captioner=True,
+                                   where="configs/caption.py")
   c.model = ml_collections.ConfigDict(model)
   # CoCa's Eq. 4 weights (lambda_cap = 2 lambda_con) and label smoothing.
   c.loss = ml_collections.ConfigDict(dict(lambda_con=1.0, lambda_cap=2.0,

@@ -74,25 +74,13 @@ def get_config(arg: str = ""):
       label="", classes=(), templates=("a photo of a {}.",)))
   model = _model(args["width"], loss)
   if args["preset"] or args["init"]:
-    # Imported here: the interop pulls in the models, which a plain run's
-    # config does not need.
-    from mmtx.interop import presets, weights  # noqa: E402
     named = {item.partition("=")[0] for item in arg.split(",")}
     given = [k for k in ("loss", "width") if k in named]
     if given:
       raise ValueError(f"configs/clip.py: {given} cannot be combined with "
                        f"preset= or init=, which set the model.")
-    if args["init"]:
-      imported, params = weights.load(args["init"], args["preset"])
-      weights.check_model(imported, args["init"], False, "configs/clip.py")
-      model = _full(imported.to_dict())
-      c.data.update(weights.data_settings(model, params, args["init"]))
-    else:
-      preset, image_size = presets.preset(args["preset"])
-      model = _full(preset.to_dict())
-      c.data.update(weights.data_settings(model), image_size=image_size)
-    c.init_from.weights = args["init"]
-    c.init_from.preset = args["preset"]
+    model = common.published_model(c, args, _full, captioner=False,
+                                   where="configs/clip.py")
   c.model = ml_collections.ConfigDict(model)
   if args["lit"]:
     c.optimizer.freeze = LIT_FREEZE

@@ -133,3 +133,28 @@ def image_tower(width: int, depth: int = 0, **kw) -> dict:
   return dict(patch_size=1, stem_channels=(32, 32, 32), width=width,
               depth=depth, mlp_dim=2 * width, num_heads=4, posemb="sincos2d",
               posemb_temperature=30.0, dtype="float32", **kw)
+
+
+def published_model(c, args: dict, full, *, captioner: bool,
+                    where: str) -> dict:
+  """The model dict of a config's preset= / init= args (configs/clip.py,
+  configs/caption.py): read from the init= weights (a Hugging Face
+  directory or an open_clip file of the preset's architecture), or built
+  from the preset; `full` completes it with every key the CLI can set. Sets
+  c.data's image and text settings and c.init_from to match."""
+  # Imported here: the interop pulls in the models and torch, which a plain
+  # run's config does not need.
+  from mmtx.interop import presets, weights  # noqa: E402
+  if args["init"]:
+    imported, params = weights.load(args["init"], args["preset"])
+    weights.check_model(imported, args["init"], captioner, where)
+    model = full(imported.to_dict())
+    c.data.update(weights.data_settings(model, params, args["init"]))
+  else:
+    preset, image_size = (presets.captioner_preset if captioner
+                          else presets.preset)(args["preset"])
+    model = full(preset.to_dict())
+    c.data.update(weights.data_settings(model), image_size=image_size)
+  c.init_from.weights = args["init"]
+  c.init_from.preset = args["preset"]
+  return model
