@@ -12,7 +12,6 @@ is evaluated by top-1 accuracy.
 """
 from __future__ import annotations
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 
