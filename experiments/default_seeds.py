@@ -40,8 +40,8 @@ def final_eval(workdir: str) -> tuple[int, dict, dict]:
   """(step, test metrics, validation metrics) of the run's last evaluation:
   the default config evaluates 'validation' (eval/NAME) and 'test'
   (eval/test/NAME)."""
-  rows = [json.loads(line) for line in open(os.path.join(workdir,
-                                                         "metrics.jsonl"))]
+  with open(os.path.join(workdir, "metrics.jsonl")) as f:
+    rows = [json.loads(line) for line in f]
   last = [r for r in rows if "eval/accuracy" in r]
   if not last:
     raise SystemExit(f"{workdir}: no evaluation in metrics.jsonl; see "

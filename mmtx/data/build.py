@@ -79,7 +79,6 @@ def ensure_built(name: str, data_dir: str | None = None, *, verbose: bool = True
               flush=True)
       start = time.time()
       builder.download_and_prepare()
-      builder = get_builder(name, data_dir)
       if verbose:
         print(f"mmtx.data: built {name} in {time.time() - start:.1f} s.",
               flush=True)
