@@ -66,7 +66,7 @@ def test_misspelt_config_file_arg_is_an_error_not_a_silent_default(
              tmp_path, timeout=120)
   assert out.returncode == 2
   assert out.stderr.strip().endswith(
-      "configs/default.py: arg steps='1e4' is not an int (default: 12000)."
+      "configs/default.py: arg steps='1e4' is not an int (default: 8000)."
   ), out.stderr
 
 
