@@ -179,6 +179,7 @@ def test_quickstart_notebook_runs_top_to_bottom(tmp_path):
   assert img.size[0] == 6 * (75 * 4 + 8) and img.size[1] == 75 * 4 + 44
 
 
+@pytest.mark.slow   # ~50 s: a reproduction script's smoke run
 def test_easy_vqa_script_writes_its_table(tmp_path):
   _script(tmp_path, "easy_vqa_ablation.py", "--quick",
           f"--out={tmp_path / 'evq'}")
