@@ -224,11 +224,13 @@ def test_op_profile_quick_accounts_for_the_step():
   """The per-op table of the mmtx step: the traced ops are found in the
   compiled HLO, the forward and backward GEMMs are both there, and the
   ops add up to a positive share of the step."""
-  # jax.profiler.trace of the 2-step quick run sometimes loses most of the
-  # CPU op events (seen 2026-11-30: 1 run in 3 traced 0.4 of 2.3 ms, only the
-  # embedding GEMM of the forward pass): up to 3 tries for a complete trace.
+  # jax.profiler.trace sometimes loses most of the CPU op events of a run
+  # (seen 2026-11-30: 1 run in 3 traced 0.4 of 2.3 ms, only the embedding
+  # GEMM of the forward pass; 2026-12-05: 3 tries of 2 steps in a row traced
+  # 1.0 of 3.9 ms, no forward MLP GEMM). 10 traced steps give each op ten
+  # chances to appear, and up to 3 tries.
   for _ in range(3):
-    out = _run("op_profile.py", "--quick", "--top", "3")
+    out = _run("op_profile.py", "--quick", "--steps", "10", "--top", "3")
     if "| fwd | gemm | mlp |" in out and "| bwd | gemm | mlp |" in out:
       break
   step = float(re.search(r"step ([\d.]+) ms", out).group(1))
