@@ -6,11 +6,11 @@ mean ± std test accuracy per question type, parameters, questions/s.
       --out=runs/fusion_ablation_4k
   ./run.sh python experiments/fusion_ablation.py --quick     # smoke run
 
-Budget: 4,000 steps (16 images x 10 questions each, weight decay 1e-4: the
-recipe the committed rows were measured with, which the default job's
-2026-12-05 recipe replaced) by default. It is a third of that recipe's
-12,000 steps, so the table ranks how fast each strategy
-learns to ground the question (at 4k only cross-attention has, 97 %
+Budget: 4,000 steps (16 images x 10 questions each, weight decay 1e-4:
+`runlib.SOC_TABLE_RECIPE`, the recipe the committed rows were measured
+with, which the default job's 2026-12-05 recipe replaced) by default. It
+is a third of that recipe's 12,000 steps, so the table ranks how fast each
+strategy learns to ground the question (at 4k only cross-attention has, 97 %
 non-relational), not where it ends; on the 2-core CPU box one seed of
 every strategy is ~3 h (3-7 min for most; concat, co_attention, m_modal
 and bottleneck, which cannot share the image pass, ~25-30 min each),
@@ -55,7 +55,7 @@ def config_for(fusion, seed, args):
   floor = fusion == FLOOR
   cfg = default.get_config(
       f"steps={args.steps},fusion={'cross_attention' if floor else fusion},"
-      "questions=10,wd=0.0001")
+      f"{runlib.SOC_TABLE_RECIPE}")
   with cfg.unlocked():
     cfg.model.zero_image = floor
     cfg.seed = seed

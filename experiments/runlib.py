@@ -6,6 +6,13 @@ import json
 import os
 import time
 
+# configs/default.py args that pin the recipe the committed Sort-of-CLEVR
+# tables (experiments/results/sort_of_clevr_*, fusion_ablation_*) were
+# measured with: 10 questions per image, weight decay 1e-4. The default
+# job's recipe of 2026-12-05 (30 questions, weight decay 0.05) replaced it;
+# pinning keeps a resumed table from mixing the two.
+SOC_TABLE_RECIPE = "questions=10,wd=0.0001"
+
 
 def train_run(cfg, workdir: str, mode: str = "train") -> dict:
   """Trains `cfg` in `workdir` (resuming if it has checkpoints; mode='eval'

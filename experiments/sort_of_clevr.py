@@ -13,9 +13,10 @@ OUT/MODEL_seedN otherwise. Runs already in OUT/results.json with the same
 --steps, so models and seeds run at different times add up to one table.
 
 Each model is trained by the one trainer (mmtx.train) from configs/default.py
-with the recipe the committed tables were measured with (`RECIPE`: 10
-questions per image, weight decay 1e-4) and the model's overrides, evaluated on the paper's 200-image test split and on the
-2,000-image 'test_large' split, and the table (accuracy per question type,
+with the recipe the committed tables were measured with
+(`runlib.SOC_TABLE_RECIPE`: 10 questions per image, weight decay 1e-4) and
+the model's overrides, evaluated on the paper's 200-image test split and on
+the 2,000-image 'test_large' split, and the table (accuracy per question type,
 with the question-only floor beside it, parameters, examples/s, wall time,
 machine) is written to OUT/results.md (+ results.json, accuracy.png).
 """
@@ -59,11 +60,6 @@ MODELS = {
                       {"model.zero_image": True}),
 }
 
-# configs/default.py args of every run here: the recipe of the committed
-# tables (experiments/results/sort_of_clevr_*), which the default job's
-# 2026-12-05 recipe (30 questions, weight decay 0.05) replaced.
-RECIPE = "questions=10,wd=0.0001"
-
 # The paper's table (the default --models); the others run when named.
 TABLE = ("cross_attention", "film", "cnn_mlp_late", "cnn_mlp", "question_only")
 
@@ -84,7 +80,8 @@ def config_for(overrides, args, seed):
   """configs/default.py with the fusion the overrides name, then them."""
   from mmtx.configs import default
   fusion = overrides.get("model.fusion.name", "cross_attention")
-  cfg = default.get_config(f"steps={args.steps},fusion={fusion},{RECIPE}")
+  cfg = default.get_config(
+      f"steps={args.steps},fusion={fusion},{runlib.SOC_TABLE_RECIPE}")
   with cfg.unlocked():
     cfg.data.eval_splits = ("test", "test_large")
     cfg.eval_every = args.eval_every or args.steps
@@ -161,7 +158,7 @@ def table(results, args):
           f" (floor {runlib.mean_std(floor)[0]:.1f})" if v and floor else ""))
     rows.append(cells)
   from mmtx.configs import default
-  d = default.get_config(RECIPE)
+  d = default.get_config(runlib.SOC_TABLE_RECIPE)
   images = 8 if args.quick else d.batch_size
   several = any(len(rs) > 1 for rs in runs.values())
   meta = (f"{args.steps} steps x {images} images x "
