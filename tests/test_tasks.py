@@ -379,6 +379,95 @@ def test_fusion_model_several_questions_per_image_equal_one_by_one(
     FusionModel(dict(cfg, heads=("vqa", "itm"))).init(jax.random.key(0), x, t)
 
 
+def test_unique_texts_equal_every_row_in_value_and_gradient():
+  """unique_texts=U encodes each distinct question once and gathers it
+  back: logits and every gradient equal the model that encodes all rows
+  (float64, relative 1e-9); with more than U distinct questions the logits
+  are NaN, never wrong; and the VQA task refuses such a batch on the host,
+  naming the flag, while passing the iterator's state through."""
+  import flax.linen as nn
+  from mmtx.models.fusion_model import FusionModel, distinct_rows
+  from mmtx.tasks import vqa
+  cfg = dict(image=dict(patch_size=5, width=16, depth=0, mlp_dim=32,
+                        num_heads=2, stem_channels=(8,), posemb="sincos2d",
+                        dtype="float64"),
+             text=dict(vocab_size=20, width=16, depth=1, mlp_dim=32,
+                       num_heads=2, max_len=6, dtype="float64"),
+             fusion=dict(name="cross_attention", target="text", dim=16,
+                         num_heads=2, num_layers=1, mlp_dim=32,
+                         dtype="float64"),
+             heads=("vqa",), num_answers=5, head_hidden=8, text_query="mean")
+  rng = np.random.default_rng(0)
+  vocab = rng.integers(1, 20, size=(7, 6))
+  vocab[:, 4:] = 0
+  vocab[2, 2:] = 0
+  t = vocab[rng.integers(0, 7, size=(4, 9))]     # 36 rows, 7 distinct
+  assert distinct_rows(t) == 7
+  with jax.enable_x64(True):
+    x = jnp.asarray(rng.normal(size=(4, 30, 30, 3)), jnp.float64)
+    t = jnp.asarray(t, jnp.int32)
+    every = FusionModel(cfg)
+    params = nn.meta.unbox(every.init(jax.random.key(0), x, t)["params"])
+    leaves, tree = jax.tree_util.tree_flatten(params)
+    keys = jax.random.split(jax.random.key(1), len(leaves))
+    params = jax.tree_util.tree_unflatten(tree, [
+        jnp.asarray(p, jnp.float64) + 0.1 * jax.random.normal(
+            k, p.shape, jnp.float64) for p, k in zip(leaves, keys)])
+
+    def loss(model, params):
+      logits = model.apply({"params": params}, x, t)[0]["vqa_logits"]
+      return (jnp.tanh(logits) ** 2).sum(), logits
+
+    (_, ref), ref_grad = jax.jit(jax.value_and_grad(
+        lambda p: loss(every, p), has_aux=True))(params)
+    for size in (7,):
+      model = FusionModel(dict(cfg, unique_texts=size))
+      assert jax.tree.structure(nn.meta.unbox(model.init(
+          jax.random.key(0), x, t)["params"])) == tree
+      (_, got), grad = jax.jit(jax.value_and_grad(
+          lambda p: loss(model, p), has_aux=True))(params)
+      np.testing.assert_allclose(got, ref, rtol=1e-12, atol=1e-12)
+      # The attention softmax runs in float32 in both, so gradients summed
+      # over repeats before (here) or after (reference) it differ at
+      # float32 rounding; a missed repeat would be off by a whole row's.
+      scale = max(float(jnp.abs(g).max()) for g in jax.tree.leaves(ref_grad))
+      for g, r in zip(jax.tree.leaves(grad), jax.tree.leaves(ref_grad)):
+        np.testing.assert_allclose(g, r, rtol=1e-5, atol=1e-6 * scale)
+    over = FusionModel(dict(cfg, unique_texts=6))
+    assert np.isnan(np.asarray(jax.jit(over.apply)({"params": params}, x, t)[
+        0]["vqa_logits"])).all()
+  with pytest.raises(ValueError, match="dropout_rate=0"):
+    FusionModel(dict(cfg, unique_texts=8, text=dict(
+        cfg["text"], dropout_rate=0.1))).init(jax.random.key(0), x, t)
+
+  class Batches:   # a grain-like iterator with state
+    def __init__(self, batches):
+      self.batches, self.i = batches, 0
+
+    def __next__(self):
+      self.i += 1
+      return self.batches[self.i - 1]
+
+    def get_state(self):
+      return {"i": self.i}
+
+    def set_state(self, state):
+      self.i = state["i"]
+
+  import ml_collections
+  config = ml_collections.ConfigDict({"data": {"name": "toy"},
+                                      "model": {"unique_texts": 7}})
+  task = vqa.VqaTask(config, model=object())
+  it = task._checked(Batches([{"question": np.asarray(t)},
+                              {"question": np.arange(16).reshape(8, 2)}]))
+  assert next(it)["question"].shape == (4, 9, 6)
+  assert it.get_state() == {"i": 1}
+  with pytest.raises(ValueError, match="unique_texts=7.*8 distinct"):
+    next(it)
+  it.set_state({"i": 0})
+  assert next(it)["question"].shape == (4, 9, 6)
+
+
 @pytest.mark.parametrize("task", ["vqa", "dialogue"])
 def test_loss_over_question_groups_skips_padding(task):
   """The grouped loss (VQA questions or dialogue turns per image) is the mean

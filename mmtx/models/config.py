@@ -202,9 +202,24 @@ class FusionModelConfig:
   # 'tokens': every text token enters the fusion (ALBEF); 'mean': one token,
   # the mean of the text tower's outputs (a question vector).
   text_query: str = "tokens"
+  # > 0: the text tower encodes each distinct token row of a batch once, for
+  # up to this many distinct rows (a batch with more encodes every row), and
+  # the rows are gathered back. The same function as 0 (the tower sees one
+  # row at a time); cheaper when a batch repeats its questions, as templated
+  # VQA data does. Needs text dropout_rate 0 (a dropout mask per row).
+  unique_texts: int = 0
 
   def __post_init__(self):
     object.__setattr__(self, "heads", tuple(self.heads))
+    if not isinstance(self.unique_texts, int) or self.unique_texts < 0:
+      raise ValueError(f"FusionModel: unique_texts must be an int >= 0 (0 = "
+                       f"off), got {self.unique_texts!r}.")
+    if self.unique_texts and float(
+        self.text.get("dropout_rate", 0.0) or 0.0) > 0:
+      raise ValueError(f"FusionModel: unique_texts={self.unique_texts} "
+                       f"encodes repeated questions once, so they cannot "
+                       f"draw their own dropout masks; set "
+                       f"config.text.dropout_rate=0 or unique_texts=0.")
     for head in self.heads:
       if head not in HEADS:
         raise ValueError(f"FusionModel: unknown head {head!r} in "

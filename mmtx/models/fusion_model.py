@@ -15,6 +15,7 @@ from typing import Any, Mapping
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from mmtx.fusion import build_fusion
 from mmtx.layers import masked_mean
@@ -24,6 +25,42 @@ from mmtx.models.config import (FusionModelConfig, check_images,
 from mmtx.models.towers import TextTransformer, ViT
 
 Array = jax.Array
+
+
+def encode_unique(tower: nn.Module, texts: Array, size: int,
+                  deterministic: bool):
+  """`tower(texts)` with each distinct row of `texts [n, len]` encoded once.
+
+  The distinct rows (at most `size`) go through the tower and each output
+  row is gathered back to its text; the gather's transpose sums the
+  gradients of repeated rows, so values and gradients are those of
+  `tower(texts)` for a row-wise tower. A batch with more than `size`
+  distinct rows cannot be encoded this way: its outputs are NaN rather than
+  silently wrong (`VqaTask` checks every batch on the host first and names
+  the fix). A `lax.cond` fallback to all rows would cost more under `grad`
+  (both branches' residuals) than the saving.
+  """
+  n = texts.shape[0]
+  if size >= n:   # no saving possible: encode every row
+    return tower(texts, deterministic=deterministic)
+  rows, inverse, counts = jnp.unique(texts, axis=0, size=size, fill_value=0,
+                                     return_inverse=True, return_counts=True)
+  inverse = inverse.reshape(n)
+  fits = counts.sum() == n
+
+  def back(a):
+    a = a[inverse]
+    if jnp.issubdtype(a.dtype, jnp.floating):
+      a = jnp.where(fits, a, jnp.nan)
+    return a
+
+  return jax.tree.map(back, tower(rows, deterministic=deterministic))
+
+
+def distinct_rows(texts) -> int:
+  """The number of distinct token rows in a numpy batch `[..., len]`."""
+  texts = np.asarray(texts)
+  return len(np.unique(texts.reshape(-1, texts.shape[-1]), axis=0))
 
 
 class FusionModel(nn.Module):
@@ -77,9 +114,13 @@ class FusionModel(nn.Module):
     query = cfg.text_query
     img_tok, img_extras = ViT(**cfg.image, pool="none", name="img")(
         images, deterministic=deterministic)
-    txt_tok, txt_extras = TextTransformer(
-        **cfg.text, pool="mean" if query == "mean" else "none", name="txt")(
-            texts, deterministic=deterministic)
+    txt_tower = TextTransformer(
+        **cfg.text, pool="mean" if query == "mean" else "none", name="txt")
+    if cfg.unique_texts:
+      txt_tok, txt_extras = encode_unique(txt_tower, texts, cfg.unique_texts,
+                                          deterministic)
+    else:
+      txt_tok, txt_extras = txt_tower(texts, deterministic=deterministic)
     fuse = build_fusion(cfg.fusion, where="config.fusion")
     # Q mean-query questions about one image, fused by a strategy whose
     # target (text) tokens do not interact: one sequence of Q query tokens

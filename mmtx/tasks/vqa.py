@@ -32,6 +32,21 @@ class VqaTask(common.Task):
                               num_answers=len(self.info.answers))
     return FusionModel(cfg)
 
+  def train_iterator(self, shard_index, shard_count):
+    return self._checked(super().train_iterator(shard_index, shard_count))
+
+  def eval_iterator(self, split):
+    it, info = super().eval_iterator(split)
+    return self._checked(it), info
+
+  def _checked(self, batches):
+    """With config.model.unique_texts = U > 0, `batches` with each batch's
+    questions checked on the host to hold at most U distinct token rows
+    (the model encodes only U; `fusion_model.encode_unique`)."""
+    size = int(self.config.model.get("unique_texts", 0) or 0)
+    return _DistinctChecked(batches, size, self.text_key,
+                            self.config.data.name) if size else batches
+
   def inputs(self, batch):
     """The model's positional inputs from a batch."""
     return batch["image"], batch["question"]
@@ -85,6 +100,35 @@ class VqaTask(common.Task):
         ["question type", "subtype", "accuracy", "correct / total"],
         [(t, s, f"{100 * c / max(n, 1):.2f}%", f"{int(c)} / {int(n)}")
          for t, s, c, n in rows])]
+
+
+class _DistinctChecked:
+  """An iterator of batches (get_state/set_state passed through, for the
+  trainer's exact resume) that raises on a batch with more distinct rows in
+  `key` than `size`."""
+
+  def __init__(self, batches, size, key, name):
+    self._it, self._size, self._key, self._name = batches, size, key, name
+
+  def __iter__(self):
+    return self
+
+  def __next__(self):
+    from mmtx.models.fusion_model import distinct_rows
+    batch = next(self._it)
+    n = distinct_rows(batch[self._key])
+    if n > self._size:
+      raise ValueError(
+          f"config.model.unique_texts={self._size}, but a batch of "
+          f"{self._name!r} has {n} distinct questions; raise it to at least "
+          f"{n} (or set 0: every question is encoded).")
+    return batch
+
+  def get_state(self):
+    return self._it.get_state()
+
+  def set_state(self, state):
+    self._it.set_state(state)
 
 
 def vqa_soft_accuracy(pred, answer_ids):
