@@ -3,8 +3,8 @@ model, params, config) and `reference(name, data_dir, params)` every metric
 that `task.evaluate` reports, recomputed with numpy from the split's records
 (see eval_stub.py for how the stubs' outputs are known).
 
-Each case evaluates 'test[:15]' of sort_of_clevr/tiny (15 images, an odd
-count, so a second process's shard ends in a padding example) with an eval
+Each case evaluates 'test[:15]' of sort_of_clevr/tiny (av_event: of
+av_scenes/tiny; 15 images or clips, an odd count, so a second process's shard ends in a padding example) with an eval
 batch size that leaves the last batch part padding."""
 from __future__ import annotations
 
@@ -21,11 +21,12 @@ from mmtx.tasks import get_task
 import eval_stub as st
 
 SPLIT = "test[:15]"
-CASES = ("vqa", "dialogue", "contrastive", "caption", "pretrain")
+CASES = ("vqa", "dialogue", "contrastive", "caption", "pretrain", "av_event")
+AV_DATASET = "av_scenes/tiny"   # av_event's clips: 'test[:15]' of its 16
 # Global eval batch sizes: 450 questions = 10 x 44 + 10; 120 turns =
 # 2 x 44 + 32; 15 images = 2 x 6 + 3 (per process, half of each).
 EVAL_BATCH = {"vqa": 44, "dialogue": 44, "contrastive": 6, "caption": 6,
-              "pretrain": 6}
+              "pretrain": 6, "av_event": 6}
 SPLITS = {"vqa": (SPLIT, "test")}
 
 
@@ -306,19 +307,76 @@ def _pretrain_reference(data_dir, params, cfg):
   return out
 
 
+# --------------------------------------------------------------- av_event
+def av_open(data_dir, split):
+  """av_scenes/tiny's DataInfo for `split` (view 'label') on one process."""
+  data_lib.ensure_built(AV_DATASET, str(data_dir))
+  _, info = data_lib.get_dataset(AV_DATASET, split, "label", batch_size=1,
+                                 data_dir=str(data_dir), shard=(0, 1),
+                                 shuffle=False)
+  return info
+
+
+def _av_items(info, w_aud):
+  """(key of the waveform, bool labels [classes]) per clip."""
+  out = []
+  for rec in st.records(info):
+    labels = np.zeros(len(info.metadata["labels"]), bool)
+    labels[np.asarray(rec["label"]).reshape(-1)] = True
+    key = st.np_audio_keys(np.asarray(rec["audio"], np.float32)[None],
+                           w_aud)[0]
+    out.append((int(key), labels))
+  return out
+
+
+def _av_event_setup(data_dir):
+  """Random scores per clip; on ~60 % of the clips its classes get +1.5, so
+  mAP and top-1 are neither 0 nor 1."""
+  info = av_open(data_dir, "test")
+  w_aud = st.audio_hash_weights(info.metadata["audio_samples"])
+  rs = np.random.RandomState(0)
+  table = {}
+  for key, labels in _av_items(info, w_aud):
+    table[key] = rs.normal(size=labels.shape) + 1.5 * labels * (
+        rs.rand() < 0.6)
+  keys = np.array(sorted(table), np.uint32)
+  default = np.zeros(len(info.metadata["labels"]))
+  params = {"w_aud": w_aud, "clip_keys": keys,
+            "event": np.stack([table[int(k)] for k in keys] + [default]
+                              ).astype(np.float32)}
+  return st.Stub("av"), params
+
+
+def _av_event_reference(data_dir, params):
+  """Top-1 (the best class is one of the clip's) and mAP, the mean over the
+  classes with a positive of scikit-learn's average precision."""
+  from sklearn.metrics import average_precision_score
+  items = _av_items(av_open(data_dir, SPLIT), params["w_aud"])
+  scores = np.stack([st.lookup(params, "event", k) for k, _ in items])
+  labels = np.stack([l for _, l in items])
+  hit = labels[np.arange(len(labels)), scores.argmax(-1)]
+  aps = [average_precision_score(labels[:, c], scores[:, c])
+         for c in range(labels.shape[1]) if labels[:, c].any()]
+  return {"accuracy": float(hit.mean()), "mAP": float(np.mean(aps)),
+          "_clips": len(labels)}
+
+
 # -------------------------------------------------------------- interface
 _SETUP = {"vqa": _vqa_setup, "dialogue": _dialogue_setup,
           "contrastive": _contrastive_setup, "caption": _caption_setup,
-          "pretrain": _pretrain_setup}
+          "pretrain": _pretrain_setup, "av_event": _av_event_setup}
 
 
 def setup(name, data_dir):
   """(task, model, params, config): the task of `name` on the stub model
   (caption: with the stub decoder)."""
+  extra = {"data.name": AV_DATASET} if name == "av_event" else {}
   cfg = st.config(name, data_dir, SPLITS.get(name, (SPLIT,)),
-                  EVAL_BATCH[name])
+                  EVAL_BATCH[name], **extra)
   model, params = _SETUP[name](data_dir)
-  task = get_task(name)(cfg, st.open_split(data_dir, SPLIT), model=model)
+  info = (av_open(data_dir, SPLIT) if name == "av_event" else
+          st.open_split(data_dir, SPLIT))
+  task = get_task(name)(cfg, info, model=model)
   if name == "caption":
     task.generate = stub_generate
   return task, model, params, cfg
@@ -340,4 +398,6 @@ def reference(name, data_dir):
     return _contrastive_reference(data_dir, params)
   if name == "caption":
     return _caption_reference(data_dir, params)
+  if name == "av_event":
+    return _av_event_reference(data_dir, params)
   return _pretrain_reference(data_dir, params, cfg)

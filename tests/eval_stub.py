@@ -62,6 +62,22 @@ def jnp_keys(images, ids, p):
   return jnp_image_keys(images, p) * jnp.uint32(_IMG_MULT) + h_txt
 
 
+def audio_hash_weights(samples, seed=1):
+  rs = np.random.RandomState(seed)
+  return rs.randint(1, 2 ** 31, size=(samples,)).astype(np.uint32)
+
+
+def np_audio_keys(audio, w_aud):
+  """float32 `[N, samples]` -> uint32 `[N]` keys of the waveforms' bits."""
+  bits = np.ascontiguousarray(audio, np.float32).view(np.uint32)
+  return np.sum(bits * w_aud, axis=1, dtype=np.uint32)
+
+
+def jnp_audio_keys(audio, w_aud):
+  bits = jax.lax.bitcast_convert_type(audio.astype(jnp.float32), jnp.uint32)
+  return jnp.sum(bits * w_aud, axis=1, dtype=jnp.uint32)
+
+
 def _row(keys, key, xp):
   i = xp.clip(xp.searchsorted(keys, key), 0, keys.shape[0] - 1)
   return xp.where(keys[i] == key, i, keys.shape[0])
@@ -83,7 +99,9 @@ class Stub:
   kind 'fusion' returns (out, None) like FusionModel (vqa_logits,
   itm_logits, img_emb, txt_emb, mlm_logits); 'dual' returns (img_emb,
   txt_emb, extras) like DualEncoder; 'captioner' returns (None, extras)
-  like Captioner. Params: w_img, w_txt (hash weights), pair_keys (sorted
+  like Captioner; 'av' is called with (videos, audio) and returns
+  ({'event_logits'}, None) like AudioVisualModel, from w_aud, clip_keys
+  (sorted keys of the waveforms) and 'event' [C + 1, classes]. Params: w_img, w_txt (hash weights), pair_keys (sorted
   uint32) with the tables indexed by pair row ('vqa' [K + 1, A], 'txt'
   [K + 1, D]), img_keys (sorted) with 'img' [I + 1, D] and 'mlm'
   [I + 1, L] (the token guessed at each [MASK] position), vocab V as the
@@ -96,6 +114,9 @@ class Stub:
 
   def apply(self, variables, images, texts, **unused):
     p = variables["params"]
+    if self.kind == "av":   # (videos, audio): a lookup by the waveform
+      row = _row(p["clip_keys"], jnp_audio_keys(texts, p["w_aud"]), jnp)
+      return {"event_logits": p["event"][row]}, None
     key = jnp_keys(images, texts, p)
     out = {}
     if "pair_keys" in p:
@@ -238,7 +259,9 @@ def class_dirs(dim, n):
 
 
 def lookup(p, name, key):
-  keys = p["pair_keys"] if name in ("vqa", "txt") else p["img_keys"]
+  keys = {"vqa": "pair_keys", "txt": "pair_keys",
+          "event": "clip_keys"}.get(name, "img_keys")
+  keys = p[keys]
   return np.asarray(p[name])[np_row(keys, np.asarray(key, np.uint32))]
 
 

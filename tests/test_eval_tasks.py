@@ -20,6 +20,7 @@ def data_dir(tmp_path_factory):
   path = tmp_path_factory.mktemp("data")
   from mmtx import data as data_lib
   data_lib.ensure_built(eval_stub.DATASET, str(path))
+  data_lib.ensure_built(eval_cases.AV_DATASET, str(path))
   return path
 
 
@@ -100,6 +101,16 @@ def test_pretrain_itm_mlm_and_recall(data_dir, mesh):
   _check(got, want)
   assert re.search(rf"on mismatched pairs\s+\|\s+\S+\s+\|\s+{n_neg}\s", table)
   assert re.search(rf"masked tokens\)\s+\|\s+\S+\s+\|\s+{int(n_mlm)}\s", table)
+
+
+def test_av_event_map_and_top1(data_dir, mesh):
+  """Multi-label events: mAP (against scikit-learn) and top-1 over the 15
+  clips, the last batch part padding."""
+  got, tables = eval_cases.evaluate("av_event", data_dir, mesh)
+  want = eval_cases.reference("av_event", data_dir)
+  _nontrivial(want, "accuracy", "mAP")
+  _check(got, want)
+  assert f"top-1 {100 * want['accuracy']:.2f}% (15 clips)" in tables
 
 
 def test_two_processes_shards_report_the_same_metrics(data_dir, tmp_path):
