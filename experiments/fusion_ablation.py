@@ -7,7 +7,7 @@ mean ± std test accuracy per question type, parameters, questions/s.
   ./run.sh python experiments/fusion_ablation.py --quick     # smoke run
 
 Budget: 4,000 steps (16 images x 10 questions each, weight decay 1e-4:
-`runlib.SOC_TABLE_RECIPE`, the recipe the committed rows were measured
+`runlib.soc_table_config`, the recipe the committed rows were measured
 with, which the default job's 2026-12-05 recipe replaced) by default. It
 is a third of that recipe's 12,000 steps, so the table ranks how fast each
 strategy learns to ground the question (at 4k only cross-attention has, 97 %
@@ -51,11 +51,9 @@ FLOOR = "question_only"
 
 def config_for(fusion, seed, args):
   """configs/default.py with strategy `fusion` (or the floor row's)."""
-  from mmtx.configs import default
   floor = fusion == FLOOR
-  cfg = default.get_config(
-      f"steps={args.steps},fusion={'cross_attention' if floor else fusion},"
-      f"{runlib.SOC_TABLE_RECIPE}")
+  cfg = runlib.soc_table_config(
+      f"steps={args.steps},fusion={'cross_attention' if floor else fusion}")
   with cfg.unlocked():
     cfg.model.zero_image = floor
     cfg.seed = seed

@@ -9,9 +9,22 @@ import time
 # configs/default.py args that pin the recipe the committed Sort-of-CLEVR
 # tables (experiments/results/sort_of_clevr_*, fusion_ablation_*) were
 # measured with: 10 questions per image, weight decay 1e-4. The default
-# job's recipe of 2026-12-05 (30 questions, weight decay 0.05) replaced it;
-# pinning keeps a resumed table from mixing the two.
+# job's recipes of 2026-12-05 (30 questions, weight decay 0.05; then each
+# distinct question encoded once, on one CPU device) replaced it; pinning
+# keeps a resumed table from mixing them. `soc_table_config` applies it.
 SOC_TABLE_RECIPE = "questions=10,wd=0.0001"
+
+
+def soc_table_config(arg: str = ""):
+  """configs/default.py with config args `arg` and the committed tables'
+  recipe: SOC_TABLE_RECIPE, every question row encoded (unique_texts=0)
+  and two XLA CPU devices (a script's --cpu_devices may override)."""
+  from mmtx.configs import default
+  cfg = default.get_config(",".join(filter(None, [arg, SOC_TABLE_RECIPE])))
+  with cfg.unlocked():
+    cfg.model.unique_texts = 0
+    cfg.mesh.cpu_devices = 2
+  return cfg
 
 
 def train_run(cfg, workdir: str, mode: str = "train") -> dict:

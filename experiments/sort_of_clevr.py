@@ -14,7 +14,8 @@ OUT/MODEL_seedN otherwise. Runs already in OUT/results.json with the same
 
 Each model is trained by the one trainer (mmtx.train) from configs/default.py
 with the recipe the committed tables were measured with
-(`runlib.SOC_TABLE_RECIPE`: 10 questions per image, weight decay 1e-4) and
+(`runlib.soc_table_config`: 10 questions per image, weight decay 1e-4,
+every question row encoded, two CPU devices) and
 the model's overrides, evaluated on the paper's 200-image test split and on
 the 2,000-image 'test_large' split, and the table (accuracy per question type,
 with the question-only floor beside it, parameters, examples/s, wall time,
@@ -78,10 +79,8 @@ def workdir_of(out, name, seed):
 
 def config_for(overrides, args, seed):
   """configs/default.py with the fusion the overrides name, then them."""
-  from mmtx.configs import default
   fusion = overrides.get("model.fusion.name", "cross_attention")
-  cfg = default.get_config(
-      f"steps={args.steps},fusion={fusion},{runlib.SOC_TABLE_RECIPE}")
+  cfg = runlib.soc_table_config(f"steps={args.steps},fusion={fusion}")
   with cfg.unlocked():
     cfg.data.eval_splits = ("test", "test_large")
     cfg.eval_every = args.eval_every or args.steps
@@ -157,8 +156,7 @@ def table(results, args):
       cells.append(runlib.pct_cell(v) + (
           f" (floor {runlib.mean_std(floor)[0]:.1f})" if v and floor else ""))
     rows.append(cells)
-  from mmtx.configs import default
-  d = default.get_config(runlib.SOC_TABLE_RECIPE)
+  d = runlib.soc_table_config()
   images = 8 if args.quick else d.batch_size
   several = any(len(rs) > 1 for rs in runs.values())
   meta = (f"{args.steps} steps x {images} images x "

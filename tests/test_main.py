@@ -28,18 +28,20 @@ TINY = ["--config.data.name=sort_of_clevr/tiny", "--config.total_steps=6",
 
 def test_default_config_trains_evaluates_and_resumes(tmp_path):
   wd = tmp_path / "run"
-  out = _run([f"--workdir={wd}", *TINY], tmp_path)
+  # Two XLA CPU devices (data parallel over both cores; configs/default.py
+  # itself asks for one): the CLI applies mesh.cpu_devices before JAX starts.
+  out = _run([f"--workdir={wd}", *TINY, "--config.mesh.cpu_devices=2"],
+             tmp_path)
   assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
   assert "VQA accuracy" in out.stdout and "nonrel" in out.stdout
-  # configs/default.py asks for mesh.cpu_devices=2 (data parallel over both
-  # cores of a 2-core CPU); the CLI applies it before JAX starts.
   assert "devices=2 cpu" in out.stdout, out.stdout[:500]
   rows = [json.loads(l) for l in open(wd / "metrics.jsonl")]
   assert any("eval/accuracy" in r for r in rows)
   assert any("eval/accuracy/rel/closest" in r for r in rows)
   assert sorted(os.listdir(wd / "checkpoints"))[-1] == "6"
   # The same command again resumes at the end and only evaluates.
-  again = _run([f"--workdir={wd}", "--mode=eval", *TINY], tmp_path)
+  again = _run([f"--workdir={wd}", "--mode=eval", *TINY,
+                "--config.mesh.cpu_devices=2"], tmp_path)
   assert again.returncode == 0, again.stderr[-3000:]
   assert "resumed from" in again.stdout and "at step 6" in again.stdout
 
@@ -66,7 +68,7 @@ def test_misspelt_config_file_arg_is_an_error_not_a_silent_default(
              tmp_path, timeout=120)
   assert out.returncode == 2
   assert out.stderr.strip().endswith(
-      "configs/default.py: arg steps='1e4' is not an int (default: 8000)."
+      "configs/default.py: arg steps='1e4' is not an int (default: 12000)."
   ), out.stderr
 
 
@@ -121,6 +123,7 @@ def test_two_cpu_devices_survive_a_long_log_interval(tmp_path):
   out = subprocess.run(
       [sys.executable, "-m", "mmtx.main", f"--workdir={tmp_path / 'run'}",
        "--config.total_steps=2500", "--config.log_every=2000",
+       "--config.mesh.cpu_devices=2",
        "--config.eval_every=100000", "--config.checkpoint_every=100000",
        "--progress=false"], cwd=REPO, capture_output=True, text=True,
       timeout=1200, env=env)
