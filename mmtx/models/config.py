@@ -203,10 +203,11 @@ class FusionModelConfig:
   # the mean of the text tower's outputs (a question vector).
   text_query: str = "tokens"
   # > 0: the text tower encodes each distinct token row of a batch once, for
-  # up to this many distinct rows (a batch with more encodes every row), and
-  # the rows are gathered back. The same function as 0 (the tower sees one
-  # row at a time); cheaper when a batch repeats its questions, as templated
-  # VQA data does. Needs text dropout_rate 0 (a dropout mask per row).
+  # up to this many distinct rows, and the rows are gathered back (a batch
+  # with more is refused by VqaTask on the host, and gives NaN in the model).
+  # The same function as 0 (the tower sees one row at a time); cheaper when
+  # a batch repeats its questions, as templated VQA data does. Needs text
+  # dropout_rate 0 (a dropout mask per row).
   unique_texts: int = 0
 
   def __post_init__(self):
