@@ -4,8 +4,9 @@ that `task.evaluate` reports, recomputed with numpy from the split's records
 (see eval_stub.py for how the stubs' outputs are known).
 
 Each case evaluates 'test[:15]' of sort_of_clevr/tiny (av_event: of
-av_scenes/tiny; 15 images or clips, an odd count, so a second process's shard ends in a padding example) with an eval
-batch size that leaves the last batch part padding."""
+av_scenes/tiny; 15 images or clips, an odd count, so a second process's
+shard ends in a padding example) with an eval batch size that leaves the
+last batch part padding."""
 from __future__ import annotations
 
 from collections import defaultdict
