@@ -1,6 +1,8 @@
 """The optax optimizer from `config.optimizer`.
 
-AdamW (Loshchilov & Hutter 2019) with linear warmup + cosine decay, global-norm
+AdamW (Loshchilov & Hutter 2019) with linear warmup and then cosine decay,
+a constant rate, or warmup-stable-decay (constant, then a linear decay over
+the last `decay_fraction` of the steps; Hu et al. 2024, MiniCPM), global-norm
 clipping, no weight decay on biases / norms / embeddings (only `kernel`
 leaves decay), gradient accumulation (optax.MultiSteps), freezing and per-group
 learning-rate multipliers by regex on '/'-joined parameter paths, and optional
@@ -42,12 +44,24 @@ def schedule(cfg, total_steps: int, every: int = 1):
     return optax.warmup_cosine_decay_schedule(
         0.0, lr, warmup, max(total_steps, warmup + 1),
         end_value=lr * cfg.end_lr_factor)
+  if cfg.schedule == "wsd":
+    frac = float(cfg.get("decay_fraction", 0.2))
+    if not 0.0 < frac <= 1.0:
+      raise ValueError(f"optimizer.decay_fraction must be in (0, 1], got "
+                       f"{frac}.")
+    decay = max(int(round(frac * total_steps)), 1)
+    stable = max(total_steps - decay, warmup)
+    return optax.join_schedules(
+        [optax.linear_schedule(0.0, lr, warmup), optax.constant_schedule(lr),
+         optax.linear_schedule(lr, lr * cfg.end_lr_factor,
+                               max(total_steps - stable, 1))],
+        [warmup, stable])
   if cfg.schedule == "constant":
     return optax.join_schedules(
         [optax.linear_schedule(0.0, lr, warmup), optax.constant_schedule(lr)],
         [warmup])
-  raise ValueError(f"optimizer.schedule must be 'cosine' or 'constant', got "
-                   f"{cfg.schedule!r}.")
+  raise ValueError(f"optimizer.schedule must be 'cosine', 'wsd' or "
+                   f"'constant', got {cfg.schedule!r}.")
 
 
 def _layer_scales(params, decay: float):

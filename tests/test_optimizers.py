@@ -118,3 +118,20 @@ def test_warmup_cosine_schedule_values():
   # half way through the cosine: end + (peak - end) * 0.5
   np.testing.assert_allclose(float(sched(60)), 0.01 + 0.09 * 0.5, rtol=1e-4)
   np.testing.assert_allclose(float(sched(110)), 0.01, rtol=1e-4)
+
+
+def test_warmup_stable_decay_schedule_values():
+  # 110 steps, warmup 10, decay_fraction 0.2: constant 0.1 until step 88,
+  # then a straight line to 0.1 * 0.1 at step 110.
+  _, sched = optimizers.make_optimizer(
+      cfg(schedule="wsd", warmup_steps=10, end_lr_factor=0.1,
+          decay_fraction=0.2), 110)
+  assert float(sched(0)) == 0.0
+  np.testing.assert_allclose(float(sched(5)), 0.05, rtol=1e-6)
+  np.testing.assert_allclose(float(sched(10)), 0.1, rtol=1e-6)
+  np.testing.assert_allclose(float(sched(88)), 0.1, rtol=1e-6)
+  np.testing.assert_allclose(float(sched(99)), 0.1 - 0.09 * 11 / 22, rtol=1e-5)
+  np.testing.assert_allclose(float(sched(110)), 0.01, rtol=1e-5)
+  np.testing.assert_allclose(float(sched(500)), 0.01, rtol=1e-5)
+  with pytest.raises(ValueError, match="decay_fraction"):
+    optimizers.make_optimizer(cfg(schedule="wsd", decay_fraction=0.0), 10)

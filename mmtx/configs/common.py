@@ -54,8 +54,10 @@ def base(**overrides) -> ml_collections.ConfigDict:
   c.optimizer = ml_collections.ConfigDict(dict(
       name="adamw", learning_rate=1e-3, b1=0.9, b2=0.999, eps=1e-8,
       weight_decay=1e-4, warmup_steps=100, schedule="cosine",
-      end_lr_factor=0.01, grad_clip_norm=1.0, accumulate_steps=1,
-      freeze=(), lr_multipliers=(), layer_decay=0.0))
+      # schedule: 'cosine', 'constant' or 'wsd' (warmup, constant, then a
+      # linear decay over the last decay_fraction of the steps).
+      end_lr_factor=0.01, decay_fraction=0.2, grad_clip_norm=1.0,
+      accumulate_steps=1, freeze=(), lr_multipliers=(), layer_decay=0.0))
   # Pretrain -> fine-tune: params from another run's latest checkpoint, with
   # [regex, replacement] rules mapping this model's param paths to its paths;
   # or released weights (weights: a Hugging Face directory or hub name, or an
