@@ -108,15 +108,16 @@ class _DistinctChecked:
   `key` than `size`."""
 
   def __init__(self, batches, size, key, name):
+    from mmtx.models.fusion_model import distinct_rows
     self._it, self._size, self._key, self._name = batches, size, key, name
+    self._distinct = distinct_rows
 
   def __iter__(self):
     return self
 
   def __next__(self):
-    from mmtx.models.fusion_model import distinct_rows
     batch = next(self._it)
-    n = distinct_rows(batch[self._key])
+    n = self._distinct(batch[self._key])
     if n > self._size:
       raise ValueError(
           f"config.model.unique_texts={self._size}, but a batch of "
