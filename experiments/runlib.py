@@ -10,19 +10,23 @@ import time
 # tables (experiments/results/sort_of_clevr_*, fusion_ablation_*) were
 # measured with: 10 questions per image, weight decay 1e-4. The default
 # job's recipes of 2026-12-05 (30 questions, weight decay 0.05; then each
-# distinct question encoded once, on one CPU device) replaced it; pinning
+# distinct question encoded once, on one CPU device; 2026-12-06: sin-cos
+# temperature 10, warmup-stable-decay schedule) replaced it; pinning
 # keeps a resumed table from mixing them. `soc_table_config` applies it.
 SOC_TABLE_RECIPE = "questions=10,wd=0.0001"
 
 
 def soc_table_config(arg: str = ""):
   """configs/default.py with config args `arg` and the committed tables'
-  recipe: SOC_TABLE_RECIPE, every question row encoded (unique_texts=0)
-  and two XLA CPU devices (a script's --cpu_devices may override)."""
+  recipe: SOC_TABLE_RECIPE, every question row encoded (unique_texts=0),
+  sin-cos temperature 30, the cosine schedule and two XLA CPU devices (a
+  script's --cpu_devices may override)."""
   from mmtx.configs import default
   cfg = default.get_config(",".join(filter(None, [arg, SOC_TABLE_RECIPE])))
   with cfg.unlocked():
     cfg.model.unique_texts = 0
+    cfg.model.image.posemb_temperature = 30.0
+    cfg.optimizer.schedule = "cosine"
     cfg.mesh.cpu_devices = 2
   return cfg
 
