@@ -391,14 +391,9 @@ def evaluate(name, data_dir, mesh):
 
 def reference(name, data_dir):
   _, _, params, cfg = setup(name, data_dir)
-  if name == "vqa":
-    return _vqa_reference(data_dir, params)
-  if name == "dialogue":
-    return _dialogue_reference(data_dir, params)
-  if name == "contrastive":
-    return _contrastive_reference(data_dir, params)
-  if name == "caption":
-    return _caption_reference(data_dir, params)
-  if name == "av_event":
-    return _av_event_reference(data_dir, params)
-  return _pretrain_reference(data_dir, params, cfg)
+  if name == "pretrain":
+    return _pretrain_reference(data_dir, params, cfg)
+  return {"vqa": _vqa_reference, "dialogue": _dialogue_reference,
+          "contrastive": _contrastive_reference,
+          "caption": _caption_reference,
+          "av_event": _av_event_reference}[name](data_dir, params)
