@@ -1,12 +1,14 @@
 """The CLI: `python -m mmtx.main --config=configs/NAME.py[:ARGS]
---workdir=DIR [--mode=train|eval] [--config.key=value ...]`.
+--workdir=DIR [--mode=train|eval] [--config_change=error|accept]
+[--config.key=value ...]`.
 
 With no flags it runs configs/default.py (a cross-attention VQA model on the
 built-in sort_of_clevr data, built on first use) in runs/default.
 
 Exit status: 0 done; 1 the run could not do what was asked (checkpoints that
 do not fit the model or cannot be read, eval without a checkpoint, bad data,
-a non-finite loss); 2 a bad command line or config value; 143 (128 +
+a non-finite loss); 2 a bad command line or config value, or a config that
+differs from the one WORKDIR's run was trained with; 143 (128 +
 SIGTERM) stopped by SIGTERM after saving a checkpoint - the same command
 resumes. Each error prints one line saying what is wrong and what to do.
 """
@@ -52,6 +54,11 @@ _WORKDIR = flags.DEFINE_string(
 _MODE = flags.DEFINE_enum("mode", "train", ["train", "eval"],
                           "train (resumes if WORKDIR has checkpoints) or eval.")
 _PROGRESS = flags.DEFINE_bool("progress", True, "Show a progress bar.")
+_CONFIG_CHANGE = flags.DEFINE_enum(
+    "config_change", "error", ["error", "accept"],
+    "When WORKDIR's run was trained with other config values (its "
+    "config.json): error, or accept (resume with this config; the old one "
+    "is kept as config.stepN.json).")
 
 
 def _flat_keys(cfg, prefix=""):
@@ -176,8 +183,9 @@ def main(argv):
     print(f"mmtx: task={config.task} workdir={workdir} "
           f"devices={len(devices)} {devices[0].platform}", flush=True)
     task = tasks.build_task(config)
-    train.train_and_evaluate(config, workdir, task, mode=_MODE.value,
-                             progress=_PROGRESS.value)
+    train.train_and_evaluate(
+        config, workdir, task, mode=_MODE.value, progress=_PROGRESS.value,
+        accept_config_change=_CONFIG_CHANGE.value == "accept")
   except train.Preempted as e:
     print(f"mmtx: {e}", file=sys.stderr)
     sys.exit(train.EXIT_PREEMPTED)

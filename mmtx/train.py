@@ -107,6 +107,70 @@ def check_config(config):
        "rate climbs the loss).")
 
 
+# Config fields a resumed run may change: they set how long it trains, what
+# it logs, evaluates and keeps, and where it runs, not what it learns.
+RESUME_FREE = ("total_steps", "log_every", "eval_every", "checkpoint_every",
+               "keep_checkpoints", "best_metric", "best_mode", "mesh.",
+               "init_from.", "data.eval_splits", "data.eval_batch_size",
+               "data.data_dir", "data.num_workers", "model.unique_texts")
+RUN_CONFIG = "config.json"
+
+
+def _flat_config(config) -> dict:
+  out = {}
+
+  def walk(d, prefix):
+    for k, v in d.items():
+      if isinstance(v, dict):
+        walk(v, f"{prefix}{k}.")
+      else:
+        out[prefix + k] = v
+  walk(json.loads(config.to_json_best_effort()), "")
+  return out
+
+
+def check_run_config(config, workdir: str, step: int | None, *,
+                     accept_changes: bool = False, write: bool = True):
+  """WORKDIR/config.json records the config a run trains with. A run that
+  resumes (`step`: the checkpoint's) with other values in any field outside
+  RESUME_FREE is a ConfigError naming them, so one run's checkpoints never
+  hold two configs' training without a word; `accept_changes` goes on with
+  the new config and keeps the old one as config.stepSTEP.json. A workdir
+  without the record (from before it existed) gets one."""
+  path = os.path.join(workdir, RUN_CONFIG)
+  now = _flat_config(config)
+  if step is not None and os.path.exists(path):
+    with open(path) as f:
+      before = json.load(f)
+    free = lambda k: any(k == f or (f.endswith(".") and k.startswith(f))  # noqa: E731
+                         for f in RESUME_FREE)
+    diffs = [k for k in sorted(set(before) | set(now))
+             if not free(k) and before.get(k, "(absent)") != now.get(
+                 k, "(absent)")]
+    if diffs and not accept_changes:
+      shown = "; ".join(f"config.{k} was {before.get(k, '(absent)')!r}, now "
+                        f"{now.get(k, '(absent)')!r}" for k in diffs[:3])
+      more = f" (and {len(diffs) - 3} more)" if len(diffs) > 3 else ""
+      back = " ".join(f"--config.{k}={before[k]}" for k in diffs[:3]
+                      if k in before)
+      back = f"; to resume that run as it was, pass its values back " \
+             f"({back})" if back else ""
+      raise ConfigError(
+          f"{workdir} holds a run at step {step} trained with another config: "
+          f"{shown}{more}. Nothing was changed. To train this config from "
+          f"scratch, pass a new --workdir{back}; to resume it with the change "
+          f"on purpose, add --config_change=accept (its old config is kept "
+          f"as config.step{step}.json).")
+    if diffs and write:
+      os.replace(path, os.path.join(workdir, f"config.step{step}.json"))
+    elif not write or os.path.exists(path):
+      return
+  if write:
+    with open(path + ".tmp", "w") as f:
+      json.dump(now, f, indent=1, sort_keys=True)
+    os.replace(path + ".tmp", path)
+
+
 class MetricWriter:
   """WORKDIR/metrics.jsonl (one JSON object per logged step) + TensorBoard."""
 
@@ -270,14 +334,17 @@ def load_transfer_params(config, params, task=None):
 
 
 def train_and_evaluate(config, workdir: str, task, *, mode: str = "train",
-                       progress: bool = True) -> dict[str, float]:
+                       progress: bool = True,
+                       accept_config_change: bool = False) -> dict[str, float]:
   """Trains (resuming from WORKDIR/checkpoints if present) and evaluates
   `task`, built from the same config (`mmtx.tasks.build_task(config)`).
 
   Returns the final evaluation metrics.
 
   Raises:
-    ConfigError: a trainer field of `config` is out of range.
+    ConfigError: a trainer field of `config` is out of range, or the run in
+      WORKDIR was trained with other values (`check_run_config`; pass
+      accept_config_change=True to resume it with this config anyway).
     checkpoint.CheckpointError: WORKDIR's checkpoints do not fit the model
       (CheckpointMismatchError) or none can be read; nothing is changed.
     FileNotFoundError: mode='eval' and WORKDIR has no checkpoint.
@@ -316,8 +383,17 @@ def train_and_evaluate(config, workdir: str, task, *, mode: str = "train",
   except Exception:
     ck.close()
     raise
+  if restored is None and mode == "train" and is_main:
+    check_run_config(config, workdir, None)
   if restored is not None:
     step0, st, data_state = restored
+    try:
+      check_run_config(config, workdir, step0,
+                       accept_changes=accept_config_change,
+                       write=is_main and mode == "train")
+    except Exception:
+      ck.close()
+      raise
     state = jax.device_put(st, shardings)
     train_iter.set_state(ckpt_lib.from_json_state(data_state))
     print(f"mmtx: resumed from {ck.directory} at step {step0}.", flush=True)

@@ -75,6 +75,62 @@ def test_changed_model_is_a_mismatch_not_corruption(tmp_path, capsys):
   assert _snapshot(tmp_path) == before   # no checkpoint, no metrics row
 
 
+def test_changed_config_in_an_old_workdir_is_an_error_that_keeps_the_run(
+    tmp_path):
+  """Values that keep every shape (a learning rate, a schedule) used to
+  resume silently, so one run's checkpoints held two configs' training."""
+  _train(tmp_path, total_steps=6)
+  with open(tmp_path / "config.json") as f:
+    assert json.load(f)["optimizer.learning_rate"] == 0.01
+  before = _snapshot(tmp_path)
+  for mode in ("train", "eval"):
+    cfg = base_config(total_steps=12, **{"optimizer.learning_rate": 0.05,
+                                         "optimizer.schedule": "constant"})
+    with pytest.raises(train.ConfigError) as e:
+      train.train_and_evaluate(cfg, str(tmp_path), RegressionTask(cfg),
+                               mode=mode, progress=False)
+    msg = str(e.value)
+    assert (f"{tmp_path} holds a run at step 6 trained with another config: "
+            "config.optimizer.learning_rate was 0.01, now 0.05; "
+            "config.optimizer.schedule was 'cosine', now 'constant'.") in msg
+    assert ("--config.optimizer.learning_rate=0.01 "
+            "--config.optimizer.schedule=cosine") in msg
+    assert "new --workdir" in msg and "--config_change=accept" in msg
+  assert _snapshot(tmp_path) == before
+  # How long it trains, what it logs and where it runs may change.
+  _train(tmp_path, total_steps=8, log_every=4, eval_every=8,
+         **{"mesh.num_devices": 1})
+  assert _train_rows(tmp_path)[-1][0] == 8
+  # On purpose: trains on, and the record of the first config is kept.
+  cfg = base_config(total_steps=10, **{"optimizer.learning_rate": 0.05})
+  train.train_and_evaluate(cfg, str(tmp_path), RegressionTask(cfg),
+                           progress=False, accept_config_change=True)
+  with open(tmp_path / "config.step8.json") as f:
+    assert json.load(f)["optimizer.learning_rate"] == 0.01
+  with open(tmp_path / "config.json") as f:
+    assert json.load(f)["optimizer.learning_rate"] == 0.05
+  assert _train_rows(tmp_path)[-1][0] == 10
+  # A workdir from before the record existed gets one, unchecked.
+  os.remove(tmp_path / "config.json")
+  _train(tmp_path, total_steps=12)
+  with open(tmp_path / "config.json") as f:
+    assert json.load(f)["optimizer.learning_rate"] == 0.01
+
+
+def test_cli_changed_config_exits_2_and_names_the_field(tmp_path):
+  wd = tmp_path / "run"
+  out = _run([f"--workdir={wd}", *TINY], tmp_path)
+  assert out.returncode == 0, out.stderr[-3000:]
+  before = _snapshot(wd)
+  again = _run([f"--workdir={wd}", *TINY,
+                "--config.optimizer.weight_decay=0.5"], tmp_path)
+  assert again.returncode == 2, again.stderr[-3000:]
+  assert ("config.optimizer.weight_decay was 0.05, now 0.5" in again.stderr
+          and "--config_change=accept" in again.stderr), again.stderr
+  assert "Traceback" not in again.stderr
+  assert _snapshot(wd) == before
+
+
 def test_corrupt_final_checkpoint_is_repaired_by_saving_over_it(tmp_path,
                                                                  capsys):
   _train(tmp_path, total_steps=6)

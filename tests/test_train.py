@@ -156,10 +156,11 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
   train.train_and_evaluate(good, str(tmp_path), RegressionTask(good),
                            progress=False)
   steps_before, before = _params(tmp_path)
+  # The same run resumed on poisoned data (a config change, on purpose).
   bad = base_config(total_steps=12, **{"data.poison_after": 0})
   with pytest.raises(train.NonFiniteLossError, match="at step 7"):
     train.train_and_evaluate(bad, str(tmp_path), RegressionTask(bad),
-                             progress=False)
+                             progress=False, accept_config_change=True)
   steps_after, after = _params(tmp_path)
   assert steps_after == steps_before
   for x, y in zip(jax.tree_util.tree_leaves(before),
