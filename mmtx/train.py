@@ -161,10 +161,9 @@ def check_run_config(config, workdir: str, step: int | None, *,
           f"scratch, pass a new --workdir{back}; to resume it with the change "
           f"on purpose, add --config_change=accept (its old config is kept "
           f"as config.step{step}.json).")
-    if diffs and write:
-      os.replace(path, os.path.join(workdir, f"config.step{step}.json"))
-    elif not write or os.path.exists(path):
+    if not (diffs and write):
       return
+    os.replace(path, os.path.join(workdir, f"config.step{step}.json"))
   if write:
     with open(path + ".tmp", "w") as f:
       json.dump(now, f, indent=1, sort_keys=True)
