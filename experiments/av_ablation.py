@@ -5,19 +5,25 @@ sound / both), parameters, forward FLOPs per (clip, question) and
 questions/s - MBT's accuracy-against-cost table (Nagrani et al. 2021).
 
   ./run.sh python experiments/av_ablation.py --steps=3000 --seeds=0,1,2 \
-      --out=runs/av_ablation
+      --parallel=2 --out=runs/av_ablation
   ./run.sh python experiments/av_ablation.py --quick      # smoke run
 
 Rows are reported on the test split; nothing here is chosen on it (every row
-runs the config's recipe). Finished rows are kept in OUT/results.json:
-rerunning resumes. results.md, results.json, accuracy.png (per question type)
-and cost.png (accuracy against GFLOPs) go to OUT, one workdir per run under
-OUT/runs.
+runs the config's recipe). --parallel runs trainings side by side, each in
+its own process; accuracy does not depend on it. Questions/s is measured
+apart from them: once every row has trained, a SPEED_STEPS-step run of each
+model alone on the machine (OUT/speed.json; median of its logged windows
+after the first, which holds the compile). Finished rows are kept in
+OUT/results.json: rerunning resumes. results.md, results.json, accuracy.png
+(per question type) and cost.png (accuracy against GFLOPs) go to OUT, one
+workdir per run under OUT/runs.
 """
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import subprocess
 import sys
 import time
 
@@ -31,6 +37,7 @@ FUSIONS = ("bottleneck", "cross_attention", "concat", "late", "m_modal")
 # Floors: the cross-attention model with inputs replaced by zeros.
 FLOORS = {"video_only": "audio", "audio_only": "video",
           "question_only": "video+audio"}
+SPEED_STEPS = 100
 
 
 def config_for(name, seed, args):
@@ -80,11 +87,71 @@ def run_one(name, seed, args):
   workdir = os.path.join(args.out, "runs", f"{name}_seed{seed}")
   r = runlib.train_run(cfg, workdir)
   return {"name": name, "seed": seed, "steps": args.steps,
-          "wall_s": r["wall_s"], "params": r["params"],
-          "questions_per_sec": r["questions_per_sec"],
+          "wall_s": r["wall_s"], "parallel": args.parallel,
+          "params": r["params"],
           "gflops": forward_flops(config_for(name, seed, args)) / 1e9,
           "metrics": {k: r["metrics"].get(k) for k in TYPES},
           "date": time.strftime("%Y-%m-%d"), "machine": runlib.machine()}
+
+
+def train_side_by_side(names, seeds, args, path) -> None:
+  """Trains every (name, seed) with no row in `path`, --parallel processes
+  at a time (this script with --only=NAME:SEED, which adds its row to
+  `path`); logs go to OUT/logs."""
+  done = runlib.load_rows(path)
+  todo = [(n, s) for s in seeds for n in names if (n, s, args.steps) not in done]
+  os.makedirs(os.path.join(args.out, "logs"), exist_ok=True)
+  running = []
+  while todo or running:
+    while todo and len(running) < args.parallel:
+      n, s = todo.pop(0)
+      log = os.path.join(args.out, "logs", f"{n}_seed{s}.txt")
+      cmd = [sys.executable, os.path.abspath(__file__), f"--only={n}:{s}",
+             f"--steps={args.steps}", f"--out={args.out}",
+             f"--parallel={args.parallel}"] + (["--quick"] if args.quick else [])
+      with open(log, "a") as f:
+        proc = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT)
+      running.append((proc, n, s, log))
+    time.sleep(1.0)
+    for item in list(running):
+      proc, n, s, log = item
+      if proc.poll() is None:
+        continue
+      running.remove(item)
+      if proc.returncode != 0:
+        for p, *_ in running:
+          p.terminate()
+        raise SystemExit(f"{n} seed {s} exited with {proc.returncode}; see "
+                         f"{log}. Rerunning the command resumes.")
+      r = runlib.load_rows(path)[(n, s, args.steps)]
+      print(f"{n} seed {s}: " + " ".join(
+          f"{k.split('/')[-1]}={100 * v:.1f}" for k, v in r["metrics"].items()
+          if v is not None) + f" ({r['wall_s']:.0f} s)", flush=True)
+
+
+def measure_speeds(names, args) -> dict:
+  """{name: questions/s of its training step}, from a SPEED_STEPS-step run
+  of each model (seed 0) alone, kept in OUT/speed.json; measured only for
+  names not there yet."""
+  path = os.path.join(args.out, "speed.json")
+  speeds = json.load(open(path)) if os.path.exists(path) else {}
+  steps = 6 if args.quick else SPEED_STEPS
+  for n in names:
+    if n in speeds:
+      continue
+    cfg = config_for(n, 0, args)
+    with cfg.unlocked():
+      cfg.total_steps = cfg.checkpoint_every = cfg.eval_every = steps
+      cfg.log_every = max(steps // 10, 1)
+    r = runlib.train_run(cfg, os.path.join(args.out, "speed", n))
+    speeds[n] = {"questions_per_sec": r["questions_per_sec"],
+                 "steps": steps, "date": time.strftime("%Y-%m-%d"),
+                 "machine": runlib.machine()}
+    with open(path + ".tmp", "w") as f:
+      json.dump(speeds, f, indent=1)
+    os.replace(path + ".tmp", path)
+    print(f"{n}: {r['questions_per_sec']:.0f} questions/s alone", flush=True)
+  return speeds
 
 
 def _label(name):
@@ -99,7 +166,7 @@ def ordered(results):
                     if r["name"] == n])))
 
 
-def table(results, args):
+def table(results, speeds, args):
   import numpy as np
   head = ["model", "params", "GFLOPs / question", "questions/s", "seeds",
           "all", "sight", "sound", "both"]
@@ -108,15 +175,19 @@ def table(results, args):
     rs = [r for r in results if r["name"] == n]
     cells = [_label(n), f"{rs[0]['params'] / 1e3:.0f}k",
              f"{rs[0]['gflops']:.4f}",
-             f"{np.median([r['questions_per_sec'] or 0 for r in rs]):.0f}",
+             f"{speeds[n]['questions_per_sec']:.0f}",
              ",".join(str(r["seed"]) for r in sorted(rs, key=lambda r: r["seed"]))]
     cells += [runlib.pct_cell([r["metrics"][k] for r in rs]) for k in TYPES]
     rows.append(cells)
   dates = sorted({r["date"] for r in results})
   machines = sorted({r["machine"] for r in results})
+  parallel = sorted({r.get("parallel", 1) for r in results})
   meta = (f"AV-Scenes test split; {args.steps} steps; mean ± std over a row's "
           f"seeds; machine: {'; '.join(machines)}; measured {dates[0]}"
-          f"{f' to {dates[-1]}' if len(dates) > 1 else ''}.")
+          f"{f' to {dates[-1]}' if len(dates) > 1 else ''}; trained "
+          f"{'/'.join(map(str, parallel))} at a time; questions/s: training "
+          f"steps of a {next(iter(speeds.values()))['steps']}-step run of "
+          f"each model alone, median of the logged windows after the first.")
   return runlib.markdown_table(head, rows) + "\n\n" + meta + "\n"
 
 
@@ -154,18 +225,32 @@ def main(argv=None):
   p.add_argument("--out", default="runs/av_ablation")
   p.add_argument("--quick", action="store_true",
                  help="tiny data, 2 steps, seed 0: checks every row runs")
+  p.add_argument("--parallel", type=int, default=1,
+                 help="trainings side by side, each its own process")
+  p.add_argument("--only", default="",
+                 help="NAME:SEED: train that row alone and add it to "
+                 "OUT/results.json (what --parallel runs)")
   args = p.parse_args(argv)
+  if args.parallel < 1:
+    p.error("--parallel must be >= 1")
   if args.quick:
     args.steps, args.seeds = 2, "0"
+  os.makedirs(args.out, exist_ok=True)
+  path = os.path.join(args.out, "results.json")
+  if args.only:
+    name, seed = args.only.rsplit(":", 1)
+    runlib.add_row(path, run_one(name, int(seed), args))
+    return None
   names = runlib.fusion_names(args.fusions, "av_ablation")
   if args.floors:
     names += list(FLOORS)
-  os.makedirs(args.out, exist_ok=True)
-  path = os.path.join(args.out, "results.json")
-  mine = runlib.run_missing(runlib.load_rows(path), path, names,
-                            [int(s) for s in args.seeds.split(",")],
+  seeds = [int(s) for s in args.seeds.split(",")]
+  if args.parallel > 1:
+    train_side_by_side(names, seeds, args, path)
+  mine = runlib.run_missing(runlib.load_rows(path), path, names, seeds,
                             args.steps, lambda n, seed: run_one(n, seed, args))
-  md = table(mine, args)
+  speeds = measure_speeds(ordered(mine), args)
+  md = table(mine, speeds, args)
   open(os.path.join(args.out, "results.md"), "w").write(md)
   series = runlib.seed_series(mine, ordered(mine), TYPES, label=_label)
   runlib.bar_chart(os.path.join(args.out, "accuracy.png"),

@@ -148,17 +148,30 @@ def fusion_names(text: str, script: str) -> list[str]:
   return names
 
 
+def add_row(path: str, row: dict) -> dict:
+  """Adds `row` to the rows stored in `path` (replacing one with the same
+  `row_key`) under an exclusive lock, so processes running rows of one
+  table side by side keep each other's rows; returns the stored rows."""
+  import fcntl
+  with open(path + ".lock", "w") as lock:
+    fcntl.flock(lock, fcntl.LOCK_EX)
+    rows = load_rows(path)
+    rows[row_key(row)] = row
+    save_rows(path, rows.values())
+  return rows
+
+
 def run_missing(done: dict, path: str, names, seeds, steps: int,
                 run_one) -> list[dict]:
   """Runs `run_one(name, seed)` for every (name, seed) with no row in
-  `done` (keyed by `row_key`), saving the rows to `path` after each run;
-  returns the rows of `names` at `steps`."""
+  `done` (keyed by `row_key`), adding each row to `path` as it finishes
+  (`add_row`); returns the rows of `names` at `steps`."""
   for seed in seeds:
     for n in names:
       if (n, seed, steps) in done:
         continue
       r = done[(n, seed, steps)] = run_one(n, seed)
-      save_rows(path, done.values())
+      done.update(add_row(path, r))
       print(f"{n} seed {seed}: " + " ".join(
           f"{k.split('/')[-1]}={100 * v:.1f}" for k, v in r["metrics"].items()
           if v is not None), flush=True)

@@ -408,21 +408,26 @@ def test_wise_ft_script_writes_its_alpha_table(tmp_path):
 
 @pytest.mark.slow
 def test_av_ablation_rows_costs_and_table(tmp_path):
-  """--quick on two strategies (~70 s of CPU): each row gets XLA's forward
-  FLOPs (late fusion, with no attention layers, costs less than bottleneck
-  tokens), and the table's cells are its rows' numbers."""
+  """--quick on two strategies trained side by side (~2 min of CPU): both
+  processes' rows are kept, each gets XLA's forward FLOPs (late fusion, with
+  no attention layers, costs less than bottleneck tokens) and a speed from
+  its own run alone, and the table's cells are those numbers."""
   out = tmp_path / "av"
   _script(tmp_path, "av_ablation.py", "--quick", "--fusions=late,bottleneck",
-          "--no-floors", f"--out={out}", timeout=900)
+          "--no-floors", "--parallel=2", f"--out={out}", timeout=900)
   rows = {r["name"]: r for r in json.loads(
       (out / "results.json").read_text())["rows"]}
   assert sorted(rows) == ["bottleneck", "late"]
+  assert {r["parallel"] for r in rows.values()} == {2}
   assert 0 < rows["late"]["gflops"] < rows["bottleneck"]["gflops"]
+  speeds = json.loads((out / "speed.json").read_text())
   md = (out / "results.md").read_text()
   for name, r in rows.items():
     acc = r["metrics"]
-    assert (f"| {name} | {r['params'] / 1e3:.0f}k | {r['gflops']:.4f} |"
-            in md), md
+    qps = speeds[name]["questions_per_sec"]
+    assert qps > 0
+    assert (f"| {name} | {r['params'] / 1e3:.0f}k | {r['gflops']:.4f} | "
+            f"{qps:.0f} |" in md), md
     assert (f"| {100 * acc['accuracy']:.1f}% | {100 * acc['accuracy/sight']:.1f}%"
             in md), md
   _chart(out / "accuracy.png")
