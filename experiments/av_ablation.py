@@ -12,11 +12,13 @@ Rows are reported on the test split; nothing here is chosen on it (every row
 runs the config's recipe). --parallel runs trainings side by side, each in
 its own process; accuracy does not depend on it. Questions/s is measured
 apart from them: once every row has trained, a SPEED_STEPS-step run of each
-model alone on the machine (OUT/speed.json; median of its logged windows
-after the first, which holds the compile). Finished rows are kept in
-OUT/results.json: rerunning resumes. results.md, results.json, accuracy.png
-(per question type) and cost.png (accuracy against GFLOPs) go to OUT, one
-workdir per run under OUT/runs.
+model alone on the machine (median of its logged windows after the first,
+which holds the compile). Rows and speeds are kept in OUT/results.json:
+rerunning resumes; `--resume_from=experiments/results/av_ablation.json`
+counts the committed ones as done (runs/ is not kept between machines),
+`--table_only` redraws the table from them. results.md, results.json,
+accuracy.png (per question type) and cost.png (accuracy against GFLOPs) go
+to OUT, one workdir per run under OUT/runs.
 """
 from __future__ import annotations
 
@@ -129,15 +131,24 @@ def train_side_by_side(names, seeds, args, path) -> None:
           if v is not None) + f" ({r['wall_s']:.0f} s)", flush=True)
 
 
-def measure_speeds(names, args) -> dict:
-  """{name: questions/s of its training step}, from a SPEED_STEPS-step run
-  of each model (seed 0) alone, kept in OUT/speed.json; measured only for
-  names not there yet."""
-  path = os.path.join(args.out, "speed.json")
-  speeds = json.load(open(path)) if os.path.exists(path) else {}
+def stored(path: str, key: str) -> dict:
+  """The `key` entry of a results.json ({} if the file or entry is
+  missing)."""
+  if not os.path.exists(path):
+    return {}
+  with open(path) as f:
+    return json.load(f).get(key, {})
+
+
+def measure_speeds(names, args, path) -> dict:
+  """{name: {'questions_per_sec', ...}}: the speed of each model's training
+  step from a SPEED_STEPS-step run of it (seed 0) alone, kept under
+  'speeds' in `path`; measured only for names not there yet (none with
+  --table_only)."""
+  speeds = stored(path, "speeds")
   steps = 6 if args.quick else SPEED_STEPS
   for n in names:
-    if n in speeds:
+    if n in speeds or args.table_only:
       continue
     cfg = config_for(n, 0, args)
     with cfg.unlocked():
@@ -147,11 +158,27 @@ def measure_speeds(names, args) -> dict:
     speeds[n] = {"questions_per_sec": r["questions_per_sec"],
                  "steps": steps, "date": time.strftime("%Y-%m-%d"),
                  "machine": runlib.machine()}
-    with open(path + ".tmp", "w") as f:
-      json.dump(speeds, f, indent=1)
-    os.replace(path + ".tmp", path)
+    runlib.add_row(path, speeds={n: speeds[n]})
     print(f"{n}: {r['questions_per_sec']:.0f} questions/s alone", flush=True)
   return speeds
+
+
+def merge_committed(sources: str, path: str) -> None:
+  """--resume_from: the rows and speeds of other results.json files (e.g.
+  the committed experiments/results/av_ablation.json) count as done; the
+  ones in `path` win on the same key."""
+  for src in [s for s in sources.split(",") if s]:
+    if not os.path.exists(src):
+      raise SystemExit(f"av_ablation: --resume_from {src} does not exist.")
+    with open(src) as f:
+      theirs = json.load(f)
+    own = runlib.load_rows(path)
+    for r in theirs.get("rows", []):
+      if runlib.row_key(r) not in own:
+        runlib.add_row(path, r)
+    own_speeds = stored(path, "speeds")
+    runlib.add_row(path, speeds={k: v for k, v in theirs.get(
+        "speeds", {}).items() if k not in own_speeds})
 
 
 def _label(name):
@@ -175,7 +202,7 @@ def table(results, speeds, args):
     rs = [r for r in results if r["name"] == n]
     cells = [_label(n), f"{rs[0]['params'] / 1e3:.0f}k",
              f"{rs[0]['gflops']:.4f}",
-             f"{speeds[n]['questions_per_sec']:.0f}",
+             f"{speeds[n]['questions_per_sec']:.0f}" if n in speeds else "-",
              ",".join(str(r["seed"]) for r in sorted(rs, key=lambda r: r["seed"]))]
     cells += [runlib.pct_cell([r["metrics"][k] for r in rs]) for k in TYPES]
     rows.append(cells)
@@ -186,7 +213,7 @@ def table(results, speeds, args):
           f"seeds; machine: {'; '.join(machines)}; measured {dates[0]}"
           f"{f' to {dates[-1]}' if len(dates) > 1 else ''}; trained "
           f"{'/'.join(map(str, parallel))} at a time; questions/s: training "
-          f"steps of a {next(iter(speeds.values()))['steps']}-step run of "
+          f"steps of a {SPEED_STEPS if not args.quick else 6}-step run of "
           f"each model alone, median of the logged windows after the first.")
   return runlib.markdown_table(head, rows) + "\n\n" + meta + "\n"
 
@@ -227,6 +254,13 @@ def main(argv=None):
                  help="tiny data, 2 steps, seed 0: checks every row runs")
   p.add_argument("--parallel", type=int, default=1,
                  help="trainings side by side, each its own process")
+  p.add_argument("--resume_from", default="",
+                 help="comma-separated results.json files (e.g. experiments/"
+                 "results/av_ablation.json) whose rows and speeds count as "
+                 "done; OUT's own win on the same key")
+  p.add_argument("--table_only", action="store_true",
+                 help="train and time nothing: write the table and charts "
+                 "from the rows at hand (OUT/results.json, --resume_from)")
   p.add_argument("--only", default="",
                  help="NAME:SEED: train that row alone and add it to "
                  "OUT/results.json (what --parallel runs)")
@@ -244,12 +278,15 @@ def main(argv=None):
   names = runlib.fusion_names(args.fusions, "av_ablation")
   if args.floors:
     names += list(FLOORS)
-  seeds = [int(s) for s in args.seeds.split(",")]
+  merge_committed(args.resume_from, path)
+  seeds = [] if args.table_only else [int(s) for s in args.seeds.split(",")]
   if args.parallel > 1:
     train_side_by_side(names, seeds, args, path)
   mine = runlib.run_missing(runlib.load_rows(path), path, names, seeds,
                             args.steps, lambda n, seed: run_one(n, seed, args))
-  speeds = measure_speeds(ordered(mine), args)
+  if not mine:
+    raise SystemExit(f"av_ablation: no rows at {args.steps} steps in {path}.")
+  speeds = measure_speeds(ordered(mine), args, path)
   md = table(mine, speeds, args)
   open(os.path.join(args.out, "results.md"), "w").write(md)
   series = runlib.seed_series(mine, ordered(mine), TYPES, label=_label)

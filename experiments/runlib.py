@@ -148,16 +148,24 @@ def fusion_names(text: str, script: str) -> list[str]:
   return names
 
 
-def add_row(path: str, row: dict) -> dict:
-  """Adds `row` to the rows stored in `path` (replacing one with the same
-  `row_key`) under an exclusive lock, so processes running rows of one
+def add_row(path: str, row: dict | None = None, **extra) -> dict:
+  """Adds `row` (if any) to the rows stored in `path`, replacing one with
+  the same `row_key`, and merges each `extra` dict into the file's entry of
+  that name, under an exclusive lock, so processes running rows of one
   table side by side keep each other's rows; returns the stored rows."""
   import fcntl
   with open(path + ".lock", "w") as lock:
     fcntl.flock(lock, fcntl.LOCK_EX)
-    rows = load_rows(path)
-    rows[row_key(row)] = row
-    save_rows(path, rows.values())
+    data = {}
+    if os.path.exists(path):
+      with open(path) as f:
+        data = json.load(f)
+    rows = {row_key(r): r for r in data.pop("rows", [])}
+    if row is not None:
+      rows[row_key(row)] = row
+    for key, value in extra.items():
+      data[key] = {**data.get(key, {}), **value}
+    save_rows(path, rows.values(), **data)
   return rows
 
 

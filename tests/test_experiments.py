@@ -420,7 +420,7 @@ def test_av_ablation_rows_costs_and_table(tmp_path):
   assert sorted(rows) == ["bottleneck", "late"]
   assert {r["parallel"] for r in rows.values()} == {2}
   assert 0 < rows["late"]["gflops"] < rows["bottleneck"]["gflops"]
-  speeds = json.loads((out / "speed.json").read_text())
+  speeds = json.loads((out / "results.json").read_text())["speeds"]
   md = (out / "results.md").read_text()
   for name, r in rows.items():
     acc = r["metrics"]
@@ -432,3 +432,9 @@ def test_av_ablation_rows_costs_and_table(tmp_path):
             in md), md
   _chart(out / "accuracy.png")
   _chart(out / "cost.png")
+  # The committed-rows path: a new OUT redraws the same table from them.
+  again = tmp_path / "again"
+  _script(tmp_path, "av_ablation.py", "--quick", "--fusions=late,bottleneck",
+          "--no-floors", "--table_only", f"--resume_from={out}/results.json",
+          f"--out={again}")
+  assert (again / "results.md").read_text() == md
