@@ -163,34 +163,18 @@ def measure_speeds(names, args, path) -> dict:
   return speeds
 
 
-def merge_committed(sources: str, path: str) -> None:
-  """--resume_from: the rows and speeds of other results.json files (e.g.
-  the committed experiments/results/av_ablation.json) count as done; the
-  ones in `path` win on the same key."""
-  for src in [s for s in sources.split(",") if s]:
-    if not os.path.exists(src):
-      raise SystemExit(f"av_ablation: --resume_from {src} does not exist.")
-    with open(src) as f:
-      theirs = json.load(f)
-    own = runlib.load_rows(path)
-    for r in theirs.get("rows", []):
-      if runlib.row_key(r) not in own:
-        runlib.add_row(path, r)
-    own_speeds = stored(path, "speeds")
-    runlib.add_row(path, speeds={k: v for k, v in theirs.get(
-        "speeds", {}).items() if k not in own_speeds})
-
-
 def _label(name):
   return f"floor: {name.replace('_', ' ')}" if name in FLOORS else name
 
 
 def ordered(results):
+  """Row names: fusions before floors, each by mean accuracy, ties by
+  name (so a table redrawn in another process is the same)."""
   import numpy as np
   return sorted({r["name"] for r in results},
                 key=lambda n: (n in FLOORS, -np.mean([
                     r["metrics"]["accuracy"] for r in results
-                    if r["name"] == n])))
+                    if r["name"] == n]), n))
 
 
 def table(results, speeds, args):
@@ -254,13 +238,7 @@ def main(argv=None):
                  help="tiny data, 2 steps, seed 0: checks every row runs")
   p.add_argument("--parallel", type=int, default=1,
                  help="trainings side by side, each its own process")
-  p.add_argument("--resume_from", default="",
-                 help="comma-separated results.json files (e.g. experiments/"
-                 "results/av_ablation.json) whose rows and speeds count as "
-                 "done; OUT's own win on the same key")
-  p.add_argument("--table_only", action="store_true",
-                 help="train and time nothing: write the table and charts "
-                 "from the rows at hand (OUT/results.json, --resume_from)")
+  runlib.add_committed_args(p, "av_ablation.json")
   p.add_argument("--only", default="",
                  help="NAME:SEED: train that row alone and add it to "
                  "OUT/results.json (what --parallel runs)")
@@ -278,7 +256,7 @@ def main(argv=None):
   names = runlib.fusion_names(args.fusions, "av_ablation")
   if args.floors:
     names += list(FLOORS)
-  merge_committed(args.resume_from, path)
+  runlib.merge_committed(args.resume_from, path, "av_ablation")
   seeds = [] if args.table_only else [int(s) for s in args.seeds.split(",")]
   if args.parallel > 1:
     train_side_by_side(names, seeds, args, path)

@@ -81,12 +81,13 @@ def run_one(fusion, seed, args):
 
 
 def ordered(results):
-  """The strategies of `results`, best mean accuracy first, the floor last."""
+  """The strategies of `results`, best mean accuracy first (ties by name,
+  so a table redrawn in another process is the same), the floor last."""
   import numpy as np
   return sorted({r["name"] for r in results},
                 key=lambda n: (n == FLOOR, -np.mean([
                     r["metrics"]["accuracy"] for r in results
-                    if r["name"] == n])))
+                    if r["name"] == n]), n))
 
 
 def plot(results, path):
@@ -133,13 +134,7 @@ def main(argv=None):
                  default=True, help="also train the question-only floor "
                  "(image replaced by zeros), same budget")
   p.add_argument("--out", default="runs/fusion_ablation")
-  p.add_argument("--resume_from", default="",
-                 help="comma-separated results.json files (e.g. experiments/"
-                 "results/fusion_ablation_4k.json) whose rows count as done; "
-                 "OUT's own rows win on the same (name, seed, steps)")
-  p.add_argument("--table_only", action="store_true",
-                 help="train nothing: write OUT/results.md from the rows at "
-                 "hand (OUT/results.json and --resume_from)")
+  runlib.add_committed_args(p, "fusion_ablation_4k.json")
   p.add_argument("--quick", action="store_true",
                  help="tiny data, 2 steps, seed 0: checks every row runs")
   args = p.parse_args(argv)
@@ -150,14 +145,7 @@ def main(argv=None):
     fusions.append(FLOOR)
   os.makedirs(args.out, exist_ok=True)
   path = os.path.join(args.out, "results.json")
-  done = {}
-  for src in [s for s in args.resume_from.split(",") if s]:
-    if not os.path.exists(src):
-      raise SystemExit(f"fusion_ablation: --resume_from {src} does not exist.")
-    done.update(runlib.load_rows(src))
-  done.update(runlib.load_rows(path))   # rerunning the command resumes
-  if done:
-    runlib.save_rows(path, done.values())
+  done = runlib.merge_committed(args.resume_from, path, "fusion_ablation")
   seeds = [] if args.table_only else [int(s) for s in args.seeds.split(",")]
   mine = runlib.run_missing(done, path, fusions, seeds, args.steps,
                             lambda f, seed: run_one(f, seed, args))

@@ -169,6 +169,45 @@ def add_row(path: str, row: dict | None = None, **extra) -> dict:
   return rows
 
 
+def add_committed_args(parser, example: str) -> None:
+  """--resume_from and --table_only: a table measured over several sessions
+  resumes from its committed rows (runs/ is not kept between machines)."""
+  parser.add_argument(
+      "--resume_from", default="",
+      help=f"comma-separated results.json files (e.g. experiments/results/"
+      f"{example}) whose rows (and other entries, such as speeds) count as "
+      f"done; OUT's own win on the same key")
+  parser.add_argument(
+      "--table_only", action="store_true",
+      help="train and time nothing: write the table and charts from the "
+      "rows at hand (OUT/results.json and --resume_from)")
+
+
+def merge_committed(sources: str, path: str, script: str) -> dict:
+  """Adds to `path` the rows, and the entries of each other dict, of the
+  comma-separated results.json files `sources` that `path` lacks (`path`'s
+  own win); returns `path`'s rows. A missing source stops the script."""
+  for src in [s for s in sources.split(",") if s]:
+    if not os.path.exists(src):
+      raise SystemExit(f"{script}: --resume_from {src} does not exist.")
+    with open(src) as f:
+      theirs = json.load(f)
+    own = load_rows(path)
+    for r in theirs.pop("rows", []):
+      if row_key(r) not in own:
+        add_row(path, r)
+    own_extra = {}
+    if os.path.exists(path):
+      with open(path) as f:
+        own_extra = json.load(f)
+    extra = {k: {n: v for n, v in entries.items()
+                 if n not in own_extra.get(k, {})}
+             for k, entries in theirs.items() if isinstance(entries, dict)}
+    if any(extra.values()):
+      add_row(path, **extra)
+  return load_rows(path)
+
+
 def run_missing(done: dict, path: str, names, seeds, steps: int,
                 run_one) -> list[dict]:
   """Runs `run_one(name, seed)` for every (name, seed) with no row in
