@@ -23,7 +23,6 @@ to OUT, one workdir per run under OUT/runs.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import subprocess
 import sys
@@ -131,13 +130,9 @@ def train_side_by_side(names, seeds, args, path) -> None:
           if v is not None) + f" ({r['wall_s']:.0f} s)", flush=True)
 
 
-def stored(path: str, key: str) -> dict:
-  """The `key` entry of a results.json ({} if the file or entry is
-  missing)."""
-  if not os.path.exists(path):
-    return {}
-  with open(path) as f:
-    return json.load(f).get(key, {})
+def speed_steps(args) -> int:
+  """Steps of the run that times each model (--quick: a few)."""
+  return 6 if args.quick else SPEED_STEPS
 
 
 def measure_speeds(names, args, path) -> dict:
@@ -145,10 +140,12 @@ def measure_speeds(names, args, path) -> dict:
   step from a SPEED_STEPS-step run of it (seed 0) alone, kept under
   'speeds' in `path`; measured only for names not there yet (none with
   --table_only)."""
-  speeds = stored(path, "speeds")
-  steps = 6 if args.quick else SPEED_STEPS
+  speeds = runlib.load_results(path).get("speeds", {})
+  if args.table_only:
+    return speeds
+  steps = speed_steps(args)
   for n in names:
-    if n in speeds or args.table_only:
+    if n in speeds:
       continue
     cfg = config_for(n, 0, args)
     with cfg.unlocked():
@@ -197,7 +194,7 @@ def table(results, speeds, args):
           f"seeds; machine: {'; '.join(machines)}; measured {dates[0]}"
           f"{f' to {dates[-1]}' if len(dates) > 1 else ''}; trained "
           f"{'/'.join(map(str, parallel))} at a time; questions/s: training "
-          f"steps of a {SPEED_STEPS if not args.quick else 6}-step run of "
+          f"steps of a {speed_steps(args)}-step run of "
           f"each model alone, median of the logged windows after the first.")
   return runlib.markdown_table(head, rows) + "\n\n" + meta + "\n"
 

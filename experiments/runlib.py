@@ -115,16 +115,21 @@ def row_key(row: dict) -> tuple:
   return (row["name"], row.get("seed", 0), row.get("steps"))
 
 
+def load_results(path: str) -> dict:
+  """A script's whole OUT/results.json ({'rows': [...], other entries});
+  {} if there is no file."""
+  if not os.path.exists(path):
+    return {}
+  with open(path) as f:
+    return json.load(f)
+
+
 def load_rows(path: str) -> dict:
   """The rows an earlier run of a script stored in `path` (its
   OUT/results.json), by `row_key`, in stored order; {} if there is no file.
   Scripts skip a row already there, so rerunning a stopped command resumes
   and rows run at different times make one table."""
-  if not os.path.exists(path):
-    return {}
-  with open(path) as f:
-    data = json.load(f)
-  return {row_key(r): r for r in data["rows"]}
+  return {row_key(r): r for r in load_results(path).get("rows", [])}
 
 
 def save_rows(path: str, rows, **extra) -> None:
@@ -156,10 +161,7 @@ def add_row(path: str, row: dict | None = None, **extra) -> dict:
   import fcntl
   with open(path + ".lock", "w") as lock:
     fcntl.flock(lock, fcntl.LOCK_EX)
-    data = {}
-    if os.path.exists(path):
-      with open(path) as f:
-        data = json.load(f)
+    data = load_results(path)
     rows = {row_key(r): r for r in data.pop("rows", [])}
     if row is not None:
       rows[row_key(row)] = row
@@ -192,16 +194,13 @@ def merge_committed(sources: str, path: str, script: str) -> dict:
       raise SystemExit(f"{script}: --resume_from {src} does not exist.")
     with open(src) as f:
       theirs = json.load(f)
-    own = load_rows(path)
+    own = load_results(path)
+    own_rows = {row_key(r) for r in own.get("rows", [])}
     for r in theirs.pop("rows", []):
-      if row_key(r) not in own:
+      if row_key(r) not in own_rows:
         add_row(path, r)
-    own_extra = {}
-    if os.path.exists(path):
-      with open(path) as f:
-        own_extra = json.load(f)
     extra = {k: {n: v for n, v in entries.items()
-                 if n not in own_extra.get(k, {})}
+                 if n not in own.get(k, {})}
              for k, entries in theirs.items() if isinstance(entries, dict)}
     if any(extra.values()):
       add_row(path, **extra)
